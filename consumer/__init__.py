@@ -1,0 +1,1 @@
+"""Kafka events to QuickBooks Online requests."""

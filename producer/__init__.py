@@ -1,0 +1,1 @@
+"""Capture TimeTracker changes into the ``ttsync_outbox`` table and relay them to Kafka."""

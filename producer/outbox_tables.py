@@ -1,0 +1,71 @@
+"""ttsync's own tables in the TimeTracker database: the outbox and the per-aggregate version counter.
+
+``ttsync_outbox`` follows Debezium's Outbox Event Router layout (``id``, ``aggregatetype``, ``aggregateid``,
+``type``, ``payload``) so that Debezium can read the same table; the other columns serve our polling relay.
+The payload column holds the whole event envelope, which is what a record's value carries.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+TTSYNC_METADATA = MetaData()
+
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+SeqInt = BigInteger().with_variant(Integer(), "sqlite")
+
+outbox = Table(
+    "ttsync_outbox",
+    TTSYNC_METADATA,
+    Column("id", Uuid(), primary_key=True, comment="event id; Kafka header 'id'"),
+    Column("seq", SeqInt, Identity(always=False), nullable=False, unique=True, comment="insertion order"),
+    Column("aggregatetype", String(255), nullable=False, comment="routes the record to <prefix>.<type>"),
+    Column("aggregateid", String(255), nullable=False, comment="Kafka record key"),
+    Column("type", String(255), nullable=False, comment="event type, e.g. invoice.updated"),
+    Column("payload", JsonDoc, nullable=False, comment="the event envelope, the record value"),
+    Column("aggregate_version", BigInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("headers", JsonDoc, nullable=True, comment="extra record headers (trace ids)"),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text, nullable=True),
+    Column("available_at", DateTime(timezone=True), nullable=True, comment="retry not before (after a failure)"),
+)
+Index(
+    "ix_ttsync_outbox_unpublished",
+    outbox.c.seq,
+    postgresql_where=outbox.c.published_at.is_(None),
+    sqlite_where=outbox.c.published_at.is_(None),
+)
+Index(
+    "ix_ttsync_outbox_unpublished_aggregate",
+    outbox.c.aggregatetype,
+    outbox.c.aggregateid,
+    outbox.c.seq,
+    postgresql_where=outbox.c.published_at.is_(None),
+    sqlite_where=outbox.c.published_at.is_(None),
+)
+Index("ix_ttsync_outbox_published_at", outbox.c.published_at)
+
+aggregate_versions = Table(
+    "ttsync_aggregate_versions",
+    TTSYNC_METADATA,
+    Column("aggregatetype", String(255), primary_key=True),
+    Column("aggregateid", String(255), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)

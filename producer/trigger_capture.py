@@ -1,0 +1,226 @@
+"""Zero-code capture: PostgreSQL triggers on TimeTracker's own tables write the outbox.
+
+How it works (all inside the application's transaction):
+
+1. A BEFORE row trigger on every captured table notes the aggregate the row belongs to (the invoice for an
+   item), once per transaction: it locks the aggregate's root row (so concurrent transactions on one
+   aggregate commit one after the other and versions follow commit order) and keeps the aggregate's state
+   *before* the transaction touched it in ``ttsync_capture_pending``.
+2. A deferred constraint trigger on ``ttsync_capture_pending`` runs at commit time, once per aggregate: it
+   builds the committed state and writes one outbox row, ``created`` (no state before), ``deleted`` (no
+   state after; the payload is the last state), ``updated`` (both, and they differ), or nothing.
+   So an invoice inserted with its items is one event carrying all items.
+3. ``pg_notify('ttsync_outbox')`` wakes the relay when the transaction commits.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+from producer.aggregate_snapshots import AGGREGATES, TABLE_TO_AGGREGATES, snapshot_function_sql
+from schemas.contract import SCHEMA_VERSION
+
+NOTIFY_CHANNEL = "ttsync_outbox"
+
+
+def _dispatch_sql() -> str:
+    branches = "\n".join(
+        f"    WHEN '{t}' THEN RETURN ttsync_snapshot_{t}(p_id::bigint);" for t in AGGREGATES
+    )
+    locks = "\n".join(
+        f"    WHEN '{t}' THEN PERFORM 1 FROM \"{a.root.table}\" WHERE \"id\" = p_id::bigint FOR NO KEY UPDATE;"
+        for t, a in AGGREGATES.items()
+    )
+    return f"""
+CREATE OR REPLACE FUNCTION ttsync_snapshot(p_type text, p_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+  CASE p_type
+{branches}
+    ELSE RAISE EXCEPTION 'ttsync: unknown aggregate type %', p_type;
+  END CASE;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ttsync_lock_root(p_type text, p_id text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  CASE p_type
+{locks}
+    ELSE RAISE EXCEPTION 'ttsync: unknown aggregate type %', p_type;
+  END CASE;
+END
+$fn$;
+"""
+
+
+def _core_sql(source: str) -> str:
+    src = source.replace("'", "''")
+    return f"""
+CREATE UNLOGGED TABLE IF NOT EXISTS ttsync_capture_pending (
+  txid xid8 NOT NULL,
+  aggregatetype text NOT NULL,
+  aggregateid text NOT NULL,
+  before_state jsonb,
+  PRIMARY KEY (txid, aggregatetype, aggregateid)
+);
+
+CREATE OR REPLACE FUNCTION ttsync_capture_note(p_type text, p_id text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF p_id IS NULL THEN RETURN; END IF;
+  IF EXISTS (SELECT 1 FROM ttsync_capture_pending
+             WHERE txid = pg_current_xact_id() AND aggregatetype = p_type AND aggregateid = p_id) THEN
+    RETURN;
+  END IF;
+  -- Serialise transactions on one aggregate: versions then follow commit order.
+  PERFORM ttsync_lock_root(p_type, p_id);
+  INSERT INTO ttsync_capture_pending (txid, aggregatetype, aggregateid, before_state)
+  VALUES (pg_current_xact_id(), p_type, p_id, ttsync_snapshot(p_type, p_id));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ttsync_capture_row() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_new jsonb;
+  v_old jsonb;
+BEGIN
+  -- TG_ARGV[0] = aggregate type, TG_ARGV[1] = column holding the aggregate id.
+  IF TG_OP <> 'DELETE' THEN v_new := to_jsonb(NEW); END IF;
+  IF TG_OP <> 'INSERT' THEN v_old := to_jsonb(OLD); END IF;
+  PERFORM ttsync_capture_note(TG_ARGV[0], COALESCE(v_new, v_old) ->> TG_ARGV[1]);
+  IF TG_OP = 'UPDATE' AND (v_old ->> TG_ARGV[1]) IS DISTINCT FROM (v_new ->> TG_ARGV[1]) THEN
+    -- An item moved to another invoice changes both invoices.
+    PERFORM ttsync_capture_note(TG_ARGV[0], v_old ->> TG_ARGV[1]);
+  END IF;
+  IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+  RETURN NEW;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ttsync_capture_flush() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_after jsonb;
+  v_action text;
+  v_payload jsonb;
+  v_version bigint;
+  v_event_id uuid := gen_random_uuid();
+  v_now timestamptz := clock_timestamp();
+BEGIN
+  DELETE FROM ttsync_capture_pending
+   WHERE txid = NEW.txid AND aggregatetype = NEW.aggregatetype AND aggregateid = NEW.aggregateid;
+  v_after := ttsync_snapshot(NEW.aggregatetype, NEW.aggregateid);
+  IF v_after IS NULL AND NEW.before_state IS NULL THEN
+    RETURN NULL;  -- created and deleted in one transaction: nothing was ever visible
+  ELSIF v_after IS NULL THEN
+    v_action := 'deleted'; v_payload := NEW.before_state;
+  ELSIF NEW.before_state IS NULL THEN
+    v_action := 'created'; v_payload := v_after;
+  ELSIF v_after = NEW.before_state THEN
+    RETURN NULL;  -- touched but unchanged
+  ELSE
+    v_action := 'updated'; v_payload := v_after;
+  END IF;
+  INSERT INTO ttsync_aggregate_versions AS v (aggregatetype, aggregateid, version)
+  VALUES (NEW.aggregatetype, NEW.aggregateid, 1)
+  ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = v.version + 1
+  RETURNING v.version INTO v_version;
+  INSERT INTO ttsync_outbox (id, aggregatetype, aggregateid, type, payload, aggregate_version, occurred_at,
+                             headers)
+  VALUES (v_event_id, NEW.aggregatetype, NEW.aggregateid, NEW.aggregatetype || '.' || v_action,
+          jsonb_build_object(
+            'event_id', v_event_id,
+            'event_type', NEW.aggregatetype || '.' || v_action,
+            'aggregate_type', NEW.aggregatetype,
+            'aggregate_id', NEW.aggregateid,
+            'aggregate_version', v_version,
+            'occurred_at', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+            'schema_version', '{SCHEMA_VERSION}',
+            'source', '{src}',
+            'payload', v_payload),
+          v_version, v_now, jsonb_build_object('txid', NEW.txid::text, 'capture', 'trigger'));
+  PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.aggregatetype);
+  RETURN NULL;
+END
+$fn$;
+
+DROP TRIGGER IF EXISTS ttsync_capture_flush ON ttsync_capture_pending;
+CREATE CONSTRAINT TRIGGER ttsync_capture_flush AFTER INSERT ON ttsync_capture_pending
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ttsync_capture_flush();
+"""
+
+
+def _table_triggers_sql() -> str:
+    out = []
+    for table, targets in TABLE_TO_AGGREGATES.items():
+        for agg_type, column in targets:
+            name = f"ttsync_capture_{table}_{agg_type}"
+            out.append(f'DROP TRIGGER IF EXISTS {name} ON "{table}";')
+            out.append(
+                f'CREATE TRIGGER {name} BEFORE INSERT OR UPDATE OR DELETE ON "{table}" '
+                f"FOR EACH ROW EXECUTE FUNCTION ttsync_capture_row('{agg_type}', '{column}');"
+            )
+    return "\n".join(out)
+
+
+def install_sql(source: str = "timetracker") -> str:
+    functions = "\n".join(snapshot_function_sql(a) for a in AGGREGATES.values())
+    return "\n".join([functions, _dispatch_sql(), _core_sql(source), _table_triggers_sql()])
+
+
+def uninstall_sql() -> str:
+    out = []
+    for table, targets in TABLE_TO_AGGREGATES.items():
+        for agg_type, _ in targets:
+            out.append(f'DROP TRIGGER IF EXISTS ttsync_capture_{table}_{agg_type} ON "{table}";')
+    out += [
+        "DROP TABLE IF EXISTS ttsync_capture_pending;",
+        "DROP FUNCTION IF EXISTS ttsync_capture_flush();",
+        "DROP FUNCTION IF EXISTS ttsync_capture_row();",
+        "DROP FUNCTION IF EXISTS ttsync_capture_note(text, text);",
+        "DROP FUNCTION IF EXISTS ttsync_lock_root(text, text);",
+        "DROP FUNCTION IF EXISTS ttsync_snapshot(text, text);",
+    ]
+    out += [f"DROP FUNCTION IF EXISTS ttsync_snapshot_{t}(bigint);" for t in AGGREGATES]
+    return "\n".join(out)
+
+
+class CaptureNotSupported(RuntimeError):
+    pass
+
+
+def _require_postgres(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        raise CaptureNotSupported(
+            f"trigger capture needs PostgreSQL, this database is {conn.dialect.name}; "
+            "use the SQLAlchemy session capture (producer.session_capture.install_session_capture) instead"
+        )
+
+
+def _run_script(conn: Connection, sql: str) -> None:
+    # Straight to the driver, in the caller's transaction: the script holds '%' that a paramstyle would eat.
+    with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(sql)
+
+
+def install_triggers(conn: Connection, source: str = "timetracker") -> list[str]:
+    """Install (or replace) the capture triggers; returns the tables now captured. Idempotent."""
+    _require_postgres(conn)
+    _run_script(conn, install_sql(source))
+    return sorted(TABLE_TO_AGGREGATES)
+
+
+def uninstall_triggers(conn: Connection) -> None:
+    _require_postgres(conn)
+    _run_script(conn, uninstall_sql())
+
+
+def installed_triggers(conn: Connection) -> list[str]:
+    if conn.dialect.name != "postgresql":
+        return []
+    rows = conn.execute(
+        text("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'ttsync_capture_%' AND NOT tgisinternal")
+    )
+    return sorted(r[0] for r in rows)

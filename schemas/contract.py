@@ -1,0 +1,71 @@
+"""Names shared by every producer and consumer of ttsync events: topics, headers, groups, versions.
+
+One place, so that the relay, the consumer, the operator tools and a Debezium configuration agree.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION: Final = "1.0"
+"""Version of the envelope and payloads. Consumers accept any 1.x and reject other majors."""
+
+AGGREGATE_TYPES: Final = ("invoice", "expense", "payment", "client")
+EVENT_ACTIONS: Final = ("created", "updated", "deleted", "snapshot")
+
+DEFAULT_TOPIC_PREFIX: Final = "timetracker"
+RETRY_SUFFIX: Final = ".retry"
+"""Retry topics are ``<topic>.retry.<delay seconds>s``, e.g. ``timetracker.invoice.retry.30s``."""
+DLQ_SUFFIX: Final = ".dlq"
+"""All dead-lettered records of a prefix go to one topic, ``<prefix>.dlq``, keyed as the original."""
+
+DEFAULT_CONSUMER_GROUP: Final = "ttsync-qbo"
+DLQ_REPLAY_GROUP_SUFFIX: Final = "-dlq-replay"
+
+
+def topic_for(aggregate_type: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """Topic of an aggregate type: what Debezium's EventRouter gives with
+    ``route.topic.replacement=<prefix>.${routedByValue}``."""
+    return f"{prefix}.{aggregate_type}"
+
+
+def all_topics(prefix: str = DEFAULT_TOPIC_PREFIX) -> list[str]:
+    return [topic_for(t, prefix) for t in AGGREGATE_TYPES]
+
+
+def dlq_topic(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    return f"{prefix}{DLQ_SUFFIX}"
+
+
+def retry_topic(topic: str, delay_s: int) -> str:
+    return f"{topic}{RETRY_SUFFIX}.{delay_s}s"
+
+
+class Header:
+    """Kafka record header names. Values are UTF-8 text (numbers as decimal strings)."""
+
+    # Set by the relay, and by Debezium's EventRouter (table.field.event.id / additional.placement).
+    EVENT_ID: Final = "id"
+    EVENT_TYPE: Final = "eventType"
+    AGGREGATE_VERSION: Final = "aggregateVersion"
+    SCHEMA_VERSION: Final = "schemaVersion"
+    TRACE_ID: Final = "traceId"
+
+    # Added when a record is forwarded to a retry topic or the dead-letter topic, in the spirit of
+    # Kafka Connect's __connect.errors.* and Spring's kafka_dlt-* headers.
+    PREFIX: Final = "ttsync.errors."
+    ORIGINAL_TOPIC: Final = PREFIX + "original.topic"
+    ORIGINAL_PARTITION: Final = PREFIX + "original.partition"
+    ORIGINAL_OFFSET: Final = PREFIX + "original.offset"
+    ORIGINAL_TIMESTAMP: Final = PREFIX + "original.timestamp"
+    CONSUMER_GROUP: Final = PREFIX + "consumer.group"
+    ERROR_CLASS: Final = PREFIX + "class.name"
+    ERROR_MESSAGE: Final = PREFIX + "message"
+    ERROR_CODE: Final = PREFIX + "code"
+    QBO_FAULT_CODE: Final = PREFIX + "qbo.fault.code"
+    QBO_FAULT_BODY: Final = PREFIX + "qbo.fault.body"
+    ATTEMPTS: Final = PREFIX + "attempts"
+    FIRST_FAILURE: Final = PREFIX + "first.failure"
+    LAST_FAILURE: Final = PREFIX + "last.failure"
+    RETRY_DUE_AT: Final = PREFIX + "retry.due.at"
+    REPLAY_COUNT: Final = "ttsync.replay.count"

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from producer import migrate
+from producer.database import make_engine
+from producer.timetracker_schema import TIMETRACKER_METADATA
+from tests.services import kafka_service, postgres_service, unique
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    with kafka_service() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    with postgres_service() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_database(pg_server_url: str) -> Iterator[str]:
+    """A fresh database per test on the shared server: isolation without a new cluster."""
+    name = unique("t_")
+    admin = make_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def prepare_timetracker_db(url: str) -> Engine:
+    engine = make_engine(url)
+    TIMETRACKER_METADATA.create_all(engine)
+    migrate.upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def pg_engine(pg_database: str) -> Iterator[Engine]:
+    engine = prepare_timetracker_db(pg_database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Any) -> Iterator[Engine]:
+    engine = prepare_timetracker_db(f"sqlite:///{tmp_path / 'tt.sqlite3'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return unique("tt")
+
+
+@pytest.fixture
+def group_id() -> str:
+    return f"ttsync-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_unique() -> Callable[[str], str]:
+    return unique

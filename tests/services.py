@@ -1,0 +1,150 @@
+"""Real Kafka and PostgreSQL for the tests: from the environment, else testcontainers, else deploy/local.
+
+Under CI=true a service that cannot be had fails the run; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ttsync.local_services import DEPLOY_LOCAL, kafka_answers, run_script
+
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(what: str) -> None:
+    if CI:
+        pytest.fail(f"{what} (CI=true: a missing service is a failure, not a skip)", pytrace=False)
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class LocalBroker:
+    """A broker of our own from deploy/local/kafka.sh: tests may stop and restart it."""
+
+    port: int
+    state_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {"KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.port + 1),
+                "KAFKA_STATE_DIR": str(self.state_dir)}
+
+    def start(self) -> str:
+        return run_script("kafka.sh", "start", self._env())
+
+    def stop(self) -> None:
+        run_script("kafka.sh", "stop", self._env())
+
+    def status_code(self) -> int:
+        return subprocess.run(["bash", str(DEPLOY_LOCAL / "kafka.sh"), "status"], env={**os.environ, **self._env()},
+                              capture_output=True, check=False).returncode
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+@contextmanager
+def private_broker() -> Iterator[LocalBroker]:
+    state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-"))
+    broker = LocalBroker(_free_port_pair(), state)
+    try:
+        broker.start()
+    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
+        shutil.rmtree(state, ignore_errors=True)
+        unavailable(f"cannot start a private Kafka broker: {exc}")
+    try:
+        yield broker
+    finally:
+        try:
+            broker.stop()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
+def kafka_service() -> Iterator[str]:
+    env = os.environ.get("TTSYNC_KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        if not kafka_answers(env, timeout_s=10):
+            unavailable(f"TTSYNC_KAFKA_BOOTSTRAP_SERVERS={env} does not answer")
+        yield env
+        return
+    if docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.0.0").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    with private_broker() as broker:
+        yield broker.bootstrap
+
+
+@contextmanager
+def postgres_service() -> Iterator[str]:
+    env = os.environ.get("TTSYNC_TEST_POSTGRES_URL") or os.environ.get("TTSYNC_DATABASE_URL")
+    if env and env.startswith("postgresql"):
+        yield env
+        return
+    if docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver="psycopg") as container:
+            yield container.get_connection_url()
+        return
+    state = Path(tempfile.mkdtemp(prefix="ttsync-pg-"))
+    env_vars = {"PG_STATE_DIR": str(state)}
+    env_vars.pop("PGPORT", None)
+    try:
+        url = run_script("postgres.sh", "start", env_vars)
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"cannot start PostgreSQL: {exc}")
+    try:
+        yield url
+    finally:
+        try:
+            run_script("postgres.sh", "stop", env_vars)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"

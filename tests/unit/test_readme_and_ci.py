@@ -1,0 +1,32 @@
+"""The README's commands and .ci/run must not drift apart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_opens_with_two_commands() -> None:
+    first = _readme_blocks()[0].strip().splitlines()
+    commands = [ln.split("#", 1)[0].strip() for ln in first if ln.strip()]
+    assert len(commands) == 2
+    assert "ttsync" in commands[0]
+    assert commands[1] == "bash .ci/run"
+
+
+def test_ci_runs_the_readme_test_command_exactly() -> None:
+    test_command = _readme_blocks()[1].strip()
+    assert test_command.startswith("python3 -m pytest")
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_top_level_layout() -> None:
+    for name in ("producer", "consumer", "schemas", "deploy", "tests", "pyproject.toml"):
+        assert (ROOT / name).exists(), name

@@ -1,0 +1,3 @@
+from ttsync.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""``ttsync``: the one command operators use. Every sub-command has --help; scripts get --json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ttsync.logging_setup import configure_logging
+from ttsync.settings import Settings, get_settings
+
+app = typer.Typer(help="Keep QuickBooks Online in step with TimeTracker.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="ttsync's own tables (Alembic migrations).", no_args_is_help=True)
+capture_app = typer.Typer(help="Change capture into the outbox.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The event contract.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(capture_app, name="capture")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(schemas_app, name="schemas")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# --- doctor -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    as_json: JsonOpt = False,
+    start: Annotated[bool, typer.Option(help="Start a local Kafka broker when none answers.")] = True,
+) -> None:
+    """Find or start Kafka and the database, send one event through the real broker and back."""
+    from ttsync.doctor import run_doctor
+
+    settings = _settings()
+    checks = run_doctor(settings, start_services=start)
+    ok = all(c.ok for c in checks)
+    if as_json:
+        _emit_json({"ok": ok, "checks": [c.__dict__ for c in checks]})
+    else:
+        table = Table(title="ttsync doctor")
+        for col in ("check", "result", "detail", "seconds"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail, f"{c.seconds:.2f}")
+        console.print(table)
+        console.print("[green]all checks passed[/]" if ok else "[red]some checks failed[/]")
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+# --- db ---------------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    timetracker_schema: Annotated[
+        bool, typer.Option(help="Also create TimeTracker's tables when missing (demo and tests only).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or upgrade ttsync's tables (ttsync_outbox, ...) on PostgreSQL or SQLite."""
+    from producer import migrate
+    from producer.database import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    if timetracker_schema:
+        from producer.timetracker_schema import TIMETRACKER_METADATA
+
+        TIMETRACKER_METADATA.create_all(engine)
+    at = migrate.upgrade(engine, revision)
+    if as_json:
+        _emit_json({"revision": at, "head": migrate.head_revision(), "dialect": engine.dialect.name})
+    else:
+        console.print(f"database at revision [bold]{at}[/] ({engine.dialect.name})")
+
+
+@db_app.command("current")
+def db_current(as_json: JsonOpt = False) -> None:
+    """Show the revision of ttsync's tables."""
+    from producer import migrate
+    from producer.database import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    if as_json:
+        _emit_json({"revision": current, "head": head, "up_to_date": current == head})
+    else:
+        console.print(f"current: {current or 'none'}  head: {head}")
+    raise typer.Exit(EXIT_OK if current == head else EXIT_FAILED)
+
+
+# --- capture ----------------------------------------------------------------------------------------
+
+
+@capture_app.command("install")
+def capture_install(
+    source: Annotated[str | None, typer.Option(help="Instance name put in every event.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Install the PostgreSQL capture triggers on TimeTracker's tables (idempotent)."""
+    from producer.database import make_engine
+    from producer.trigger_capture import CaptureNotSupported, install_triggers
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:
+            tables = install_triggers(conn, source or settings.source)
+    except CaptureNotSupported as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_FAILED) from exc
+    if as_json:
+        _emit_json({"installed": True, "tables": tables})
+    else:
+        console.print(f"capture triggers installed on: {', '.join(tables)}")
+
+
+@capture_app.command("uninstall")
+def capture_uninstall(as_json: JsonOpt = False) -> None:
+    """Remove the capture triggers and functions (the outbox table stays)."""
+    from producer.database import make_engine
+    from producer.trigger_capture import CaptureNotSupported, uninstall_triggers
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:
+            uninstall_triggers(conn)
+    except CaptureNotSupported as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_FAILED) from exc
+    if as_json:
+        _emit_json({"installed": False})
+    else:
+        console.print("capture triggers removed")
+
+
+@capture_app.command("status")
+def capture_status(as_json: JsonOpt = False) -> None:
+    """List the capture triggers installed."""
+    from producer.database import make_engine
+    from producer.trigger_capture import installed_triggers
+
+    settings = _settings()
+    with make_engine(settings.database_url).connect() as conn:
+        names = installed_triggers(conn)
+    if as_json:
+        _emit_json({"triggers": names})
+    else:
+        console.print("\n".join(names) or "no capture triggers installed")
+
+
+# --- relay and outbox -------------------------------------------------------------------------------
+
+
+@app.command()
+def relay(
+    once: Annotated[bool, typer.Option(help="Publish what is waiting, then exit.")] = False,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    create_topics: Annotated[bool, typer.Option(help="Create missing topics at start.")] = True,
+) -> None:
+    """Publish outbox rows to Kafka (keyed by aggregate), marking them published once acknowledged."""
+    from producer.database import make_engine
+    from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
+    from producer.outbox_relay import OutboxRelay
+    from schemas.contract import all_topics
+
+    settings = _settings()
+    log = structlog.get_logger("ttsync.cli")
+    engine = make_engine(settings.database_url)
+    if create_topics:
+        try:
+            created = ensure_topics(settings.kafka_bootstrap_servers, all_topics(settings.topic_prefix),
+                                    settings.topic_partitions, settings.topic_replication_factor)
+            if created:
+                log.info("topics_created", topics=created)
+        except Exception as exc:  # noqa: BLE001 - the relay still runs and retries publishing
+            log.warning("topic_creation_failed", error=repr(exc))
+    publisher = KafkaRecordPublisher(settings.kafka_bootstrap_servers)
+    worker = OutboxRelay(
+        engine, publisher, topic_prefix=settings.topic_prefix, batch_size=settings.relay_batch_size,
+        poll_interval_s=settings.relay_poll_interval_s, buckets=settings.relay_buckets,
+        retention=dt.timedelta(hours=settings.outbox_retention_hours),
+        on_batch=lambda s: log.info("progress", published=s.published, failed=s.failed, batches=s.batches)
+        if s.batches % 20 == 0 else None,
+    )
+
+    def _graceful(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name, action="finishing in-flight batch")
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    try:
+        stats = worker.run(max_seconds=max_seconds, idle_exit=once)
+    finally:
+        publisher.close()
+    log.info("relay_exit", published=stats.published, failed=stats.failed, purged=stats.purged)
+
+
+@outbox_app.command("status")
+def outbox_status_cmd(
+    as_json: JsonOpt = False,
+    check: Annotated[bool, typer.Option(help="Exit 1 when rows keep failing.")] = False,
+) -> None:
+    """Backlog, oldest unpublished age, publish rate, rows that keep failing."""
+    from producer.database import make_engine
+    from producer.outbox_status import outbox_status
+
+    settings = _settings()
+    status = outbox_status(make_engine(settings.database_url))
+    if as_json:
+        _emit_json(status)
+    else:
+        table = Table(title="ttsync outbox")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row("backlog (unpublished rows)", str(status["backlog"]))
+        for t, n in sorted(status["backlog_by_type"].items()):
+            table.add_row(f"  {t}", str(n))
+        table.add_row("oldest unpublished age (s)", f"{status['oldest_unpublished_age_seconds']:.1f}")
+        table.add_row(f"publish rate (/s, last {status['rate_window_seconds']}s)",
+                      f"{status['publish_rate_per_second']:.2f}")
+        table.add_row("published rows retained", str(status["published_retained"]))
+        table.add_row("failing rows", str(status["failing"]))
+        console.print(table)
+        for row in status["failing_rows"]:
+            console.print(f"[red]{row['type']} {row['aggregate_id']}[/] attempts={row['attempts']} "
+                          f"next={row['next_attempt_at']} error={row['last_error']}")
+    raise typer.Exit(EXIT_FAILED if check and status["failing"] else EXIT_OK)
+
+
+# --- schemas ----------------------------------------------------------------------------------------
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="Where to write <type>.<action>.json files.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write JSON Schema for every event type."""
+    from schemas.json_schema import export_json_schemas
+
+    written = export_json_schemas(directory)
+    if as_json:
+        _emit_json({"files": [str(p) for p in written]})
+    else:
+        console.print(f"wrote {len(written)} schemas to {directory}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
