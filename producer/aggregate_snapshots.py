@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
+MONEY_SCALE = Decimal("0.01")  # every money column of TimeTracker is Numeric(p, 2)
+
 Kind = Literal["int", "text", "money", "date", "ts", "json", "bool"]
 
 
@@ -144,7 +146,10 @@ def _encode(kind: Kind, value: Any) -> Any:
     if value is None:
         return None
     if kind == "money":
-        return str(value if isinstance(value, Decimal) else Decimal(str(value)))
+        if isinstance(value, Decimal):
+            return str(value)
+        # SQLite hands back int/float for NUMERIC: restore TimeTracker's scale of 2, as PostgreSQL prints it.
+        return str(Decimal(str(value)).quantize(MONEY_SCALE))
     if kind == "date":
         return value.isoformat() if isinstance(value, dt.date) else str(value)
     if kind == "ts":

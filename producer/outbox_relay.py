@@ -18,6 +18,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,7 +144,8 @@ class OutboxRelay:
 
     def _record(self, row: Any) -> OutRecord:
         headers = [
-            (Header.EVENT_ID, str(row.id).encode()),
+            # SQLite hands back the uuid as 32 hex digits: normalise to the canonical form.
+            (Header.EVENT_ID, str(uuid.UUID(str(row.id))).encode()),
             (Header.EVENT_TYPE, row.type.encode()),
             (Header.AGGREGATE_VERSION, str(row.aggregate_version).encode()),
             (Header.SCHEMA_VERSION, SCHEMA_VERSION.encode()),

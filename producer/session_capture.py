@@ -70,9 +70,11 @@ class SessionCapture:
     def before_commit(self, session: Session) -> None:
         if session.in_nested_transaction():
             return  # a savepoint: the outer commit writes the events
+        # before_commit runs before the commit's own flush: flush now so the changes are noted and the
+        # after-state includes them.
+        session.flush()
         if not session.info.get(_PENDING):
             return
-        session.flush()  # before_commit runs before the final flush; the after-state must include it
         pending: dict[tuple[str, str], Any] = session.info.pop(_PENDING, {})
         conn = session.connection()
         for (agg_type, agg_id), before in sorted(pending.items()):

@@ -17,7 +17,8 @@ FIXED_TS = dt.datetime(2026, 11, 1, 9, 30, 0)
 def base_rows(session: Session, *, name: str | None = None, fixed_times: bool = False) -> tuple[User, Client, Project]:
     n = next(_counter)
     user = User(username=f"user{n}-{id(session)}")
-    client = Client(name=name or f"Client {n}-{id(session)}", email=f"billing{n}@example.com",
+    email = "billing@example.com" if fixed_times else f"billing{n}@example.com"
+    client = Client(name=name or f"Client {n}-{id(session)}", email=email,
                     address="1 Main St\nSpringfield", contact_person="Pat Doe")
     if fixed_times:
         client.created_at = client.updated_at = FIXED_TS

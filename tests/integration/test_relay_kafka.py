@@ -1,0 +1,229 @@
+"""The relay against a real PostgreSQL and a real Kafka broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
+from producer.outbox_relay import OutboxRelay
+from producer.outbox_tables import outbox
+from producer.outbox_writer import write_event
+from producer.timetracker_schema import Invoice
+from producer.trigger_capture import install_triggers
+from schemas import all_topics, decode_event, headers_to_dict, topic_for
+from tests.kafka_helpers import read_topics
+from tests.services import private_broker
+from tests.timetracker_data import base_rows, new_invoice
+
+pytestmark = pytest.mark.integration
+
+
+def outbox_ids(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {str(i) for i in conn.execute(select(outbox.c.id)).scalars()}
+
+
+def backlog(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).where(outbox.c.published_at.is_(None))).scalar_one()
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def seed_outbox(engine: Engine, n: int, aggregates: int) -> None:
+    with engine.begin() as conn:
+        for i in range(n):
+            agg = str(i % aggregates + 1)
+            write_event(conn, aggregate_type="client", aggregate_id=agg, action="updated",
+                        payload={"id": int(agg), "name": f"Client {agg} rev {i}"}, source="test")
+
+
+def test_committed_change_gives_exactly_one_record(pg_engine: Engine, kafka_bootstrap: str,
+                                                   topic_prefix: str) -> None:
+    with pg_engine.begin() as conn:
+        install_triggers(conn)
+    with Session(pg_engine) as s:
+        user, client, project = base_rows(s)
+        inv = new_invoice(s, user, client, project, number="INV-1", items=3)
+        s.commit()
+        invoice_id = inv.id
+    with Session(pg_engine) as s:  # rolled back: must not reach Kafka
+        s.get_one(Invoice, invoice_id).status = "cancelled"
+        s.flush()
+        s.rollback()
+
+    publisher = KafkaRecordPublisher(kafka_bootstrap)
+    stats = OutboxRelay(pg_engine, publisher, topic_prefix=topic_prefix).run(idle_exit=True)
+    publisher.close()
+    assert stats.published == 2  # client.created + invoice.created
+
+    records = read_topics(kafka_bootstrap, [topic_for("invoice", topic_prefix)], until=lambda r: len(r) >= 1)
+    time.sleep(1)
+    records = read_topics(kafka_bootstrap, [topic_for("invoice", topic_prefix)], idle_s=2)
+    assert len(records) == 1
+    rec = records[0]
+    with pg_engine.connect() as conn:
+        row = conn.execute(select(outbox).where(outbox.c.type == "invoice.created")).one()
+    headers = headers_to_dict(rec.headers)
+    assert rec.key == str(invoice_id).encode()
+    assert headers["id"] == str(row.id)
+    assert headers["eventType"] == "invoice.created"
+    assert headers["aggregateVersion"] == "1"
+    evt = decode_event(rec.value)
+    assert json.loads(rec.value) == row.payload
+    assert len(evt.state().items) == 3 and evt.state().status == "draft"
+    assert row.published_at is not None
+
+
+def test_concurrent_writers_and_two_relays_keep_order_per_aggregate(pg_engine: Engine, kafka_bootstrap: str,
+                                                                   topic_prefix: str) -> None:
+    ensure_topics(kafka_bootstrap, all_topics(topic_prefix), partitions=3, replication=1)
+    with pg_engine.begin() as conn:
+        install_triggers(conn)
+    with Session(pg_engine) as s:
+        user, client, project = base_rows(s)
+        invoice_ids = [new_invoice(s, user, client, project, number=f"INV-{n}", items=2) for n in range(12)]
+        s.commit()
+        invoice_ids = [i.id for i in invoice_ids]
+
+    relays = [OutboxRelay(pg_engine, KafkaRecordPublisher(kafka_bootstrap), topic_prefix=topic_prefix,
+                          batch_size=50, poll_interval_s=0.2, buckets=8) for _ in range(2)]
+    threads = [threading.Thread(target=r.run) for r in relays]
+    for t in threads:
+        t.start()
+
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for n in range(40):
+                with Session(pg_engine) as s:
+                    inv = s.get_one(Invoice, rng.choice(invoice_ids))
+                    inv.notes = f"writer {seed} change {n}"
+                    inv.items[rng.randrange(2)].description = f"w{seed}-{n}"
+                    s.commit()
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+    assert not errors
+    wait_for(lambda: backlog(pg_engine) == 0, 60, "the outbox to drain")
+    for r in relays:
+        r.stop()
+    for t in threads:
+        t.join(30)
+    for r in relays:
+        r.publisher.close()
+
+    expected = outbox_ids(pg_engine)
+    with pg_engine.connect() as conn:
+        n_invoice = conn.execute(select(func.count()).where(outbox.c.aggregatetype == "invoice")).scalar_one()
+    records = read_topics(kafka_bootstrap, [topic_for("invoice", topic_prefix), topic_for("client", topic_prefix)],
+                          until=lambda r: len(r) >= len(expected), timeout_s=60)
+    seen = {headers_to_dict(r.headers)["id"] for r in records}
+    assert seen == expected
+    assert sum(r.stats.published for r in relays) == len(expected)
+    versions: dict[bytes, list[int]] = defaultdict(list)
+    for rec in sorted((r for r in records if r.topic.endswith(".invoice")), key=lambda r: (r.partition, r.offset)):
+        versions[rec.key].append(decode_event(rec.value).aggregate_version)
+    assert sum(len(v) for v in versions.values()) == n_invoice
+    for key, vs in versions.items():
+        assert vs == sorted(vs) and len(set(vs)) == len(vs), f"invoice {key!r} out of order: {vs}"
+        assert vs == list(range(1, len(vs) + 1)), f"invoice {key!r} has gaps: {vs}"
+
+
+def _relay_process(db_url: str, bootstrap: str, prefix: str) -> subprocess.Popen:
+    env = {**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+           "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_RELAY_BATCH_SIZE": "100", "TTSYNC_LOG_FORMAT": "json"}
+    return subprocess.Popen([sys.executable, "-m", "ttsync", "relay"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_relay_mid_batch_loses_nothing(pg_engine: Engine, pg_database: str, kafka_bootstrap: str,
+                                                      topic_prefix: str) -> None:
+    seed_outbox(pg_engine, 4000, aggregates=50)
+    total = 4000
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):
+        proc = _relay_process(pg_database, kafka_bootstrap, topic_prefix)
+        # Kill at a random moment while rows are still waiting (mid-stream, usually mid-batch).
+        wait_for(lambda p=proc, t=total: backlog(pg_engine) < t or p.poll() is not None, 60, "the relay to start")
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills += 1
+        total = backlog(pg_engine)
+        if total == 0:
+            break
+    assert kills >= 1
+    proc = _relay_process(pg_database, kafka_bootstrap, topic_prefix)
+    try:
+        wait_for(lambda: backlog(pg_engine) == 0, 120, "the outbox to drain after the kills")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # SIGTERM: finish the batch, exit cleanly
+
+    expected = outbox_ids(pg_engine)
+    records = read_topics(kafka_bootstrap, [topic_for("client", topic_prefix)],
+                          until=lambda r: len({headers_to_dict(x.headers)["id"] for x in r}) >= len(expected),
+                          timeout_s=90)
+    by_id: dict[str, set[bytes]] = defaultdict(set)
+    for rec in records:
+        by_id[headers_to_dict(rec.headers)["id"]].add(rec.value)
+    assert set(by_id) == expected, f"lost {len(expected - set(by_id))} events"
+    # A redelivered record is the same event: same id, same bytes.
+    assert all(len(values) == 1 for values in by_id.values())
+
+
+@pytest.mark.slow
+def test_broker_outage_of_10s_drains_afterwards(pg_engine: Engine, topic_prefix: str) -> None:
+    with private_broker() as broker:
+        relay = OutboxRelay(pg_engine, KafkaRecordPublisher(broker.bootstrap, timeout_s=4),
+                            topic_prefix=topic_prefix, poll_interval_s=0.2)
+        thread = threading.Thread(target=relay.run)
+        thread.start()
+        try:
+            seed_outbox(pg_engine, 50, aggregates=5)
+            wait_for(lambda: backlog(pg_engine) == 0, 60, "the first rows to publish")
+            broker.stop()
+            seed_outbox(pg_engine, 200, aggregates=5)
+            time.sleep(10)
+            assert backlog(pg_engine) == 200  # kept, not lost, while the broker is away
+            broker.start()
+            wait_for(lambda: backlog(pg_engine) == 0, 90, "the outbox to drain after the outage")
+        finally:
+            relay.stop()
+            thread.join(60)
+            relay.publisher.close()
+        expected = outbox_ids(pg_engine)
+        records = read_topics(broker.bootstrap, [topic_for("client", topic_prefix)],
+                              until=lambda r: len({headers_to_dict(x.headers)["id"] for x in r}) >= len(expected),
+                              timeout_s=60)
+        assert {headers_to_dict(r.headers)["id"] for r in records} == expected
+        assert relay.stats.failed > 0  # it did see the outage

@@ -1,0 +1,62 @@
+"""SQLAlchemy capture on SQLite: the embedded demo database, no concurrency needed."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import sessionmaker
+
+from producer.outbox_tables import aggregate_versions, outbox
+from producer.session_capture import install_session_capture
+from producer.timetracker_schema import Invoice
+from tests.capture_scenario import EXPECTED, outbox_events, per_aggregate, play
+
+
+def test_scenario_gives_one_event_per_aggregate_per_transaction(sqlite_engine: Engine) -> None:
+    factory = sessionmaker(sqlite_engine)
+    install_session_capture(factory, source="tt-test")
+    play(factory)
+    events = outbox_events(sqlite_engine)
+    triples = [(e["event_type"], e["aggregate_id"], e["aggregate_version"]) for e in events]
+    assert per_aggregate(triples) == per_aggregate(EXPECTED)
+    by_key = {(e["event_type"], e["aggregate_id"], e["aggregate_version"]): e for e in events}
+
+    created = by_key[("invoice.created", "1", 1)]["state"]
+    assert len(created["items"]) == 2 and created["status"] == "draft"
+    assert created["client"]["name"] == "Acme O'Brien & Sons"
+    sent = by_key[("invoice.updated", "1", 2)]["state"]
+    assert len(sent["items"]) == 3 and sent["status"] == "sent"
+    assert by_key[("invoice.updated", "1", 3)]["state"]["items"][0]["quantity"] == "3.00"
+    assert by_key[("payment.created", "1", 1)]["state"]["invoice_number"] == "INV-0001"
+    assert by_key[("invoice.updated", "1", 4)]["state"]["status"] == "paid"
+    deleted = by_key[("expense.deleted", "1", 3)]
+    assert deleted["state"]["status"] == "approved"  # the last state before the delete
+
+
+def test_versions_rise_monotonically_and_are_recorded(sqlite_engine: Engine) -> None:
+    factory = sessionmaker(sqlite_engine)
+    install_session_capture(factory)
+    play(factory)
+    with sqlite_engine.connect() as conn:
+        versions = dict(
+            ((t, i), v) for t, i, v in conn.execute(select(aggregate_versions))
+        )
+        seqs = conn.execute(select(outbox.c.seq).order_by(outbox.c.seq)).scalars().all()
+    assert versions[("invoice", "1")] == 4
+    assert versions[("expense", "1")] == 3
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_install_is_idempotent_and_removable(sqlite_engine: Engine) -> None:
+    factory = sessionmaker(sqlite_engine)
+    first = install_session_capture(factory)
+    assert install_session_capture(factory) is first
+    first.remove()
+    with factory() as s:
+        from tests.timetracker_data import base_rows, new_invoice
+
+        user, client, project = base_rows(s)
+        new_invoice(s, user, client, project, number="INV-X")
+        s.commit()
+        assert s.scalar(select(func.count()).select_from(Invoice)) == 1
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(outbox)).scalar_one() == 0
