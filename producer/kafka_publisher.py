@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from kafka import KafkaAdminClient, KafkaProducer
@@ -29,11 +29,21 @@ class OutRecord:
 
 
 class RecordPublisher(Protocol):
-    def publish(self, records: Sequence[OutRecord]) -> list[BaseException | None]:
-        """Send all records; return, per record, None when acknowledged or the error."""
+    def send(self, records: Sequence[OutRecord]) -> Any:
+        """Start sending; returns a handle for ``wait``. Records of one call keep their order."""
+        ...
+
+    def wait(self, handle: Any) -> list[BaseException | None]:
+        """Block until every record of ``handle`` is acknowledged or failed: per record None or the error."""
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+    count: int
 
 
 class KafkaRecordPublisher:
@@ -55,7 +65,7 @@ class KafkaRecordPublisher:
                 enable_idempotence=True,
                 # Idempotence keeps order with up to 5 requests in flight per connection.
                 max_in_flight_requests_per_connection=5,
-                linger_ms=2,
+                linger_ms=0,
                 batch_size=256 * 1024,
                 max_request_size=MAX_RECORD_BYTES,
                 request_timeout_ms=min(timeout_ms, 10_000),
@@ -65,17 +75,25 @@ class KafkaRecordPublisher:
             )
         return self._producer
 
-    def publish(self, records: Sequence[OutRecord]) -> list[BaseException | None]:
+    def send(self, records: Sequence[OutRecord]) -> Any:
         try:
             producer = self._get()
-            futures = [
-                producer.send(r.topic, key=r.key, value=r.value, headers=r.headers) for r in records
-            ]
-            producer.flush(timeout=self._timeout_s + 15)
+            return [producer.send(r.topic, key=r.key, value=r.value, headers=r.headers) for r in records]
         except KafkaError as exc:
             # The producer may be in a bad state (broker gone, epoch fenced): start afresh next time.
             self.reset()
-            return [exc] * len(records)
+            return _Failed(exc, len(records))
+
+    def wait(self, handle: Any) -> list[BaseException | None]:
+        if isinstance(handle, _Failed):
+            return [handle.error] * handle.count
+        futures = handle
+        try:
+            if self._producer is not None:
+                self._producer.flush(timeout=self._timeout_s + 15)
+        except KafkaError as exc:
+            self.reset()
+            return [exc] * len(futures)
         results: list[BaseException | None] = []
         for fut in futures:
             if fut.is_done:
@@ -85,6 +103,9 @@ class KafkaRecordPublisher:
         if any(r is not None for r in results):
             self.reset()
         return results
+
+    def publish(self, records: Sequence[OutRecord]) -> list[BaseException | None]:
+        return self.wait(self.send(records))
 
     def reset(self) -> None:
         if self._producer is not None:

@@ -4,10 +4,10 @@ Guarantees and how:
 - Nothing lost: rows are marked published in the claiming transaction, only after the broker acknowledged
   them; a crash before the commit leaves them unpublished and they are sent again (same event id, so
   consumers dedupe).
-- Order per aggregate with several relays: the aggregates are split into hash buckets; a relay claims rows
-  only of buckets whose transaction-level advisory lock it holds, in ``seq`` order, with
-  ``FOR UPDATE SKIP LOCKED``. A row waiting after a failure holds back the later rows of its aggregate.
-  Rows are never read by "id > last seen" (rows commit out of id order).
+- Order per aggregate with several relays: the aggregates are split into hash buckets shared out by
+  session-level advisory locks (``relay_buckets``); a relay claims rows only of the buckets it holds, in
+  ``seq`` order, with ``FOR UPDATE SKIP LOCKED``. A row waiting after a failure holds back the later rows of
+  its aggregate. Rows are never read by "id > last seen" (rows commit out of id order).
 - Wakes on LISTEN/NOTIFY (sent by the capture at commit) with a fallback poll interval.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import threading
 import time
 import uuid
@@ -28,31 +27,34 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.engine import make_url
 
 from producer.kafka_publisher import OutRecord, RecordPublisher
+from producer.relay_buckets import BucketLeases, bucket_of_sql
 from producer.trigger_capture import NOTIFY_CHANNEL
 from schemas.contract import SCHEMA_VERSION, Header, topic_for
 
 log = structlog.get_logger("ttsync.relay")
 
-ADVISORY_LOCK_CLASS = 0x74747379  # "ttsy": the first key of the relay's advisory locks
-
 _PG_CLAIM = text(
-    """
-WITH held AS (
-  SELECT b FROM unnest(CAST(:buckets AS int[])) AS b WHERE pg_try_advisory_xact_lock(:lock_class, b)
+    f"""
+WITH claimed AS (
+  -- Only ids here, walking unpublished rows in seq order up to the batch size: payloads are fetched for
+  -- the claimed rows alone.
+  SELECT o.id, o.seq
+    FROM ttsync_outbox o
+   WHERE o.published_at IS NULL
+     AND (o.available_at IS NULL OR o.available_at <= now())
+     AND {bucket_of_sql("o.aggregateid")} = ANY (CAST(:buckets AS int[]))
+     AND NOT EXISTS (
+           SELECT 1 FROM ttsync_outbox p
+            WHERE p.published_at IS NULL AND p.aggregatetype = o.aggregatetype
+              AND p.aggregateid = o.aggregateid AND p.seq < o.seq AND p.available_at > now())
+   ORDER BY o.seq
+   LIMIT :batch
+     FOR UPDATE OF o SKIP LOCKED
 )
 SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload::text AS payload, o.aggregate_version,
        o.headers::text AS headers, o.attempts
-  FROM ttsync_outbox o
- WHERE o.published_at IS NULL
-   AND (o.available_at IS NULL OR o.available_at <= now())
-   AND ((hashtext(o.aggregateid)::bigint + 2147483648) % :n) IN (SELECT b FROM held)
-   AND NOT EXISTS (
-         SELECT 1 FROM ttsync_outbox p
-          WHERE p.published_at IS NULL AND p.aggregatetype = o.aggregatetype
-            AND p.aggregateid = o.aggregateid AND p.seq < o.seq AND p.available_at > now())
- ORDER BY o.seq
- LIMIT :batch
-   FOR UPDATE OF o SKIP LOCKED
+  FROM claimed c JOIN ttsync_outbox o ON o.id = c.id
+ ORDER BY c.seq
 """
 )
 
@@ -76,6 +78,10 @@ _MARK_PUBLISHED = text(
     "UPDATE ttsync_outbox SET published_at = :now, attempts = attempts + 1, last_error = NULL, "
     "available_at = NULL WHERE id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
+_PG_MARK_PUBLISHED = text(
+    "UPDATE ttsync_outbox SET published_at = :now, attempts = attempts + 1, last_error = NULL, "
+    "available_at = NULL WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
 
 _MARK_FAILED = text(
     "UPDATE ttsync_outbox SET attempts = attempts + 1, last_error = :error, available_at = :retry_at "
@@ -98,6 +104,16 @@ def _retry_delay(attempts: int) -> float:
     return min(2.0 ** max(attempts, 0), 300.0)
 
 
+@dataclass
+class _Batch:
+    """Claimed rows, still locked by their open transaction, and the broker handle once sent."""
+
+    conn: Connection
+    tx: Any
+    rows: list[Any]
+    handle: Any = None
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -110,6 +126,7 @@ class OutboxRelay:
         buckets: int = 16,
         retention: dt.timedelta = dt.timedelta(hours=72),
         purge_every_s: float = 60.0,
+        pipeline: bool = True,
         on_batch: Callable[[RelayStats], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -123,24 +140,35 @@ class OutboxRelay:
         self.on_batch = on_batch
         self.stats = RelayStats()
         self.is_postgres = engine.dialect.name == "postgresql"
+        # Claiming the next batch while the broker acknowledges the previous one needs a second transaction:
+        # SQLite allows one writer only.
+        self.pipeline = pipeline and self.is_postgres
+        self.leases = BucketLeases(engine, buckets) if self.is_postgres else None
         self._stop = threading.Event()
         self._listener: Any = None
         self._last_purge = 0.0
 
-    # -- one batch ----------------------------------------------------------------------------------
+    # -- the steps of one batch ---------------------------------------------------------------------
 
-    def _claim(self, conn: Connection) -> list[Any]:
-        if self.is_postgres:
-            order = list(range(self.buckets))
-            random.shuffle(order)  # so that two relays do not both start with bucket 0
-            return list(
-                conn.execute(
-                    _PG_CLAIM,
-                    {"buckets": order, "lock_class": ADVISORY_LOCK_CLASS, "n": self.buckets,
-                     "batch": self.batch_size},
-                )
-            )
-        return list(conn.execute(_SQLITE_CLAIM, {"now": _utcnow(), "batch": self.batch_size}))
+    def _claim(self) -> _Batch | None:
+        conn = self.engine.connect()
+        tx = conn.begin()
+        try:
+            if self.leases is not None:
+                held = sorted(self.leases.held)
+                rows = list(conn.execute(_PG_CLAIM, {"buckets": held, "n": self.buckets,
+                                                      "batch": self.batch_size})) if held else []
+            else:
+                rows = list(conn.execute(_SQLITE_CLAIM, {"now": _utcnow(), "batch": self.batch_size}))
+        except BaseException:
+            tx.rollback()
+            conn.close()
+            raise
+        if not rows:
+            tx.rollback()
+            conn.close()
+            return None
+        return _Batch(conn, tx, rows)
 
     def _record(self, row: Any) -> OutRecord:
         headers = [
@@ -161,26 +189,43 @@ class OutboxRelay:
             headers=headers,
         )
 
-    def run_once(self) -> int:
-        """Claim, publish and mark one batch; returns the number of rows published."""
-        with self.engine.begin() as conn:
-            rows = self._claim(conn)
-            if not rows:
-                return 0
-            results = self.publisher.publish([self._record(r) for r in rows])
+    def _send(self, batch: _Batch) -> None:
+        batch.handle = self.publisher.send([self._record(r) for r in batch.rows])
+
+    def _finish(self, batch: _Batch) -> tuple[int, int]:
+        """Wait for the broker, then mark rows published (or failed) and commit: only now are they done."""
+        try:
+            results = self.publisher.wait(batch.handle)
             now = _utcnow()
-            ok = [r.id for r, err in zip(rows, results, strict=True) if err is None]
+            ok = [r.id for r, err in zip(batch.rows, results, strict=True) if err is None]
             if ok:
-                conn.execute(_MARK_PUBLISHED, {"now": now, "ids": ok})
-            failed = [(r, err) for r, err in zip(rows, results, strict=True) if err is not None]
+                mark = _PG_MARK_PUBLISHED if self.is_postgres else _MARK_PUBLISHED
+                batch.conn.execute(mark, {"now": now, "ids": ok})
+            failed = [(r, err) for r, err in zip(batch.rows, results, strict=True) if err is not None]
             for row, err in failed:
-                conn.execute(
+                batch.conn.execute(
                     _MARK_FAILED,
                     {"id": row.id, "error": f"{type(err).__name__}: {err}"[:2000],
                      "retry_at": now + dt.timedelta(seconds=_retry_delay(row.attempts))},
                 )
+            batch.tx.commit()
+        except BaseException:
+            self._abandon(batch)
+            raise
+        batch.conn.close()
+        self._account(batch.rows, len(ok), failed)
+        return len(ok), len(failed)
+
+    def _abandon(self, batch: _Batch) -> None:
+        """Give claimed rows back untouched (they are published later, by us or another relay)."""
+        try:
+            batch.tx.rollback()
+        finally:
+            batch.conn.close()
+
+    def _account(self, rows: list[Any], ok: int, failed: list[tuple[Any, BaseException]]) -> None:
         self.stats.batches += 1
-        self.stats.published += len(ok)
+        self.stats.published += ok
         self.stats.failed += len(failed)
         self.stats.last_batch_at = time.time()
         for r in rows:
@@ -188,14 +233,31 @@ class OutboxRelay:
             self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + 1
         if failed:
             self.stats.last_error = repr(failed[0][1])
-            log.warning("publish_failed", failed=len(failed), published=len(ok), error=self.stats.last_error)
+            log.warning("publish_failed", failed=len(failed), published=ok, error=self.stats.last_error)
         else:
-            log.debug("batch_published", published=len(ok))
+            log.debug("batch_published", published=ok)
         if self.on_batch:
             self.on_batch(self.stats)
+
+    def _refresh_leases(self, *, rebalance: bool) -> None:
+        if self.leases is not None:
+            self.leases.refresh(rebalance=rebalance)
+
+    def run_once(self) -> int:
+        """Claim, publish and mark one batch; returns the number of rows published."""
+        self._refresh_leases(rebalance=True)
+        batch = self._claim()
+        if batch is None:
+            return 0
+        try:
+            self._send(batch)
+        except BaseException:
+            self._abandon(batch)
+            raise
+        ok, failed = self._finish(batch)
         if failed and not ok:
             raise PublishFailed(self.stats.last_error or "publish failed")
-        return len(ok)
+        return ok
 
     # -- housekeeping -------------------------------------------------------------------------------
 
@@ -220,6 +282,14 @@ class OutboxRelay:
         self.stats.purged += total
         return total
 
+    def _maybe_purge(self) -> None:
+        if time.monotonic() - self._last_purge > self.purge_every_s:
+            self._last_purge = time.monotonic()
+            try:
+                self.purge()
+            except Exception as exc:  # noqa: BLE001 - purge is housekeeping; retried next period
+                log.warning("purge_failed", error=repr(exc))
+
     # -- the loop -----------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -230,44 +300,82 @@ class OutboxRelay:
         return self._stop.is_set()
 
     def run(self, *, max_seconds: float | None = None, idle_exit: bool = False) -> RelayStats:
-        """Relay until ``stop()`` (SIGTERM): the batch in flight always finishes first."""
+        """Relay until ``stop()`` (SIGTERM): the batch in flight always finishes first.
+
+        Pipelined on PostgreSQL: while the broker acknowledges batch N, batch N+1 is claimed in a second
+        transaction; it is sent only after N is committed, and given back if N failed, so a failed row is
+        never overtaken by a later row of its aggregate.
+        """
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         backoff = 0.5
+        inflight: _Batch | None = None
         log.info("relay_started", buckets=self.buckets, batch_size=self.batch_size,
-                 dialect=self.engine.dialect.name)
+                 dialect=self.engine.dialect.name, pipeline=self.pipeline)
         try:
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 try:
-                    n = self.run_once()
+                    if inflight is None:
+                        self._maybe_purge()
+                        self._refresh_leases(rebalance=True)
+                        inflight = self._claim()
+                        if inflight is None:
+                            if idle_exit:
+                                break
+                            self._wait_for_work()
+                            continue
+                        self._send(inflight)
+                    upcoming = None
+                    if self.pipeline:
+                        self._refresh_leases(rebalance=False)
+                        upcoming = self._claim()
+                    batch, inflight = inflight, None
+                    ok, failed = self._finish(batch)
+                    if failed and upcoming is not None:
+                        self._abandon(upcoming)
+                        upcoming = None
+                    if failed and not ok:
+                        raise PublishFailed(self.stats.last_error or "publish failed")
+                    if upcoming is not None:
+                        try:
+                            self._send(upcoming)
+                        except BaseException:
+                            self._abandon(upcoming)
+                            raise
+                        inflight = upcoming
                     backoff = 0.5
                 except PublishFailed as exc:
                     log.warning("relay_backoff", seconds=backoff, error=str(exc))
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
-                    continue
                 except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the relay
                     log.error("relay_batch_error", error=repr(exc), backoff_s=backoff)
+                    if inflight is not None:
+                        self._safe_abandon(inflight)
+                        inflight = None
                     self._close_listener()
+                    if self.leases is not None:
+                        self.leases.close()
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
-                    continue
-                if time.monotonic() - self._last_purge > self.purge_every_s:
-                    self._last_purge = time.monotonic()
-                    try:
-                        self.purge()
-                    except Exception as exc:  # noqa: BLE001 - purge is housekeeping; retried next period
-                        log.warning("purge_failed", error=repr(exc))
-                if n > 0:
-                    continue  # more may be waiting
-                if idle_exit:
-                    break
-                self._wait_for_work()
         finally:
+            if inflight is not None:
+                try:
+                    self._finish(inflight)  # SIGTERM: what was sent is acknowledged and marked
+                except Exception as exc:  # noqa: BLE001 - unmarked rows are simply published again later
+                    log.warning("final_batch_failed", error=repr(exc))
             self._close_listener()
+            if self.leases is not None:
+                self.leases.close()
             log.info("relay_stopped", published=self.stats.published, failed=self.stats.failed)
         return self.stats
+
+    def _safe_abandon(self, batch: _Batch) -> None:
+        try:
+            self._abandon(batch)
+        except Exception as exc:  # noqa: BLE001 - the connection may already be gone; rows stay unpublished
+            log.warning("abandon_failed", error=repr(exc))
 
     def _wait_for_work(self) -> None:
         if not self.is_postgres:

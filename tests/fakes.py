@@ -15,7 +15,7 @@ class StubPublisher:
         self.fail_when = fail_when
         self.closed = False
 
-    def publish(self, records: Sequence[OutRecord]) -> list[BaseException | None]:
+    def send(self, records: Sequence[OutRecord]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
         for r in records:
             err = self.fail_when(r) if self.fail_when else None
@@ -23,6 +23,9 @@ class StubPublisher:
                 self.sent.append(r)
             results.append(err)
         return results
+
+    def wait(self, handle: list[BaseException | None]) -> list[BaseException | None]:
+        return handle
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,198 @@
+"""Relay benchmark: events/s through the relay next to a bare kafka-python producer sending the same records
+in the same run, and commit-to-Kafka latency at a steady rate.
+
+    python3 -m benchmarks.relay [--events 50000] [--rate 500] [--seconds 20] [--json out.json]
+
+Prints a table; it is not a timed test. Figures on shared machines are noisy: read the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from sqlalchemy import text
+
+from benchmarks._env import kafka_bootstrap, percentile, postgres_url, print_table, scratch_database
+from producer.database import make_engine
+from producer.kafka_publisher import MAX_RECORD_BYTES, KafkaRecordPublisher
+from producer.outbox_relay import OutboxRelay
+from producer.outbox_writer import write_event
+from schemas import topic_for
+from ttsync.logging_setup import configure_logging
+
+SEED_SQL = text(
+    """
+INSERT INTO ttsync_outbox (id, aggregatetype, aggregateid, type, payload, aggregate_version, occurred_at)
+SELECT s.u, 'client', (s.g % 1000)::text, 'client.updated',
+       jsonb_build_object('event_id', s.u, 'event_type', 'client.updated', 'aggregate_type', 'client',
+                          'aggregate_id', (s.g % 1000)::text, 'aggregate_version', s.g / 1000 + 1,
+                          'occurred_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                          'schema_version', '1.0', 'source', 'bench',
+                          'payload', jsonb_build_object('id', s.g % 1000, 'name', 'Client ' || s.g,
+                                                        'address', repeat('x', :pad))),
+       s.g / 1000 + 1, now()
+  FROM (SELECT gen_random_uuid() AS u, g FROM generate_series(0, :n - 1) g) s
+"""
+)
+
+
+def producer_config(bootstrap: str) -> dict:
+    # The same settings KafkaRecordPublisher uses, so the comparison is about the relay's own overhead.
+    return dict(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                max_in_flight_requests_per_connection=5, linger_ms=0, batch_size=256 * 1024,
+                max_request_size=MAX_RECORD_BYTES)
+
+
+def throughput(db_url: str, bootstrap: str, events: int, pad: int) -> dict:
+    engine = make_engine(db_url)
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic_for("client", prefix), 3, 1), NewTopic(f"{prefix}.bare", 3, 1)])
+    admin.close()
+    with engine.begin() as conn:
+        conn.execute(SEED_SQL, {"n": events, "pad": pad})
+        rows = conn.execute(text("SELECT id, aggregateid, type, payload::text, aggregate_version "
+                                 "FROM ttsync_outbox ORDER BY seq")).all()
+    avg_bytes = sum(len(r[3]) for r in rows) / len(rows)
+
+    # Bare producer first, so both see a warm broker and page cache.
+    producer = KafkaProducer(**producer_config(bootstrap))
+    producer.send(f"{prefix}.bare", b"warm").get(30)
+    started = time.perf_counter()
+    futures = [producer.send(f"{prefix}.bare", key=r[1].encode(), value=r[3].encode(),
+                             headers=[("id", str(r[0]).encode()), ("eventType", r[2].encode()),
+                                      ("aggregateVersion", str(r[4]).encode()), ("schemaVersion", b"1.0")])
+               for r in rows]
+    producer.flush()
+    bare_s = time.perf_counter() - started
+    assert all(f.succeeded() for f in futures)
+    producer.close()
+
+    publisher = KafkaRecordPublisher(bootstrap)
+    relay = OutboxRelay(engine, publisher, topic_prefix=prefix, batch_size=2000)
+    started = time.perf_counter()
+    stats = relay.run(idle_exit=True)
+    relay_s = time.perf_counter() - started
+    publisher.close()
+    assert stats.published == events, stats
+    engine.dispose()
+    return {"events": events, "avg_value_bytes": round(avg_bytes), "bare_eps": events / bare_s,
+            "relay_eps": events / relay_s, "ratio": bare_s / relay_s}
+
+
+def latency(db_url: str, bootstrap: str, rate: int, seconds: float) -> dict:
+    engine = make_engine(db_url, pool_size=4)
+    prefix = f"lat{uuid.uuid4().hex[:6]}"
+    topic = topic_for("client", prefix)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    # LogAppendTime: the record's timestamp is when the broker appended it, i.e. when it is "in Kafka".
+    admin.create_topics([NewTopic(topic, 3, 1, topic_configs={"message.timestamp.type": "LogAppendTime"})])
+    admin.close()
+    # The relay runs as it does in production: `ttsync relay`, a process of its own.
+    relay_proc = subprocess.Popen(
+        [sys.executable, "-m", "ttsync", "relay", "--no-create-topics"],
+        env={**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+             "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_LOG_LEVEL": "WARNING", "TTSYNC_LOG_FORMAT": "json"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    committed_at: dict[str, float] = {}
+    received: dict[str, float] = {}
+    n_total = int(rate * seconds)
+
+    def consume() -> None:
+        consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                 group_id=f"lat-{uuid.uuid4().hex[:6]}", enable_auto_commit=False)
+        deadline = time.time() + seconds + 60
+        while len(received) < n_total and time.time() < deadline:
+            for recs in consumer.poll(timeout_ms=200).values():
+                for r in recs:
+                    received[dict(r.headers)["id"].decode()] = r.timestamp / 1000.0
+        consumer.close()
+
+    consumer_thread = threading.Thread(target=consume)
+    consumer_thread.start()
+    time.sleep(2)  # let the consumer join before the clock starts
+    # The writers are processes of their own, as TimeTracker's web workers are: their commit timestamps are
+    # not delayed by the relay sharing their interpreter.
+    writers = 2
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    started = time.time() + 0.5
+    procs = [ctx.Process(target=_writer, args=(db_url, w, writers, n_total, rate, started, queue))
+             for w in range(writers)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        committed_at.update(queue.get(timeout=seconds + 120))
+    for p in procs:
+        p.join(30)
+    achieved = n_total / (max(committed_at.values()) - started)
+    consumer_thread.join()
+    relay_proc.send_signal(signal.SIGTERM)
+    relay_proc.wait(30)
+    engine.dispose()
+    lat_ms = [(received[k] - committed_at[k]) * 1000 for k in committed_at if k in received]
+    return {"rate_target": rate, "rate_achieved": achieved, "events": n_total, "received": len(lat_ms),
+            "p50_ms": percentile(lat_ms, 50), "p99_ms": percentile(lat_ms, 99), "max_ms": max(lat_ms)}
+
+
+def _writer(db_url: str, index: int, writers: int, n_total: int, rate: int, started: float, queue) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url, pool_size=1)
+    out: dict[str, float] = {}
+    for i in range(index, n_total, writers):
+        delay = started + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        with engine.begin() as conn:
+            event_id = write_event(conn, aggregate_type="client", aggregate_id=str(i % 200), action="updated",
+                                   payload={"id": i % 200, "name": f"Client {i}"}, source="bench")
+        out[str(event_id)] = time.time()
+    engine.dispose()
+    queue.put(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--pad", type=int, default=800, help="extra bytes per payload (~1 KB events)")
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    configure_logging("WARNING", "json")
+    bootstrap, server = kafka_bootstrap(), postgres_url()
+    with scratch_database(server) as db:
+        tp = throughput(db, bootstrap, args.events, args.pad)
+    with scratch_database(server) as db:
+        lat = latency(db, bootstrap, args.rate, args.seconds)
+    print_table("relay benchmark (PostgreSQL -> Kafka, same run)", [
+        ("events", f"{tp['events']:,} x ~{tp['avg_value_bytes']} B"),
+        ("bare kafka-python producer", f"{tp['bare_eps']:,.0f} events/s"),
+        ("ttsync relay", f"{tp['relay_eps']:,.0f} events/s"),
+        ("relay / bare producer", f"{tp['ratio']:.0%}  (target >= 70%)"),
+        (f"steady load (target {lat['rate_target']}/s)", f"{lat['rate_achieved']:.0f} events/s achieved"),
+        ("commit-to-Kafka latency p50", f"{lat['p50_ms']:.1f} ms"),
+        ("commit-to-Kafka latency p99", f"{lat['p99_ms']:.1f} ms  (target <= 50 ms)"),
+        ("commit-to-Kafka latency max", f"{lat['max_ms']:.1f} ms"),
+        ("received / committed", f"{lat['received']} / {lat['events']}"),
+    ])
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"throughput": tp, "latency": lat}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
