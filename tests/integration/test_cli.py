@@ -1,0 +1,109 @@
+"""The ttsync CLI as an operator or a script uses it: exit codes, --json, --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def ttsync(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ttsync", *args], capture_output=True, text=True,
+                          env={**os.environ, "TTSYNC_LOG_FORMAT": "json", **(env or {})}, timeout=timeout,
+                          check=False)
+
+
+@pytest.mark.parametrize("command", [[], ["doctor"], ["db", "upgrade"], ["capture", "install"], ["relay"],
+                                     ["outbox", "status"], ["schemas", "export"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = ttsync(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_db_upgrade_then_outbox_status_json_on_sqlite(tmp_path: Path) -> None:
+    env = {"TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'tt.sqlite3'}"}
+    up = ttsync("db", "upgrade", "--timetracker-schema", "--json", env=env)
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["revision"] == json.loads(up.stdout)["head"]
+    cur = ttsync("db", "current", "--json", env=env)
+    assert cur.returncode == 0 and json.loads(cur.stdout)["up_to_date"] is True
+    status = ttsync("outbox", "status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["backlog"] == 0
+
+
+def test_capture_install_on_sqlite_is_a_clear_error(tmp_path: Path) -> None:
+    env = {"TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'tt.sqlite3'}"}
+    ttsync("db", "upgrade", "--timetracker-schema", env=env)
+    result = ttsync("capture", "install", env=env)
+    assert result.returncode == 1
+    assert "needs PostgreSQL" in result.stdout + result.stderr
+
+
+def test_capture_install_status_uninstall_on_postgres(pg_database: str) -> None:
+    env = {"TTSYNC_DATABASE_URL": pg_database}
+    assert ttsync("db", "upgrade", "--timetracker-schema", env=env).returncode == 0
+    installed = ttsync("capture", "install", "--json", env=env)
+    assert installed.returncode == 0, installed.stderr
+    assert json.loads(installed.stdout)["tables"] == ["clients", "expenses", "invoice_items", "invoices", "payments"]
+    assert len(json.loads(ttsync("capture", "status", "--json", env=env).stdout)["triggers"]) == 6
+    assert ttsync("capture", "uninstall", env=env).returncode == 0
+    assert json.loads(ttsync("capture", "status", "--json", env=env).stdout)["triggers"] == []
+
+
+def test_schemas_export(tmp_path: Path) -> None:
+    result = ttsync("schemas", "export", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0
+    assert len(json.loads(result.stdout)["files"]) == 16
+
+
+def test_doctor_json_against_the_real_services(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'doctor.sqlite3'}"}
+    result = ttsync("doctor", "--json", "--no-start", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert [c["name"] for c in report["checks"]] == ["database", "kafka", "roundtrip"]
+
+
+def test_doctor_reports_a_missing_broker_with_exit_1(tmp_path: Path) -> None:
+    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+           "TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'doctor.sqlite3'}"}
+    result = ttsync("doctor", "--json", "--no-start", env=env)
+    assert result.returncode == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["database"]["ok"] is True and checks["kafka"]["ok"] is False
+
+
+def test_relay_once_on_sqlite_publishes_the_backlog(kafka_bootstrap: str, tmp_path: Path, topic_prefix: str) -> None:
+    from sqlalchemy.orm import sessionmaker
+
+    from producer.database import make_engine
+    from producer.session_capture import install_session_capture
+    from schemas import all_topics
+    from tests.capture_scenario import EXPECTED, play
+    from tests.kafka_helpers import read_topics
+
+    url = f"sqlite:///{tmp_path / 'tt.sqlite3'}"
+    env = {"TTSYNC_DATABASE_URL": url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "TTSYNC_TOPIC_PREFIX": topic_prefix}
+    assert ttsync("db", "upgrade", "--timetracker-schema", env=env).returncode == 0
+    factory = sessionmaker(make_engine(url))
+    install_session_capture(factory)
+    play(factory)
+    result = ttsync("relay", "--once", env=env)
+    assert result.returncode == 0, result.stderr
+    assert any('"relay_exit"' in line and f'"published": {len(EXPECTED)}' in line
+               for line in result.stderr.splitlines()), result.stderr[-2000:]
+    records = read_topics(kafka_bootstrap, all_topics(topic_prefix), until=lambda r: len(r) >= len(EXPECTED))
+    assert len(records) == len(EXPECTED)
+    status = json.loads(ttsync("outbox", "status", "--json", env=env).stdout)
+    assert status["backlog"] == 0 and status["published_retained"] == len(EXPECTED)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from ttsync.logging_setup import configure_logging, redact_secrets
+from ttsync.settings import Settings
+
+
+def test_redaction_of_secret_fields_and_bearer_values() -> None:
+    event = {
+        "event": "calling Authorization: Bearer eyJhbGciOi.secret.part",
+        "refresh_token": "AB11-very-secret",
+        "client_secret": "s3cr3t",
+        "headers": {"Authorization": "Basic Zm9vOmJhcg==", "Accept": "application/json"},
+        "detail": "token was Bearer abc.def",
+        "retry_count": 3,
+    }
+    out = redact_secrets(None, "info", dict(event))
+    text = json.dumps(out)
+    for secret in ("eyJhbGciOi", "AB11-very-secret", "s3cr3t", "Zm9vOmJhcg==", "abc.def"):
+        assert secret not in text
+    assert out["headers"]["Accept"] == "application/json"
+    assert out["retry_count"] == 3
+
+
+def test_json_log_lines_never_carry_the_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    structlog.get_logger("t").info("token_refreshed", access_token="at-123456", realm="9130")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    record = json.loads(line)
+    assert record["access_token"] == "***" and record["realm"] == "9130"
+    assert "at-123456" not in line
+
+
+def test_settings_hide_secrets_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTSYNC_QBO_CLIENT_SECRET", "very-secret-value")
+    monkeypatch.setenv("TTSYNC_QBO_REFRESH_TOKEN", "rt-secret-value")
+    settings = Settings()
+    assert settings.qbo_client_secret.get_secret_value() == "very-secret-value"
+    assert "very-secret-value" not in repr(settings) and "rt-secret-value" not in repr(settings)
+    assert settings.effective_state_database_url == settings.database_url
