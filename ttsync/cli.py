@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -256,6 +257,50 @@ def outbox_status_cmd(
             console.print(f"[red]{row['type']} {row['aggregate_id']}[/] attempts={row['attempts']} "
                           f"next={row['next_attempt_at']} error={row['last_error']}")
     raise typer.Exit(EXIT_FAILED if check and status["failing"] else EXIT_OK)
+
+
+# --- sandbox ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
+    seed: Annotated[int, typer.Option(help="Seed of the fault-injection random source.")] = 0,
+    throttle: Annotated[bool, typer.Option(help="Enforce QBO's per-realm limits.")] = True,
+    requests_per_minute: Annotated[int, typer.Option(help="Per-realm request limit.")] = 500,
+    concurrent: Annotated[int, typer.Option(help="Per-realm concurrent request limit.")] = 10,
+    error_rate: Annotated[float, typer.Option(help="Share of API calls answered 500/503.")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Latency added to every API call.")] = 0.0,
+    timeout_rate: Annotated[float, typer.Option(help="Share of API calls that never answer.")] = 0.0,
+    token_lifetime: Annotated[float, typer.Option(help="Access-token lifetime in seconds.")] = 3600.0,
+    duplicate_requestid: Annotated[str, typer.Option(help="'replay' the first answer or 'fault' (600).")] = "replay",
+    realm: Annotated[str, typer.Option(help="The company created at start.")] = "9130000000000001",
+) -> None:
+    """Run the local QuickBooks Online sandbox (OAuth, entities, Faults, throttling, fault injection)."""
+    from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
+
+    settings = _settings()
+    config = SandboxConfig(
+        port=port, seed=seed, throttle_enabled=throttle, requests_per_minute=requests_per_minute,
+        concurrent_requests=concurrent, error_rate=error_rate, latency_ms=latency_ms, timeout_rate=timeout_rate,
+        access_token_lifetime_s=token_lifetime, duplicate_requestid_mode=duplicate_requestid, default_realm=realm,
+        clients={settings.qbo_client_id: settings.qbo_client_secret.get_secret_value()},
+    )
+    server = SandboxServer(config)
+    server.state.company(realm)
+    log = structlog.get_logger("ttsync.sandbox")
+    log.info("sandbox_listening", url=server.url, realm=realm, page=f"{server.url}/",
+             token_endpoint=server.token_url, admin=f"{server.url}/__admin/stats")
+    console.print(f"QBO sandbox on {server.url}  (page: {server.url}/, admin: {server.url}/__admin/)")
+
+    def _stop(signum: int, _frame: Any) -> None:
+        threading.Thread(target=server.httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.serve_forever()
+    server.httpd.server_close()
+    log.info("sandbox_stopped")
 
 
 # --- schemas ----------------------------------------------------------------------------------------

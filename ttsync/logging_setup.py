@@ -9,7 +9,10 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEY = re.compile(r"(token|secret|password|authorization|api_key|refresh)", re.IGNORECASE)
+# Field names whose values are secrets: access_token, refresh_token, client_secret, secret_key, password, ...
+_SECRET_KEY = re.compile(
+    r"(?:^|_)(token|secret|password|passwd|authorization|api_key|secret_key|credentials)$", re.IGNORECASE
+)
 _BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+")
 REDACTED = "***"
 
@@ -27,7 +30,7 @@ def redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict
     for key in list(event_dict):
         if key == "event":
             event_dict[key] = _redact_value(event_dict[key])
-        elif _SECRET_KEY.search(key) and not key.endswith(("_count", "_total", "_expires_at")):
+        elif _SECRET_KEY.search(key):
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _redact_value(event_dict[key])

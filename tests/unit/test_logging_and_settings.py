@@ -17,6 +17,7 @@ def test_redaction_of_secret_fields_and_bearer_values() -> None:
         "headers": {"Authorization": "Basic Zm9vOmJhcg==", "Accept": "application/json"},
         "detail": "token was Bearer abc.def",
         "retry_count": 3,
+        "token_endpoint": "http://127.0.0.1:8765/oauth2/v1/tokens/bearer",
     }
     out = redact_secrets(None, "info", dict(event))
     text = json.dumps(out)
@@ -24,6 +25,7 @@ def test_redaction_of_secret_fields_and_bearer_values() -> None:
         assert secret not in text
     assert out["headers"]["Accept"] == "application/json"
     assert out["retry_count"] == 3
+    assert out["token_endpoint"].startswith("http://")  # a URL, not a secret
 
 
 def test_json_log_lines_never_carry_the_secret(capsys: pytest.CaptureFixture[str]) -> None:
