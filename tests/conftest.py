@@ -76,3 +76,24 @@ def group_id() -> str:
 @pytest.fixture
 def make_unique() -> Callable[[str], str]:
     return unique
+
+
+@pytest.fixture
+def pipeline(pg_engine: Engine, pg_database: str, kafka_bootstrap: str, topic_prefix: str,
+             group_id: str) -> Iterator[Any]:
+    import requests
+
+    from producer.trigger_capture import install_triggers
+    from tests.pipeline import REALM, Pipeline, start_sandbox
+
+    with pg_engine.begin() as conn:
+        install_triggers(conn, source="tt-test")
+    sandbox = start_sandbox(requests_per_minute=6000, concurrent_requests=20)
+    token = requests.post(f"{sandbox.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
+    pipe = Pipeline(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id, sandbox,
+                    refresh_token=token["refresh_token"])
+    pipe.create_topics()
+    try:
+        yield pipe
+    finally:
+        sandbox.stop()

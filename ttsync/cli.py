@@ -34,7 +34,7 @@ err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RECONNECT = 0, 1, 2, 3
 
 
 def _settings() -> Settings:
@@ -96,6 +96,8 @@ def db_upgrade(
 
         TIMETRACKER_METADATA.create_all(engine)
     at = migrate.upgrade(engine, revision)
+    if settings.state_database_url and settings.state_database_url != settings.database_url:
+        migrate.upgrade(make_engine(settings.state_database_url), revision)
     if as_json:
         _emit_json({"revision": at, "head": migrate.head_revision(), "dialect": engine.dialect.name})
     else:
@@ -225,6 +227,52 @@ def relay(
     finally:
         publisher.close()
     log.info("relay_exit", published=stats.published, failed=stats.failed, purged=stats.purged)
+
+
+@app.command()
+def consume(
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    create_topics: Annotated[bool, typer.Option(help="Create missing topics (main, retry, DLQ) at start.")] = True,
+) -> None:
+    """Apply events to QuickBooks Online: the consumer group (exit 3 when QBO must be reconnected)."""
+    from consumer.errors import FatalError
+    from consumer.group_consumer import consumer_topics
+    from consumer.wiring import build_consumer
+    from producer.kafka_publisher import ensure_topics
+    from schemas.contract import dlq_topic
+
+    settings = _settings()
+    log = structlog.get_logger("ttsync.cli")
+    if create_topics:
+        topics = consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s)
+        ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions,
+                      settings.topic_replication_factor)
+        ensure_topics(settings.kafka_bootstrap_servers, [dlq_topic(settings.topic_prefix)], 1,
+                      settings.topic_replication_factor)
+    try:
+        worker = build_consumer(settings)
+    except FatalError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_RECONNECT) from exc
+
+    def _graceful(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name, action="finishing the current event")
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    try:
+        stats = worker.run(max_seconds=max_seconds, on_progress=lambda s: log.info(
+            "progress", applied=s.applied, skipped=s.skipped, duplicates=s.duplicates,
+            retried=s.forwarded_to_retry, dead_lettered=s.dead_lettered) if (s.applied + s.skipped) % 50 == 0
+            else None)
+    except FatalError as exc:
+        log.error("consumer_fatal", error=str(exc))
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_RECONNECT) from exc
+    finally:
+        worker.close()
+    log.info("consumer_exit", applied=stats.applied, dead_lettered=stats.dead_lettered)
 
 
 @outbox_app.command("status")

@@ -51,6 +51,39 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = Field(default=72.0, ge=0, description="Published rows kept this long")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="/metrics and /healthz port (0 = off)")
 
+    qbo_minorversion: int = Field(default=75, description="minorversion sent on every QBO call")
+    qbo_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one QBO HTTP call")
+    qbo_requests_per_minute: int = Field(default=500, ge=1, description="The realm's QBO limit (500/min)")
+    qbo_rate_fraction: float = Field(default=0.95, gt=0, le=1, description="Share of the limit ttsync may use")
+    qbo_burst: int = Field(default=20, ge=1, description="Requests allowed back to back within the budget")
+    qbo_throttle_default_wait_s: float = Field(default=60.0, description="Wait after a 429 without Retry-After")
+    qbo_multicurrency: bool = Field(default=True, description="Send CurrencyRef (the company uses multicurrency)")
+    qbo_default_item: str = Field(default="Services", description="QBO item (name or id) for invoice lines")
+    qbo_bank_account: str = Field(default="Checking", description="Account paying Cash/Check expenses")
+    qbo_credit_card_account: str = Field(default="Visa", description="Account paying CreditCard expenses")
+    qbo_deposit_account: str | None = Field(default=None, description="Where payments go (default Undeposited)")
+    expense_account_map: dict[str, str] = Field(
+        default_factory=lambda: {"travel": "Travel", "meals": "Meals and Entertainment",
+                                 "supplies": "Office Supplies", "software": "Software",
+                                 "other": "Uncategorized Expense"},
+        description="Expense category -> QBO account (name or id), JSON")
+    payment_method_map: dict[str, str] = Field(
+        default_factory=dict, description="Extra expense payment_method -> Cash|Check|CreditCard, JSON")
+    auto_create_customers: bool = True
+    auto_create_vendors: bool = True
+    auto_create_items: bool = False
+    auto_create_accounts: bool = False
+    sync_clients: bool = Field(default=True, description="Create/update a QBO customer for every client")
+    invoice_sync_statuses: list[str] = Field(default_factory=lambda: ["issued", "sent", "paid", "overdue"])
+    expense_sync_statuses: list[str] = Field(default_factory=lambda: ["approved", "reimbursed"])
+    payment_sync_statuses: list[str] = Field(default_factory=lambda: ["completed"])
+    retry_inplace_attempts: int = Field(default=3, ge=0, description="In-place retries before retry topics")
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    retry_topic_delays_s: list[int] = Field(default_factory=lambda: [10, 60, 300],
+                                            description="Delays of the retry topics, JSON list")
+    consumer_max_poll_records: int = Field(default=100, ge=1)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise"

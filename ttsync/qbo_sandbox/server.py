@@ -57,12 +57,13 @@ class SandboxConfig:
     timeout_hang_s: float = 30.0
     timeout_after_apply: bool = True  # the nasty case: the write happened, the answer is lost
     throttle_rate: float = 0.0  # share of API calls answered 429 regardless of the limits (a storm)
+    throttle_retry_after_s: float = 0.0  # send Retry-After on 429 (Intuit does not document one: 0 = none)
     warn_duplicate_doc_number: bool = True
 
     RUNTIME = ("seed", "access_token_lifetime_s", "refresh_rotation", "throttle_enabled", "requests_per_minute",
                "concurrent_requests", "batch_requests_per_minute", "duplicate_requestid_mode", "error_rate",
                "latency_ms", "latency_jitter_ms", "timeout_rate", "timeout_hang_s", "timeout_after_apply",
-               "throttle_rate", "warn_duplicate_doc_number")
+               "throttle_rate", "throttle_retry_after_s", "warn_duplicate_doc_number")
 
 
 class _Hang(Exception):
@@ -160,7 +161,9 @@ class Api:
         if self.state.roll(cfg.throttle_rate) or not self.state.throttle.enter(realm, batch=is_batch):
             if self.state.config.throttle_rate > 0:
                 self.state.injected["throttle"] += 1
-            return Reply(429, faults.throttle_xml(), "application/xml")
+            retry_after = self.state.config.throttle_retry_after_s
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after > 0 else {}
+            return Reply(429, faults.throttle_xml(), "application/xml", headers)
         try:
             return self._admitted(method, realm, rest, params, body)
         finally:

@@ -1,0 +1,244 @@
+"""Apply one event to QBO, exactly once in effect.
+
+1. An event already processed (by id) is a no-op; one not newer than what the entity map holds is skipped.
+2. ``lifecycle.decide`` picks the operation; ``references`` resolves ids; ``mapping`` builds the body.
+3. Every write carries a requestid derived from (event id, operation, body). Before a create, the entity map
+   records a pending intent: if we crash after QBO wrote but before we recorded it, the redelivered event
+   finds the entity by its natural key (DocNumber, marker) and updates it instead of creating a second one.
+4. The outcome is recorded in one transaction (entity map + processed event); only then may the caller
+   commit the Kafka offset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from consumer.errors import DependencyNotReady, QboUnavailable, QboValidationFault, StaleSyncToken
+from consumer.lifecycle import Action, Decision, Mapped, SyncPolicy, decide
+from consumer.mapping import (
+    InvoiceRefs,
+    MappingOptions,
+    PaymentRefs,
+    PurchaseRefs,
+    customer_request,
+    expense_doc_number,
+    invoice_request,
+    marker,
+    payment_request,
+    payment_type,
+    purchase_request,
+    request_id,
+)
+from consumer.qbo_client import DuplicateRequestId, QboClient, quote
+from consumer.references import ReferenceResolver
+from consumer.state_store import StateStore
+from schemas.events import ClientState, EventEnvelope, ExpenseState, InvoiceState, PaymentState
+
+log = structlog.get_logger("ttsync.apply")
+
+_CRASH_AT = os.environ.get("TTSYNC_TEST_CRASH_AT", "")
+_crash_countdown = int(os.environ.get("TTSYNC_TEST_CRASH_AFTER", "1"))
+
+
+def crash_point(name: str) -> None:
+    """Fault-injection hook for the crash tests: SIGKILL ourselves at a named point (never set in production)."""
+    global _crash_countdown
+    if name == _CRASH_AT:
+        _crash_countdown -= 1
+        if _crash_countdown <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str  # created | updated | adopted | voided | deleted | deactivated | skipped | duplicate
+    qbo_id: str | None = None
+    reason: str = ""
+
+
+class EventApplier:
+    def __init__(self, client: QboClient, store: StateStore, resolver: ReferenceResolver, policy: SyncPolicy,
+                 options: MappingOptions, *, stale_retries: int = 3) -> None:
+        self.client = client
+        self.store = store
+        self.resolver = resolver
+        self.policy = policy
+        self.options = options
+        self.stale_retries = stale_retries
+
+    def apply(self, event: EventEnvelope) -> Outcome:
+        if self.store.is_processed(event.event_id):
+            return Outcome("duplicate", reason="event already processed")
+        mapped = self.store.mapped(event.aggregate_type, event.aggregate_id)
+        decision = decide(event, mapped, self.policy)
+        if decision.action is Action.SKIP:
+            self.store.record(event, "skipped")
+            return Outcome("skipped", mapped.qbo_id if mapped else None, decision.reason)
+        state = event.state()
+        handler: Callable[..., Outcome] = getattr(self, f"_{event.aggregate_type}")
+        outcome = handler(event, state, decision, mapped)
+        log.info("event_applied", event_id=str(event.event_id), event_type=event.event_type,
+                 aggregate_id=event.aggregate_id, version=event.aggregate_version, result=outcome.result,
+                 qbo_id=outcome.qbo_id)
+        return outcome
+
+    # -- per aggregate ---------------------------------------------------------------------------------
+
+    def _invoice(self, event: EventEnvelope, inv: InvoiceState, decision: Decision, mapped: Mapped | None) -> Outcome:
+        if decision.action in (Action.VOID, Action.DELETE):
+            assert mapped is not None
+            return self._void_or_delete(event, "Invoice", mapped, decision.action)
+        customer = self.resolver.customer(inv.client_id, inv.client, inv.client_name, inv.client_email)
+        body = invoice_request(inv, InvoiceRefs(customer, self.resolver.item()), self.options)
+        mark = marker("invoice", inv.id, self.options.source)
+
+        def find() -> dict[str, Any] | None:
+            rows = self.client.query(f"SELECT * FROM Invoice WHERE DocNumber = {quote(body['DocNumber'])}", "Invoice")
+            return next((r for r in rows if mark in (r.get("PrivateNote") or "")
+                         or (r.get("CustomerRef") or {}).get("value") == customer), None)
+
+        return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer)
+
+    def _expense(self, event: EventEnvelope, exp: ExpenseState, decision: Decision, mapped: Mapped | None) -> Outcome:
+        if decision.action in (Action.VOID, Action.DELETE):
+            assert mapped is not None
+            return self._void_or_delete(event, "Purchase", mapped, Action.DELETE)
+        refs = PurchaseRefs(
+            paying_account_id=self.resolver.paying_account(payment_type(exp, self.options)),
+            expense_account_id=self.resolver.expense_account(exp.category),
+            vendor_id=self.resolver.vendor(exp.vendor),
+        )
+        body = purchase_request(exp, refs, self.options)
+        mark = marker("expense", exp.id, self.options.source)
+
+        def find() -> dict[str, Any] | None:
+            doc = quote(expense_doc_number(exp.id))
+            rows = self.client.query(f"SELECT * FROM Purchase WHERE DocNumber = {doc}", "Purchase")
+            return next((r for r in rows if mark in (r.get("PrivateNote") or "")), None)
+
+        return self._upsert(event, "Purchase", body, decision, mapped, find)
+
+    def _payment(self, event: EventEnvelope, pay: PaymentState, decision: Decision, mapped: Mapped | None) -> Outcome:
+        if decision.action in (Action.VOID, Action.DELETE):
+            assert mapped is not None
+            return self._void_or_delete(event, "Payment", mapped, decision.action)
+        invoice = self.store.mapped("invoice", str(pay.invoice_id))
+        if invoice is None or not invoice.in_qbo:
+            raise DependencyNotReady(f"payment {pay.id}: invoice {pay.invoice_id} is not in QBO yet")
+        customer = invoice.customer_ref or str(
+            self.client.read("Invoice", invoice.qbo_id or "")["CustomerRef"]["value"])
+        body = payment_request(pay, PaymentRefs(customer, invoice.qbo_id or "", self.resolver.deposit_account()),
+                               self.options)
+        mark = marker("payment", pay.id, self.options.source)
+
+        def find() -> dict[str, Any] | None:
+            rows = self.client.query(f"SELECT * FROM Payment WHERE CustomerRef = {quote(customer)} "
+                                     f"AND TxnDate = {quote(body['TxnDate'])}", "Payment")
+            return next((r for r in rows if mark in (r.get("PrivateNote") or "")), None)
+
+        return self._upsert(event, "Payment", body, decision, mapped, find)
+
+    def _client(self, event: EventEnvelope, client: ClientState, decision: Decision, mapped: Mapped | None) -> Outcome:
+        if decision.action is Action.DEACTIVATE:
+            assert mapped is not None and mapped.qbo_id
+            result = self._write_with_fresh_token(event, "Customer", mapped.qbo_id, mapped.sync_token,
+                                                  {"Active": False}, "deactivate")
+            self.store.record(event, "deactivated", qbo=result, status="inactive")
+            return Outcome("deactivated", result["Id"])
+        body = customer_request(client, self.options)
+
+        def find() -> dict[str, Any] | None:
+            rows = self.client.query(f"SELECT * FROM Customer WHERE DisplayName = {quote(body['DisplayName'])}",
+                                     "Customer")
+            return rows[0] if rows else None
+
+        return self._upsert(event, "Customer", body, decision, mapped, find)
+
+    # -- the write patterns --------------------------------------------------------------------------
+
+    def _upsert(self, event: EventEnvelope, entity: str, body: dict[str, Any], decision: Decision,
+                mapped: Mapped | None, find: Callable[[], dict[str, Any] | None],
+                customer_ref: str | None = None) -> Outcome:
+        if decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id:
+            result = self._write_with_fresh_token(event, entity, mapped.qbo_id, mapped.sync_token, body, "update")
+            self.store.record(event, "updated", qbo=result, status="active", customer_ref=customer_ref)
+            return Outcome("updated", result["Id"])
+        # A create. Did an earlier attempt write it already? (crash after the write, or a lost answer)
+        if mapped is not None and mapped.pending_requestid:
+            existing = find()
+            if existing is not None:
+                return self._adopt_and_update(event, entity, existing, body, customer_ref)
+        rid = request_id(event.event_id, "create", body)
+        self.store.mark_pending(event.aggregate_type, event.aggregate_id, rid)
+        try:
+            created = self.client.create(entity, body, rid)
+        except DuplicateRequestId:
+            existing = find()
+            if existing is None:
+                raise QboUnavailable(f"QBO says requestid {rid} was seen, but the {entity} is not found yet") from None
+            return self._adopt_and_update(event, entity, existing, body, customer_ref)
+        except QboValidationFault as fault:
+            # 6140 duplicate DocNumber / 6240 duplicate name: ours from a lost attempt, or someone else's.
+            existing = find() if fault.code in ("6140", "6240") else None
+            if existing is None:
+                raise
+            return self._adopt_and_update(event, entity, existing, body, customer_ref)
+        crash_point("after_qbo_create")
+        self.store.record(event, "created", qbo=created, status="active", customer_ref=customer_ref)
+        return Outcome("created", created["Id"])
+
+    def _adopt_and_update(self, event: EventEnvelope, entity: str, existing: dict[str, Any], body: dict[str, Any],
+                          customer_ref: str | None) -> Outcome:
+        log.info("entity_adopted", entity=entity, qbo_id=existing["Id"], aggregate_id=event.aggregate_id)
+        result = self._write_with_fresh_token(event, entity, str(existing["Id"]), str(existing["SyncToken"]), body,
+                                              "update")
+        self.store.record(event, "adopted", qbo=result, status="active", customer_ref=customer_ref)
+        return Outcome("adopted", result["Id"])
+
+    def _write_with_fresh_token(self, event: EventEnvelope, entity: str, qbo_id: str, sync_token: str | None,
+                                body: dict[str, Any], operation: str) -> dict[str, Any]:
+        """A sparse update; on a stale SyncToken (5010) re-read the entity and try again."""
+        token = sync_token or self.client.read(entity, qbo_id)["SyncToken"]
+        for _ in range(self.stale_retries + 1):
+            full = {**body, "Id": qbo_id, "SyncToken": token, "sparse": True}
+            try:
+                return self.client.update(entity, full, request_id(event.event_id, f"{operation}:{token}", full))
+            except StaleSyncToken:
+                token = self.client.read(entity, qbo_id)["SyncToken"]
+            except DuplicateRequestId:
+                return self.client.read(entity, qbo_id)  # this very write was applied before
+        raise StaleSyncToken(f"{entity} {qbo_id} kept changing under us ({self.stale_retries} re-reads)")
+
+    def _void_or_delete(self, event: EventEnvelope, entity: str, mapped: Mapped, action: Action) -> Outcome:
+        qbo_id = mapped.qbo_id or ""
+        token = mapped.sync_token or self.client.read(entity, qbo_id)["SyncToken"]
+        verb = "voided" if action is Action.VOID else "deleted"
+        for _ in range(self.stale_retries + 1):
+            rid = request_id(event.event_id, f"{verb}:{token}")
+            try:
+                if action is Action.VOID:
+                    result = self.client.void(entity, qbo_id, token, rid)
+                else:
+                    result = self.client.delete(entity, qbo_id, token, rid)
+                break
+            except StaleSyncToken:
+                token = self.client.read(entity, qbo_id)["SyncToken"]
+            except DuplicateRequestId:
+                result = {"Id": qbo_id, "SyncToken": token}
+                break
+            except QboValidationFault as fault:
+                if fault.code == "610" and action is Action.DELETE:  # already gone: the goal is reached
+                    result = {"Id": qbo_id, "SyncToken": token}
+                    break
+                raise
+        else:
+            raise StaleSyncToken(f"{entity} {qbo_id} kept changing under us")
+        self.store.record(event, verb, qbo={"Id": qbo_id, "SyncToken": result.get("SyncToken", token)},
+                          status=verb)
+        return Outcome(verb, qbo_id)

@@ -1,0 +1,93 @@
+"""What can go wrong while syncing one event, as types: the retry / dead-letter policy reads them.
+
+    SyncError
+    ├── RetryableError      try again later: in place a few times, then retry topics
+    │   ├── QboUnavailable      network error, timeout, 5xx
+    │   ├── QboThrottled        429 (wait Retry-After, else 60 s)
+    │   ├── StaleSyncToken      5010 after re-reading too often
+    │   └── DependencyNotReady  e.g. a payment whose invoice is not in QBO yet
+    ├── PermanentError      can never succeed as it is: dead-letter topic at once
+    │   ├── MalformedEvent      not JSON, unknown schema version, invalid payload
+    │   ├── MissingMapping      no QBO account/item for a TimeTracker value, and creating it is not allowed
+    │   ├── QboValidationFault  QBO refused the request (2xxx, 6xxx, 610, ...)
+    │   └── MappingError        the record cannot be expressed in QBO (e.g. DocNumber over 21 characters)
+    └── FatalError          nothing can succeed until a person acts: stop consuming, commit nothing
+        └── ReconnectNeeded     invalid_grant: the QBO connection must be re-authorised
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SyncError(Exception):
+    code: str = "sync_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.detail = detail
+
+
+class RetryableError(SyncError):
+    retryable = True
+
+
+class QboUnavailable(RetryableError):
+    code = "qbo_unavailable"
+
+
+class QboThrottled(RetryableError):
+    code = "3001"
+
+    def __init__(self, message: str, *, retry_after_s: float = 60.0, detail: Any = None) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after_s = retry_after_s
+
+
+class StaleSyncToken(RetryableError):
+    code = "5010"
+
+
+class DependencyNotReady(RetryableError):
+    code = "dependency_not_ready"
+
+
+class PermanentError(SyncError):
+    retryable = False
+
+
+class MalformedEvent(PermanentError):
+    code = "malformed_event"
+
+
+class MissingMapping(PermanentError):
+    code = "missing_mapping"
+
+
+class MappingError(PermanentError):
+    code = "mapping_error"
+
+
+class QboValidationFault(PermanentError):
+    """A Fault QBO answered. ``code`` is QBO's (a string, e.g. "6240"); ``body`` the whole Fault JSON."""
+
+    def __init__(self, message: str, *, code: str, body: str = "", http_status: int = 400) -> None:
+        super().__init__(message, code=code, detail=body)
+        self.body = body
+        self.http_status = http_status
+
+
+class FatalError(SyncError):
+    retryable = False
+
+
+class ReconnectNeeded(FatalError):
+    code = "invalid_grant"
+
+
+class StopRequested(Exception):
+    """The consumer is stopping in the middle of a record: leave it uncommitted (it is read again)."""

@@ -1,0 +1,211 @@
+"""``ttsync consume``: the Kafka consumer group that applies events to QBO.
+
+Per polled record, in partition order: decode, apply (applier.py), and on failure follow the retry policy:
+back off in place, forward to a retry topic, or dead-letter. The offset is committed only once the record is
+applied, proven a duplicate, forwarded or dead-lettered (the forward is acknowledged by the broker first). A
+record in a retry topic that is not due yet pauses its partition and is read again when due, so it never
+blocks the main topics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from consumer import metrics
+from consumer.applier import EventApplier
+from consumer.dead_letter import base_topic, due_at, forward, retry_tier
+from consumer.errors import MalformedEvent, StopRequested
+from consumer.retry_policy import RetryPolicy, StepKind
+from schemas.codec import EventDecodeError, decode_event
+from schemas.contract import all_topics, dlq_topic, retry_topic
+
+log = structlog.get_logger("ttsync.consumer")
+
+
+@dataclass
+class ConsumerStats:
+    applied: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    retried_in_place: int = 0
+    forwarded_to_retry: int = 0
+    dead_lettered: int = 0
+    by_result: dict[str, int] = field(default_factory=dict)
+    last_progress_at: float = field(default_factory=time.monotonic)
+
+
+def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
+    main = all_topics(prefix)
+    return main + [retry_topic(t, d) for t in main for d in delays]
+
+
+class GroupConsumer:
+    def __init__(self, *, bootstrap_servers: str, group_id: str, topic_prefix: str, applier: EventApplier,
+                 policy: RetryPolicy, max_poll_records: int = 100, client_id: str = "ttsync-consumer",
+                 session_timeout_ms: int = 10_000) -> None:
+        self.group_id = group_id
+        self.prefix = topic_prefix
+        self.applier = applier
+        self.policy = policy
+        self.topics = consumer_topics(topic_prefix, policy.topic_delays_s)
+        self.dlq = dlq_topic(topic_prefix)
+        self.stats = ConsumerStats()
+        self._stop = threading.Event()
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers, group_id=group_id, client_id=client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_poll_records,
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
+            # One event can wait a 429's Retry-After in place: allow it between polls.
+            max_poll_interval_ms=900_000, metadata_max_age_ms=30_000,
+        )
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
+                                      client_id=f"{client_id}-forward", max_request_size=8 * 1024 * 1024)
+        self._paused: dict[TopicPartition, float] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.close(timeout=10)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self, *, max_seconds: float | None = None, until: Callable[[ConsumerStats], bool] | None = None,
+            on_progress: Callable[[ConsumerStats], None] | None = None) -> ConsumerStats:
+        self.consumer.subscribe(self.topics)
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        log.info("consumer_started", group=self.group_id, topics=len(self.topics))
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if until is not None and until(self.stats):
+                    break
+                self._resume_due()
+                batch = self.consumer.poll(timeout_ms=250)
+                for tp, records in batch.items():
+                    self._process_partition(tp, records)
+                    if self._stop.is_set():
+                        break
+                if batch and on_progress is not None:
+                    on_progress(self.stats)
+        except StopRequested:
+            log.info("consumer_stop_requested_mid_record")
+        finally:
+            log.info("consumer_stopped", **{k: v for k, v in self.stats.__dict__.items() if isinstance(v, int)})
+        return self.stats
+
+    def _process_partition(self, tp: TopicPartition, records: list[Any]) -> None:
+        tier = retry_tier(tp.topic, self.policy.topic_delays_s)
+        done: int | None = None
+        try:
+            for rec in records:
+                if tier is not None:
+                    due = due_at(rec)
+                    if due is not None and due > dt.datetime.now(dt.UTC):
+                        # Not due yet: stop reading this retry partition until it is.
+                        self.consumer.pause(tp)
+                        self.consumer.seek(tp, rec.offset)
+                        self._paused[tp] = due.timestamp()
+                        return
+                self._handle(rec, tier)
+                done = rec.offset
+                if self._stop.is_set():
+                    return
+        finally:
+            if done is not None:
+                # Committed only now: every record up to here is applied, a duplicate, skipped, forwarded or
+                # dead-lettered (a crash before this line redelivers them; the applier dedupes).
+                self.consumer.commit({tp: OffsetAndMetadata(done + 1, None, -1)})
+
+    def _resume_due(self) -> None:
+        now = time.time()
+        for tp, due in list(self._paused.items()):
+            if due <= now:
+                if tp in self.consumer.assignment():
+                    self.consumer.resume(tp)
+                del self._paused[tp]
+
+    # -- one record ----------------------------------------------------------------------------------
+
+    def _handle(self, rec: Any, tier: int | None) -> None:
+        attempt = 0
+        topic = base_topic(rec.topic)
+        while True:
+            started = time.monotonic()
+            try:
+                try:
+                    event = decode_event(rec.value)
+                except EventDecodeError as exc:
+                    raise MalformedEvent(str(exc), code=exc.code) from exc
+                outcome = self.applier.apply(event)
+                metrics.APPLY_SECONDS.observe(time.monotonic() - started)
+                metrics.EVENTS.labels(topic, outcome.result).inc()
+                self.stats.by_result[outcome.result] = self.stats.by_result.get(outcome.result, 0) + 1
+                if outcome.result == "duplicate":
+                    self.stats.duplicates += 1
+                elif outcome.result == "skipped":
+                    self.stats.skipped += 1
+                else:
+                    self.stats.applied += 1
+                self.stats.last_progress_at = time.monotonic()
+                return
+            except Exception as exc:
+                attempt += 1
+                step = self.policy.next_step(exc, attempt, tier)
+                log.warning("event_failed", topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                            error=type(exc).__name__, message=str(exc)[:500], attempt=attempt, step=step.kind.value)
+                if step.kind is StepKind.STOP:
+                    self._stop.set()
+                    raise
+                if step.kind is StepKind.RETRY_IN_PLACE:
+                    self.stats.retried_in_place += 1
+                    metrics.RETRIES.labels("in_place").inc()
+                    if step.delay_s and getattr(exc, "retry_after_s", None):
+                        metrics.THROTTLE_WAIT.inc(step.delay_s)
+                    if self._stop.wait(step.delay_s):
+                        raise StopRequested("stopping: the record stays uncommitted and is read again") from exc
+                    continue
+                if step.kind is StepKind.RETRY_TOPIC:
+                    now = dt.datetime.now(dt.UTC)
+                    target = retry_topic(topic, self.policy.topic_delays_s[step.tier])
+                    self._send(forward(rec, target_topic=target, error=exc, group_id=self.group_id,
+                                       attempts_here=attempt, due_at=now + dt.timedelta(seconds=step.delay_s),
+                                       now=now))
+                    self.stats.forwarded_to_retry += 1
+                    metrics.RETRIES.labels("retry_topic").inc()
+                    metrics.EVENTS.labels(topic, "retry_topic").inc()
+                    return
+                self._send(forward(rec, target_topic=self.dlq, error=exc, group_id=self.group_id,
+                                   attempts_here=attempt))
+                self.stats.dead_lettered += 1
+                metrics.DEAD_LETTERED.labels(getattr(exc, "code", type(exc).__name__)).inc()
+                metrics.EVENTS.labels(topic, "dead_lettered").inc()
+                log.error("event_dead_lettered", topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                          error=type(exc).__name__, reason=step.reason[:500])
+                return
+
+    def _send(self, out: Any) -> None:
+        """Forward and wait for the broker's acknowledgement: the offset may be committed only after it."""
+        backoff = 0.5
+        while True:
+            try:
+                self.producer.send(out.topic, key=out.key, value=out.value, headers=out.headers).get(timeout=30)
+                return
+            except Exception as exc:
+                log.error("forward_failed", topic=out.topic, error=repr(exc), retry_in_s=backoff)
+                if self._stop.wait(backoff):
+                    raise StopRequested("stopping before the forward was acknowledged") from exc
+                backoff = min(backoff * 2, 10)

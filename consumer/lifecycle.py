@@ -1,0 +1,98 @@
+"""Which QBO operation a TimeTracker change calls for: a pure function of the event, what is already in
+QBO for its aggregate, and the sync policy (TimeTracker's statuses, timetracker-model.md §2)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from schemas.events import EventEnvelope
+
+
+class Action(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    VOID = "void"
+    DELETE = "delete"
+    DEACTIVATE = "deactivate"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """What the entity map knows of an aggregate. ``qbo_id`` is None when it was seen but never sent."""
+
+    qbo_entity: str
+    qbo_id: str | None
+    sync_token: str | None
+    last_version: int
+    qbo_status: str = "active"  # active | voided | deleted | inactive
+    customer_ref: str | None = None
+    pending_requestid: str | None = None
+
+    @property
+    def in_qbo(self) -> bool:
+        return self.qbo_id is not None and self.qbo_status != "deleted"
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    """TimeTracker's defaults: invoices once issued or sent (drafts stay local), cancelled -> void; expenses
+    once approved, rejected -> delete; payments once completed, refunded/failed -> void."""
+
+    invoice_sync: frozenset[str] = field(default_factory=lambda: frozenset({"issued", "sent", "paid", "overdue"}))
+    invoice_void: frozenset[str] = field(default_factory=lambda: frozenset({"cancelled", "void"}))
+    expense_sync: frozenset[str] = field(default_factory=lambda: frozenset({"approved", "reimbursed"}))
+    expense_delete: frozenset[str] = field(default_factory=lambda: frozenset({"rejected"}))
+    payment_sync: frozenset[str] = field(default_factory=lambda: frozenset({"completed"}))
+    payment_void: frozenset[str] = field(default_factory=lambda: frozenset({"refunded", "failed"}))
+    sync_clients: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str = ""
+
+
+QBO_ENTITY = {"invoice": "Invoice", "expense": "Purchase", "payment": "Payment", "client": "Customer"}
+
+
+def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> Decision:
+    if mapped is not None and mapped.last_version >= event.aggregate_version:
+        return Decision(Action.SKIP, f"version {event.aggregate_version} is not newer than {mapped.last_version}")
+    in_qbo = mapped is not None and mapped.in_qbo
+    if event.action == "deleted":
+        if not in_qbo:
+            return Decision(Action.SKIP, "deleted before it was ever synced")
+        return Decision(Action.DEACTIVATE if event.aggregate_type == "client" else Action.DELETE, "deleted")
+    status = str(event.payload.get("status", "")).lower()
+    upsert = Decision(Action.UPDATE if in_qbo else Action.CREATE, f"status {status}")
+    voided = mapped is not None and mapped.qbo_status == "voided"
+    if event.aggregate_type == "invoice":
+        if status in policy.invoice_sync:
+            return Decision(Action.SKIP, "voided in QBO, which is final") if voided else upsert
+        if status in policy.invoice_void:
+            return Decision(Action.VOID, "cancelled") if in_qbo and not voided else \
+                Decision(Action.SKIP, "cancelled and not in QBO")
+        return Decision(Action.SKIP, f"status {status or '?'} stays local")
+    if event.aggregate_type == "expense":
+        if status in policy.expense_sync:
+            return upsert
+        if status in policy.expense_delete:
+            return Decision(Action.DELETE, "rejected") if in_qbo else Decision(Action.SKIP, "rejected, not in QBO")
+        return Decision(Action.SKIP, f"status {status or '?'} stays local")
+    if event.aggregate_type == "payment":
+        if status in policy.payment_sync:
+            return Decision(Action.SKIP, "voided in QBO, which is final") if voided else upsert
+        if status in policy.payment_void:
+            return Decision(Action.VOID, status) if in_qbo and not voided else \
+                Decision(Action.SKIP, f"{status} and not in QBO")
+        return Decision(Action.SKIP, f"status {status or '?'} stays local")
+    if event.aggregate_type == "client":
+        if not policy.sync_clients:
+            return Decision(Action.SKIP, "client sync is off")
+        if status == "inactive":
+            return Decision(Action.DEACTIVATE, "archived") if in_qbo else Decision(Action.SKIP, "inactive")
+        return upsert
+    return Decision(Action.SKIP, f"unknown aggregate type {event.aggregate_type}")

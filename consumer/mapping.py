@@ -1,0 +1,201 @@
+"""Where a TimeTracker record becomes a QBO request body: pure functions of (state, resolved references,
+options), no I/O. The resolver (references.py) finds the ids; the applier (applier.py) sends the request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from consumer.errors import MappingError
+from schemas.events import ClientState, ExpenseState, InvoiceState, PaymentState
+
+CENT = Decimal("0.01")
+DOC_NUMBER_MAX = 21
+TEXT_MAX = 4000
+REQUESTID_NAMESPACE = uuid.UUID("3f0f4d0e-6c83-4c8e-9b7a-74747379e0c1")
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    source: str = "timetracker"
+    multicurrency: bool = True
+    payment_types: dict[str, str] = field(default_factory=lambda: {
+        "card": "CreditCard", "credit_card": "CreditCard", "creditcard": "CreditCard", "company_card": "CreditCard",
+        "cash": "Cash", "check": "Check", "cheque": "Check", "bank_transfer": "Cash", "transfer": "Cash"})
+    default_payment_type: str = "Cash"
+
+
+@dataclass(frozen=True)
+class InvoiceRefs:
+    customer_id: str
+    item_id: str
+    tax_code_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PurchaseRefs:
+    paying_account_id: str
+    expense_account_id: str
+    vendor_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PaymentRefs:
+    customer_id: str
+    invoice_qbo_id: str
+    deposit_account_id: str | None = None
+
+
+def marker(aggregate_type: str, aggregate_id: str | int, source: str) -> str:
+    """Written into PrivateNote: says which TimeTracker record a QBO entity mirrors (found again after a crash)."""
+    return f"ttsync:{aggregate_type}:{aggregate_id}@{source}"
+
+
+def _money(value: Decimal) -> float | int:
+    q = value.quantize(CENT, rounding=ROUND_HALF_UP)
+    return int(q) if q == q.to_integral_value() else float(q)
+
+
+def _text(value: str | None, limit: int = TEXT_MAX) -> str | None:
+    if value is None:
+        return None
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _note(mark: str, extra: str | None) -> str:
+    return _text(f"{mark} {extra}".strip() if extra else mark) or mark
+
+
+def _doc_number(value: str, what: str) -> str:
+    if len(value) > DOC_NUMBER_MAX:
+        raise MappingError(f"{what} {value!r} is longer than QBO's {DOC_NUMBER_MAX}-character DocNumber",
+                           code="doc_number_too_long")
+    return value
+
+
+def expense_doc_number(expense_id: int) -> str:
+    return f"TT-EXP-{expense_id}"
+
+
+def invoice_request(inv: InvoiceState, refs: InvoiceRefs, opts: MappingOptions) -> dict[str, Any]:
+    if not inv.items:
+        raise MappingError(f"invoice {inv.invoice_number} has no items; QBO needs at least one line",
+                           code="invoice_without_lines")
+    lines = []
+    for item in inv.items:
+        detail: dict[str, Any] = {"ItemRef": {"value": refs.item_id}}
+        amount = item.total_amount.quantize(CENT, rounding=ROUND_HALF_UP)
+        # QBO checks Amount == Qty * UnitPrice (6070): send both only when TimeTracker's numbers agree.
+        if (item.quantity * item.unit_price).quantize(CENT, rounding=ROUND_HALF_UP) == amount:
+            detail["Qty"] = _money(item.quantity)
+            detail["UnitPrice"] = _money(item.unit_price)
+        lines.append({"DetailType": "SalesItemLineDetail", "Amount": _money(amount),
+                      "Description": _text(item.description), "SalesItemLineDetail": detail})
+    body: dict[str, Any] = {
+        "CustomerRef": {"value": refs.customer_id},
+        "DocNumber": _doc_number(inv.invoice_number, "invoice number"),
+        "TxnDate": inv.issue_date.isoformat(),
+        "DueDate": inv.due_date.isoformat(),
+        "Line": lines,
+        "PrivateNote": _note(marker("invoice", inv.id, opts.source), inv.notes),
+    }
+    if inv.client_email:
+        body["BillEmail"] = {"Address": inv.client_email}
+    if inv.terms:
+        body["CustomerMemo"] = {"value": _text(inv.terms, 1000)}
+    if inv.tax_amount and inv.tax_amount > 0:
+        tax: dict[str, Any] = {"TotalTax": _money(inv.tax_amount)}
+        if refs.tax_code_id:
+            tax["TxnTaxCodeRef"] = {"value": refs.tax_code_id}
+        body["TxnTaxDetail"] = tax
+    if opts.multicurrency and inv.currency_code:
+        body["CurrencyRef"] = {"value": inv.currency_code.upper()}
+    return body
+
+
+def payment_type(expense: ExpenseState, opts: MappingOptions) -> str:
+    method = (expense.payment_method or "").strip().lower().replace("-", "_").replace(" ", "_")
+    return opts.payment_types.get(method, opts.default_payment_type)
+
+
+def purchase_request(exp: ExpenseState, refs: PurchaseRefs, opts: MappingOptions) -> dict[str, Any]:
+    description = _text(" - ".join(p for p in (exp.title, exp.description) if p))
+    lines = [{"DetailType": "AccountBasedExpenseLineDetail", "Amount": _money(exp.amount),
+              "Description": description,
+              "AccountBasedExpenseLineDetail": {"AccountRef": {"value": refs.expense_account_id}}}]
+    tax = exp.tax_amount or Decimal("0")
+    if tax > 0:
+        lines.append({"DetailType": "AccountBasedExpenseLineDetail", "Amount": _money(tax),
+                      "Description": f"Tax on {exp.title}"[:TEXT_MAX],
+                      "AccountBasedExpenseLineDetail": {"AccountRef": {"value": refs.expense_account_id}}})
+    body: dict[str, Any] = {
+        "PaymentType": payment_type(exp, opts),
+        "AccountRef": {"value": refs.paying_account_id},
+        "TxnDate": (exp.payment_date or exp.expense_date).isoformat(),
+        "DocNumber": expense_doc_number(exp.id),
+        "TotalAmt": _money(exp.amount + tax),
+        "Line": lines,
+        "PrivateNote": _note(marker("expense", exp.id, opts.source),
+                             f"receipt {exp.receipt_number}" if exp.receipt_number else exp.notes),
+    }
+    if refs.vendor_id:
+        body["EntityRef"] = {"value": refs.vendor_id, "type": "Vendor"}
+    if opts.multicurrency and exp.currency_code:
+        body["CurrencyRef"] = {"value": exp.currency_code.upper()}
+    return body
+
+
+def payment_request(pay: PaymentState, refs: PaymentRefs, opts: MappingOptions) -> dict[str, Any]:
+    amount = _money(pay.amount)
+    body: dict[str, Any] = {
+        "CustomerRef": {"value": refs.customer_id},
+        "TotalAmt": amount,
+        "TxnDate": pay.payment_date.isoformat(),
+        "Line": [{"Amount": amount, "LinkedTxn": [{"TxnId": refs.invoice_qbo_id, "TxnType": "Invoice"}]}],
+        "PrivateNote": _note(marker("payment", pay.id, opts.source),
+                             " ".join(p for p in (pay.method, pay.notes) if p) or None),
+    }
+    if pay.reference:
+        body["PaymentRefNum"] = pay.reference[:DOC_NUMBER_MAX]
+    if refs.deposit_account_id:
+        body["DepositToAccountRef"] = {"value": refs.deposit_account_id}
+    if opts.multicurrency and pay.currency:
+        body["CurrencyRef"] = {"value": pay.currency.upper()}
+    return body
+
+
+def customer_request(client: ClientState, opts: MappingOptions, display_name: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "DisplayName": _text(display_name or client.name, 500),
+        "CompanyName": _text(client.name, 100),
+        "Active": client.status != "inactive",
+        "Notes": _text(marker("client", client.id, opts.source)),
+    }
+    if client.email:
+        body["PrimaryEmailAddr"] = {"Address": client.email}
+    if client.phone:
+        body["PrimaryPhone"] = {"FreeFormNumber": client.phone[:30]}
+    if client.contact_person:
+        given, _, family = client.contact_person.partition(" ")
+        body["GivenName"] = given[:100]
+        if family:
+            body["FamilyName"] = family[:100]
+    if client.address:
+        lines = [ln.strip() for ln in client.address.splitlines() if ln.strip()][:5]
+        body["BillAddr"] = {f"Line{i + 1}": ln[:500] for i, ln in enumerate(lines)}
+    return body
+
+
+def vendor_request(name: str) -> dict[str, Any]:
+    return {"DisplayName": _text(name, 500), "CompanyName": _text(name, 100)}
+
+
+def request_id(event_id: uuid.UUID | str, operation: str, body: Any = None) -> str:
+    """QBO requestid for one write: the same event, operation and body always give the same id (so a retry
+    is recognised), a changed body (say, after an operator fixed a mapping) a new one."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return str(uuid.uuid5(REQUESTID_NAMESPACE, f"{event_id}:{operation}:{digest}"))

@@ -1,0 +1,29 @@
+"""Prometheus metrics of the consumer (served on /metrics by ``ttsync consume --metrics-port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter("ttsync_consumer_events_total", "Events handled, by topic and outcome",
+                 ["topic", "outcome"], registry=REGISTRY)
+QBO_REQUESTS = Counter("ttsync_qbo_requests_total", "QBO API calls, by entity, operation and outcome",
+                       ["entity", "operation", "outcome"], registry=REGISTRY)
+RETRIES = Counter("ttsync_consumer_retries_total", "Retries, in place or through retry topics", ["kind"],
+                  registry=REGISTRY)
+DEAD_LETTERED = Counter("ttsync_consumer_dead_lettered_total", "Records sent to the dead-letter topic",
+                        ["error_code"], registry=REGISTRY)
+THROTTLE_WAIT = Counter("ttsync_qbo_throttle_wait_seconds_total",
+                        "Seconds spent waiting for the realm's request budget or a 429's Retry-After",
+                        registry=REGISTRY)
+APPLY_SECONDS = Histogram("ttsync_consumer_apply_seconds", "Time to apply one event", registry=REGISTRY,
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LAG = Gauge("ttsync_consumer_lag_messages", "Messages behind the log end, per partition",
+            ["topic", "partition"], registry=REGISTRY)
+LAG_SECONDS = Gauge("ttsync_consumer_lag_seconds", "Age of the oldest unconsumed record, per partition",
+                    ["topic", "partition"], registry=REGISTRY)
+
+
+def count_qbo_call(entity: str, operation: str, outcome: str) -> None:
+    QBO_REQUESTS.labels(entity or "-", operation or "-", outcome).inc()

@@ -1,0 +1,178 @@
+"""The QBO HTTP client: OAuth bearer with refresh, the shared rate limit, ``minorversion`` on every call,
+``requestid`` on writes, and every failure translated into a typed error (consumer.errors) at this edge."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+import structlog
+
+from consumer.errors import (
+    QboThrottled,
+    QboUnavailable,
+    QboValidationFault,
+    StaleSyncToken,
+    SyncError,
+)
+from consumer.rate_limit import RateLimiter
+from consumer.token_store import TokenStore
+
+log = structlog.get_logger("ttsync.qbo")
+
+MINOR_VERSION = 75
+
+
+class DuplicateRequestId(SyncError):
+    """Fault 600: QBO saw this requestid before and did not say what it answered then."""
+
+    code = "600"
+
+
+class QboClient:
+    def __init__(self, base_url: str, realm_id: str, tokens: TokenStore, limiter: RateLimiter, *,
+                 minorversion: int = MINOR_VERSION, timeout_s: float = 30.0, throttle_default_wait_s: float = 60.0,
+                 on_call: Callable[[str, str, str], None] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.realm_id = realm_id
+        self.tokens = tokens
+        self.limiter = limiter
+        self.minorversion = minorversion
+        self.timeout_s = timeout_s
+        self.throttle_default_wait_s = throttle_default_wait_s
+        self.session = requests.Session()
+        self.on_call = on_call  # (entity, operation, outcome) -> None, for metrics
+        self.calls = 0
+
+    # -- the one request path ------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None,
+                text_body: str | None = None, requestid: str | None = None, entity: str = "",
+                operation: str = "") -> dict[str, Any]:
+        query = {"minorversion": str(self.minorversion), **(params or {})}
+        if requestid:
+            query["requestid"] = requestid
+        url = f"{self.base_url}/v3/company/{self.realm_id}/{path}"
+        for attempt in (1, 2):
+            token = self.tokens.access_token()
+            self.limiter.acquire()
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            data: bytes | None = None
+            if json_body is not None:
+                headers["Content-Type"] = "application/json"
+                data = json.dumps(json_body).encode()
+            elif text_body is not None:
+                headers["Content-Type"] = "application/text"
+                data = text_body.encode()
+            started = time.monotonic()
+            try:
+                resp = self.session.request(method, url, params=query, data=data, headers=headers,
+                                            timeout=self.timeout_s)
+            except requests.RequestException as exc:
+                self._count(entity, operation, "network_error")
+                raise QboUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}"[:500]) from exc
+            self.calls += 1
+            log.debug("qbo_call", method=method, path=path, status=resp.status_code,
+                      ms=round((time.monotonic() - started) * 1000, 1), requestid=requestid)
+            if resp.status_code == 401 and attempt == 1:
+                self._count(entity, operation, "unauthorized")
+                self.tokens.refresh(failed_token=token)
+                continue
+            return self._result(resp, entity, operation)
+        raise QboUnavailable(f"{method} {path}: 401 even with a fresh access token")
+
+    def _result(self, resp: requests.Response, entity: str, operation: str) -> dict[str, Any]:
+        status = resp.status_code
+        if status == 429:
+            self._count(entity, operation, "throttled")
+            wait = _retry_after(resp.headers.get("Retry-After"), self.throttle_default_wait_s)
+            raise QboThrottled(f"QBO throttled the realm (429), retry in {wait:.0f}s", retry_after_s=wait,
+                               detail=resp.text[:2000])
+        if status >= 500:
+            self._count(entity, operation, "server_error")
+            raise QboUnavailable(f"QBO answered {status}", detail=resp.text[:2000])
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            self._count(entity, operation, "bad_response")
+            if status == 200:
+                raise QboUnavailable("QBO answered 200 with a body that is not JSON") from exc
+            raise QboValidationFault(f"QBO answered {status}: {resp.text[:300]}", code=str(status),
+                                     body=resp.text[:4000], http_status=status) from exc
+        fault = body.get("Fault") if isinstance(body, dict) else None
+        if fault or status >= 400:
+            self._raise_fault(status, body, entity, operation)
+        self._count(entity, operation, "ok")
+        self.tokens.mark_success()
+        return dict(body)
+
+    def _raise_fault(self, status: int, body: Any, entity: str, operation: str) -> None:
+        errors = ((body or {}).get("Fault") or {}).get("Error") or [{}]
+        first = errors[0]
+        code = str(first.get("code", status))
+        message = f"QBO Fault {code}: {first.get('Message', '')}: {first.get('Detail', '')}".strip(": ")
+        raw = json.dumps(body)[:4000]
+        self._count(entity, operation, f"fault_{code}")
+        if code == "5010":
+            raise StaleSyncToken(message, detail=raw)
+        if code == "600":
+            raise DuplicateRequestId(message, detail=raw)
+        if code in ("3001", "3200") or status == 401:
+            raise QboUnavailable(message, detail=raw)
+        raise QboValidationFault(message, code=code, body=raw, http_status=status)
+
+    def _count(self, entity: str, operation: str, outcome: str) -> None:
+        if self.on_call is not None:
+            self.on_call(entity, operation, outcome)
+
+    # -- QBO operations ------------------------------------------------------------------------------
+
+    def create(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]:
+        return self.request("POST", entity.lower(), json_body=body, requestid=requestid,
+                            entity=entity, operation="create")[entity]
+
+    def update(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]:
+        return self.request("POST", entity.lower(), json_body=body, requestid=requestid,
+                            entity=entity, operation="update")[entity]
+
+    def read(self, entity: str, qbo_id: str) -> dict[str, Any]:
+        return self.request("GET", f"{entity.lower()}/{qbo_id}", entity=entity, operation="read")[entity]
+
+    def delete(self, entity: str, qbo_id: str, sync_token: str, requestid: str) -> dict[str, Any]:
+        return self.request("POST", entity.lower(), params={"operation": "delete"},
+                            json_body={"Id": qbo_id, "SyncToken": sync_token}, requestid=requestid,
+                            entity=entity, operation="delete")[entity]
+
+    def void(self, entity: str, qbo_id: str, sync_token: str, requestid: str) -> dict[str, Any]:
+        if entity == "Payment":  # QBO voids a payment with a sparse update that includes void
+            params = {"operation": "update", "include": "void"}
+            body: dict[str, Any] = {"Id": qbo_id, "SyncToken": sync_token, "sparse": True}
+        else:
+            params, body = {"operation": "void"}, {"Id": qbo_id, "SyncToken": sync_token}
+        return self.request("POST", entity.lower(), params=params, json_body=body, requestid=requestid,
+                            entity=entity, operation="void")[entity]
+
+    def query(self, sql: str, entity: str = "") -> list[dict[str, Any]]:
+        body = self.request("POST", "query", text_body=sql, entity=entity, operation="query")
+        response = body.get("QueryResponse") or {}
+        return list(response.get(entity, [])) if entity else [v for k, v in response.items() if isinstance(v, list)]
+
+    def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
+        body = self.request("POST", "batch", json_body={"BatchItemRequest": items}, requestid=requestid,
+                            entity="Batch", operation="batch")
+        return list(body.get("BatchItemResponse", []))
+
+
+def quote(value: str) -> str:
+    """A QBO query string literal: backslash-escape backslashes and single quotes."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    if value and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        return float(value)
+    return default

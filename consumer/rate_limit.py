@@ -1,0 +1,94 @@
+"""Stay under QBO's per-realm limit (500 requests/min): a token bucket shared by every consumer of the group.
+
+The budget belongs to the company, not to a process, so with PostgreSQL as the state database the bucket
+lives in a row (``ttsync_rate_budget``) that every consumer draws from under a row lock. With SQLite (the demo:
+one consumer) it lives in memory. Rate and burst are chosen so that no 60-second window can exceed the limit:
+``burst + rate * 60 <= limit``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+from sqlalchemy import Engine, text
+
+
+class RateLimiter(Protocol):
+    def acquire(self) -> float:
+        """Block until one request may be sent; returns the seconds waited."""
+        ...
+
+
+def bucket_parameters(requests_per_minute: int, fraction: float, burst: int) -> tuple[float, float]:
+    """(rate per second, capacity) with ``capacity + 60 * rate <= requests_per_minute``."""
+    rate = requests_per_minute * fraction / 60.0
+    capacity = max(1.0, min(float(burst), requests_per_minute - rate * 60.0))
+    return rate, capacity
+
+
+class LocalTokenBucket:
+    def __init__(self, rate_per_s: float, capacity: float) -> None:
+        self.rate = rate_per_s
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = time.monotonic()
+        self._lock = threading.Lock()
+        self.waited_s = 0.0
+
+    def acquire(self) -> float:
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    self.waited_s += waited
+                    return waited
+                delay = (1 - self.tokens) / self.rate
+            time.sleep(delay)
+            waited += delay
+
+
+class SharedTokenBucket:
+    """The same bucket in a PostgreSQL row, so N consumers together stay under the realm's limit."""
+
+    def __init__(self, engine: Engine, realm_id: str, rate_per_s: float, capacity: float) -> None:
+        self.engine = engine
+        self.realm_id = realm_id
+        self.rate = rate_per_s
+        self.capacity = capacity
+        self.waited_s = 0.0
+
+    def acquire(self) -> float:
+        waited = 0.0
+        while True:
+            with self.engine.begin() as conn:
+                now = time.time()  # wall clock: shared between processes
+                conn.execute(text(
+                    "INSERT INTO ttsync_rate_budget (realm_id, tokens, updated_at) VALUES (:r, :cap, :now) "
+                    "ON CONFLICT (realm_id) DO NOTHING"), {"r": self.realm_id, "cap": self.capacity, "now": now})
+                row = conn.execute(text("SELECT tokens, updated_at FROM ttsync_rate_budget WHERE realm_id = :r "
+                                        "FOR UPDATE"), {"r": self.realm_id}).one()
+                tokens = min(self.capacity, row.tokens + max(0.0, now - row.updated_at) * self.rate)
+                if tokens >= 1:
+                    conn.execute(text("UPDATE ttsync_rate_budget SET tokens = :t, updated_at = :now "
+                                      "WHERE realm_id = :r"), {"t": tokens - 1, "now": now, "r": self.realm_id})
+                    self.waited_s += waited
+                    return waited
+                conn.execute(text("UPDATE ttsync_rate_budget SET tokens = :t, updated_at = :now WHERE realm_id = :r"),
+                             {"t": tokens, "now": now, "r": self.realm_id})
+                delay = (1 - tokens) / self.rate
+            time.sleep(delay)
+            waited += delay
+
+
+def make_rate_limiter(engine: Engine, realm_id: str, requests_per_minute: int, fraction: float,
+                      burst: int) -> LocalTokenBucket | SharedTokenBucket:
+    rate, capacity = bucket_parameters(requests_per_minute, fraction, burst)
+    if engine.dialect.name == "postgresql":
+        return SharedTokenBucket(engine, realm_id, rate, capacity)
+    return LocalTokenBucket(rate, capacity)

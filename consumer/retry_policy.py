@@ -1,0 +1,67 @@
+"""What to do with an event that failed: the whole retry / dead-letter policy, in one pure function.
+
+- Fatal (reconnect needed): stop consuming; commit nothing.
+- Permanent (bad event, missing mapping, QBO validation Fault, or an unexpected exception): dead-letter now.
+- Retryable: back off in place a few times (a 429 waits its Retry-After), then forward to the retry topics
+  with growing delays (the main topic keeps flowing), then dead-letter when the last tier fails too.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+from consumer.errors import FatalError, QboThrottled, SyncError
+
+
+class StepKind(enum.Enum):
+    RETRY_IN_PLACE = "retry_in_place"
+    RETRY_TOPIC = "retry_topic"
+    DEAD_LETTER = "dead_letter"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    delay_s: float = 0.0
+    tier: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    inplace_attempts: int = 3
+    throttle_inplace_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 10.0
+    max_throttle_wait_s: float = 120.0
+    topic_delays_s: tuple[int, ...] = (10, 60, 300)
+
+    def next_step(self, error: BaseException, attempt: int, tier: int | None,
+                  rng: random.Random | None = None) -> Step:
+        """``attempt``: failures so far for this record in this consumer (1 = first); ``tier``: the retry
+        tier the record came from (None = the main topic)."""
+        if isinstance(error, FatalError):
+            return Step(StepKind.STOP, reason=str(error))
+        if not (isinstance(error, SyncError) and error.retryable):
+            return Step(StepKind.DEAD_LETTER, reason=str(error))
+        if isinstance(error, QboThrottled):
+            if attempt <= self.throttle_inplace_attempts:
+                return Step(StepKind.RETRY_IN_PLACE, min(error.retry_after_s, self.max_throttle_wait_s))
+        elif attempt <= self.inplace_attempts:
+            return Step(StepKind.RETRY_IN_PLACE, compute_backoff(attempt, self.backoff_base_s,
+                                                                  self.backoff_max_s, rng))
+        next_tier = 0 if tier is None else tier + 1
+        if next_tier < len(self.topic_delays_s):
+            return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[next_tier]), next_tier)
+        return Step(StepKind.DEAD_LETTER, reason=f"retries exhausted: {error}")
+
+
+def compute_backoff(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None,
+                    jitter: float = 0.2) -> float:
+    """Exponential backoff with +-``jitter`` spread, so consumers that failed together do not retry together."""
+    delay = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    spread = (rng or random).uniform(-jitter, jitter)
+    return max(0.0, delay * (1 + spread))

@@ -1,0 +1,141 @@
+"""The consumer's memory in the state database: processed events, the entity map, resolved references."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from consumer.lifecycle import QBO_ENTITY, Mapped
+from consumer.state_tables import entity_map, processed_events, qbo_refs
+from schemas.events import EventEnvelope
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class StateStore:
+    def __init__(self, engine: Engine, realm_id: str, consumer_group: str) -> None:
+        self.engine = engine
+        self.realm_id = realm_id
+        self.group = consumer_group
+
+    # -- processed events ----------------------------------------------------------------------------
+
+    def is_processed(self, event_id: Any) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(processed_events.c.event_id).where(
+                processed_events.c.consumer_group == self.group,
+                processed_events.c.event_id == str(event_id))).first() is not None
+
+    # -- entity map ----------------------------------------------------------------------------------
+
+    def _key(self, aggregate_type: str, aggregate_id: str) -> Any:
+        return and_(entity_map.c.realm_id == self.realm_id, entity_map.c.aggregate_type == aggregate_type,
+                    entity_map.c.aggregate_id == str(aggregate_id))
+
+    def mapped(self, aggregate_type: str, aggregate_id: str) -> Mapped | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first()
+        if row is None:
+            return None
+        return Mapped(row.qbo_entity, row.qbo_id, row.sync_token, int(row.last_version), row.qbo_status,
+                      row.customer_ref, row.pending_requestid)
+
+    def _upsert(self, conn: Any, aggregate_type: str, aggregate_id: str, values: dict[str, Any]) -> None:
+        values = {**values, "updated_at": _now()}
+        if conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(**values)).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(entity_map).values(
+                    realm_id=self.realm_id, aggregate_type=aggregate_type, aggregate_id=str(aggregate_id),
+                    qbo_entity=values.pop("qbo_entity", QBO_ENTITY.get(aggregate_type, aggregate_type)),
+                    **{"last_version": 0, **values}))
+        except IntegrityError:  # another consumer inserted it meanwhile
+            conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(**values))
+
+    def mark_pending(self, aggregate_type: str, aggregate_id: str, requestid: str) -> None:
+        """Before a create: if we crash after QBO wrote but before we recorded it, the redelivery sees this
+        and looks for the entity in QBO instead of creating a second one."""
+        with self.engine.begin() as conn:
+            self._upsert(conn, aggregate_type, aggregate_id,
+                         {"pending_requestid": requestid, "pending_since": _now()})
+
+    def record(self, event: EventEnvelope, outcome: str, *, qbo: dict[str, Any] | None = None,
+               status: str | None = None, customer_ref: str | None = None) -> None:
+        """One transaction: the entity map moves to this version, and the event is marked processed."""
+        values: dict[str, Any] = {"pending_requestid": None, "pending_since": None}
+        if qbo is not None:
+            values.update(qbo_id=str(qbo["Id"]), sync_token=str(qbo.get("SyncToken", "0")))
+        if status is not None:
+            values["qbo_status"] = status
+        if customer_ref is not None:
+            values["customer_ref"] = customer_ref
+        with self.engine.begin() as conn:
+            current = conn.execute(select(entity_map.c.last_version).where(
+                self._key(event.aggregate_type, event.aggregate_id))).scalar()
+            values["last_version"] = max(int(current or 0), event.aggregate_version)
+            self._upsert(conn, event.aggregate_type, event.aggregate_id, values)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(processed_events).values(
+                        consumer_group=self.group, event_id=str(event.event_id),
+                        aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id,
+                        aggregate_version=event.aggregate_version, outcome=outcome,
+                        qbo_id=str(qbo["Id"]) if qbo else None, processed_at=_now()))
+            except IntegrityError:
+                pass  # processed by another consumer during a rebalance: same effect
+
+    def adopt(self, aggregate_type: str, aggregate_id: str, qbo: dict[str, Any], *, version: int = 0,
+              customer_ref: str | None = None) -> None:
+        """Map an aggregate to a QBO entity that exists already (found by its natural key)."""
+        with self.engine.begin() as conn:
+            values: dict[str, Any] = {"qbo_id": str(qbo["Id"]), "sync_token": str(qbo.get("SyncToken", "0")),
+                                      "qbo_status": "active"}
+            if customer_ref:
+                values["customer_ref"] = customer_ref
+            current = conn.execute(select(entity_map.c.last_version).where(
+                self._key(aggregate_type, aggregate_id))).scalar()
+            values["last_version"] = max(int(current or 0), version)
+            self._upsert(conn, aggregate_type, aggregate_id, values)
+
+    # -- resolved references (customers, items, vendors, accounts) and operator overrides --------------
+
+    def ref(self, kind: str, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(qbo_refs.c.qbo_id).where(
+                qbo_refs.c.realm_id == self.realm_id, qbo_refs.c.kind == kind,
+                qbo_refs.c.key == key)).scalar()
+
+    def set_ref(self, kind: str, key: str, qbo_id: str, name: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            where = and_(qbo_refs.c.realm_id == self.realm_id, qbo_refs.c.kind == kind, qbo_refs.c.key == key)
+            if not conn.execute(update(qbo_refs).where(where).values(qbo_id=qbo_id, name=name,
+                                                                        updated_at=_now())).rowcount:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(qbo_refs).values(realm_id=self.realm_id, kind=kind, key=key,
+                                                             qbo_id=qbo_id, name=name, updated_at=_now()))
+                except IntegrityError:
+                    conn.execute(update(qbo_refs).where(where).values(qbo_id=qbo_id, name=name, updated_at=_now()))
+
+    def delete_ref(self, kind: str, key: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(qbo_refs).where(qbo_refs.c.realm_id == self.realm_id,
+                                                       qbo_refs.c.kind == kind, qbo_refs.c.key == key)).rowcount
+
+    def refs(self, kind: str | None = None) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            stmt = select(qbo_refs).where(qbo_refs.c.realm_id == self.realm_id)
+            if kind:
+                stmt = stmt.where(qbo_refs.c.kind == kind)
+            return [dict(r._mapping) for r in conn.execute(stmt.order_by(qbo_refs.c.kind, qbo_refs.c.key))]
+
+    def purge_processed(self, older_than: dt.timedelta) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(processed_events).where(
+                processed_events.c.processed_at < _now() - older_than)).rowcount

@@ -1,0 +1,223 @@
+"""QBO OAuth tokens at rest: encrypted with TTSYNC_SECRET_KEY, refreshed by one process at a time.
+
+Intuit rotates refresh tokens: the newest must be stored before anything else happens, and two consumers
+must never refresh at once (the loser would present a rotated-away token and get ``invalid_grant``). So the
+refresh runs while holding the token row's lock; a process that waited re-reads the row and uses the token
+the winner stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import structlog
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import Engine, insert, select, text, update
+
+from consumer.errors import QboUnavailable, ReconnectNeeded
+from consumer.state_tables import oauth_tokens
+
+log = structlog.get_logger("ttsync.qbo.tokens")
+
+
+def make_cipher(secret_key: str) -> Fernet:
+    """A Fernet key as given, or one derived from any other secret string."""
+    try:
+        return Fernet(secret_key.encode())
+    except (ValueError, TypeError):
+        return Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret_key.encode()).digest()))
+
+
+def fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+@dataclass
+class TokenState:
+    access_token: str | None
+    access_expires_at: dt.datetime | None
+    refresh_token: str
+    rotations: int
+    last_success_at: dt.datetime | None
+    refresh_expires_at: dt.datetime | None
+
+
+class TokenStore:
+    def __init__(self, engine: Engine, realm_id: str, cipher: Fernet, *, token_url: str, client_id: str,
+                 client_secret: str, seed_refresh_token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.engine = engine
+        self.realm_id = realm_id
+        self.cipher = cipher
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.seed_refresh_token = seed_refresh_token
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._access: tuple[str, float] | None = None  # (token, monotonic expiry)
+        self._last_success_write = 0.0
+        self.refreshes = 0
+        self._session = requests.Session()
+
+    # -- encryption ----------------------------------------------------------------------------------
+
+    def _enc(self, value: str) -> str:
+        return self.cipher.encrypt(value.encode()).decode()
+
+    def _dec(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return self.cipher.decrypt(value.encode()).decode()
+        except InvalidToken as exc:
+            raise ReconnectNeeded("stored QBO tokens cannot be decrypted with TTSYNC_SECRET_KEY "
+                                  "(was the key changed?): reconnect with `ttsync qbo connect`") from exc
+
+    # -- reads and writes ----------------------------------------------------------------------------
+
+    def state(self) -> TokenState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)).first()
+        if row is None:
+            return None
+        return TokenState(self._dec(row.access_token_enc), _aware(row.access_expires_at),
+                          self._dec(row.refresh_token_enc) or "", row.rotations, _aware(row.last_success_at),
+                          _aware(row.refresh_expires_at))
+
+    def store_tokens(self, *, refresh_token: str, access_token: str | None = None, expires_in: float | None = None,
+                     refresh_expires_in: float | None = None, seed: str | None = None) -> None:
+        """Store a token set (``ttsync qbo connect`` and tests); replaces what was there."""
+        now = _now()
+        values: dict[str, Any] = {
+            "refresh_token_enc": self._enc(refresh_token),
+            "access_token_enc": self._enc(access_token) if access_token else None,
+            "access_expires_at": now + dt.timedelta(seconds=expires_in) if expires_in else None,
+            "refresh_expires_at": now + dt.timedelta(seconds=refresh_expires_in) if refresh_expires_in else None,
+            "seed_fingerprint": fingerprint(seed) if seed else None,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(oauth_tokens.c.realm_id).where(
+                oauth_tokens.c.realm_id == self.realm_id)).first()
+            if exists:
+                conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id).values(**values))
+            else:
+                conn.execute(insert(oauth_tokens).values(realm_id=self.realm_id, rotations=0, **values))
+        self._access = None
+
+    def _seed_if_needed(self) -> None:
+        seed = self.seed_refresh_token
+        with self.engine.connect() as conn:
+            row = conn.execute(select(oauth_tokens.c.seed_fingerprint).where(
+                oauth_tokens.c.realm_id == self.realm_id)).first()
+        if row is None:
+            if not seed:
+                raise ReconnectNeeded(f"no QBO tokens for realm {self.realm_id}: set TTSYNC_QBO_REFRESH_TOKEN "
+                                      "or run `ttsync qbo connect`")
+            self.store_tokens(refresh_token=seed, seed=seed)
+        elif seed and row.seed_fingerprint != fingerprint(seed):
+            # The operator configured a new first token (a reconnect): it wins over the rotated one we hold.
+            log.info("refresh_token_reseeded", realm=self.realm_id)
+            self.store_tokens(refresh_token=seed, seed=seed)
+
+    # -- the access token ----------------------------------------------------------------------------
+
+    def access_token(self) -> str:
+        cached = self._access
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return self.refresh(failed_token=None)
+
+    def refresh(self, *, failed_token: str | None) -> str:
+        """A valid access token: the stored one if another process refreshed meanwhile, else a new one."""
+        with self._lock:
+            cached = self._access
+            if cached is not None and cached[0] != failed_token and cached[1] > time.monotonic():
+                return cached[0]
+            self._seed_if_needed()
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT 1 FROM ttsync_oauth_tokens WHERE realm_id = :r FOR UPDATE"),
+                                 {"r": self.realm_id})
+                else:  # SQLite: take the write lock now, so the read below is the latest
+                    conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)
+                                 .values(realm_id=self.realm_id))
+                row = conn.execute(select(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)).one()
+                stored = self._dec(row.access_token_enc)
+                expires = _aware(row.access_expires_at)
+                if stored and stored != failed_token and expires and expires - _now() > dt.timedelta(seconds=60):
+                    self._remember(stored, expires)
+                    return stored
+                old_refresh = self._dec(row.refresh_token_enc) or ""
+                body = self._call_token_endpoint(old_refresh)
+                new_refresh = str(body.get("refresh_token") or old_refresh)
+                now = _now()
+                expires = now + dt.timedelta(seconds=float(body.get("expires_in", 3600)))
+                conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id).values(
+                    refresh_token_enc=self._enc(new_refresh),
+                    access_token_enc=self._enc(body["access_token"]),
+                    access_expires_at=expires,
+                    refresh_expires_at=now + dt.timedelta(seconds=float(body.get("x_refresh_token_expires_in", 0)))
+                    if body.get("x_refresh_token_expires_in") else row.refresh_expires_at,
+                    rotations=row.rotations + (1 if new_refresh != old_refresh else 0),
+                    updated_at=now,
+                ))
+            self.refreshes += 1
+            log.info("access_token_refreshed", realm=self.realm_id, rotated=new_refresh != old_refresh)
+            self._remember(body["access_token"], expires)
+            return str(body["access_token"])
+
+    def _remember(self, token: str, expires: dt.datetime) -> None:
+        seconds_left = (expires - _now()).total_seconds() - 60
+        self._access = (token, time.monotonic() + max(seconds_left, 0))
+
+    def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any]:
+        try:
+            resp = self._session.post(
+                self.token_url,
+                data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+                auth=(self.client_id, self.client_secret),
+                headers={"Accept": "application/json"},
+                timeout=self.timeout_s,
+            )
+        except requests.RequestException as exc:
+            raise QboUnavailable(f"token endpoint unreachable: {type(exc).__name__}") from exc
+        if resp.status_code == 200:
+            return dict(resp.json())
+        try:
+            error = resp.json().get("error", "")
+        except ValueError:
+            error = ""
+        if error == "invalid_grant":
+            raise ReconnectNeeded("QBO refused the refresh token (invalid_grant: expired, revoked or rotated "
+                                  "away): reconnect with `ttsync qbo connect`")
+        if resp.status_code == 401 or error == "invalid_client":
+            raise ReconnectNeeded("QBO refused the client credentials (invalid_client): check "
+                                  "TTSYNC_QBO_CLIENT_ID / TTSYNC_QBO_CLIENT_SECRET")
+        raise QboUnavailable(f"token endpoint answered {resp.status_code} {error}".strip())
+
+    def mark_success(self) -> None:
+        """Remember when QBO last answered a call (``ttsync qbo status``), at most once a minute."""
+        if time.monotonic() - self._last_success_write < 60:
+            return
+        self._last_success_write = time.monotonic()
+        with self.engine.begin() as conn:
+            conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)
+                         .values(last_success_at=_now()))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -1,0 +1,293 @@
+"""The consumer against a real broker, a real PostgreSQL and the QBO sandbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consumer.state_tables import entity_map, oauth_tokens
+from producer.timetracker_schema import Client, Expense, Invoice, Payment
+from tests.pipeline import Pipeline
+from tests.timetracker_data import base_rows, new_expense, new_invoice, new_payment
+
+pytestmark = pytest.mark.integration
+
+
+def applied(n: int):  # type: ignore[no-untyped-def]
+    return lambda s: s.applied + s.skipped + s.duplicates + s.dead_lettered >= n
+
+
+def test_invoice_lifecycle_gives_one_invoice_updated_then_voided(pipeline: Pipeline) -> None:
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s, name="Lifecycle & Co")
+        inv = new_invoice(s, user, client, project, number="INV-100", items=2)
+        s.commit()
+        invoice_id = inv.id
+    steps = ["sent", "paid", "cancelled"]
+    with Session(pipeline.engine) as s:
+        for status in steps:
+            s.get_one(Invoice, invoice_id).status = status
+            s.commit()
+    assert pipeline.relay() == 5  # client.created, invoice.created (draft), sent, paid, cancelled
+    pipeline.consume_until(applied(5))
+
+    invoices = pipeline.qbo("Invoice")
+    assert len(invoices) == 1
+    qbo_inv = invoices[0]
+    assert qbo_inv["DocNumber"] == "INV-100"
+    assert qbo_inv["PrivateNote"].startswith("Voided") and qbo_inv["TotalAmt"] == 0
+    assert int(qbo_inv["SyncToken"]) >= 2  # created (sent), updated (paid), voided
+    customers = pipeline.qbo("Customer")
+    assert [c["DisplayName"] for c in customers] == ["Lifecycle & Co"]
+    with pipeline.engine.connect() as conn:
+        row = conn.execute(select(entity_map).where(entity_map.c.aggregate_type == "invoice")).one()
+    assert row.qbo_id == qbo_inv["Id"] and row.qbo_status == "voided" and row.last_version == 4
+    assert all(n == 1 for n in pipeline.writes_per_requestid().values())
+
+
+def test_expense_and_payment(pipeline: Pipeline) -> None:
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s, name="Payer Inc")
+        inv = new_invoice(s, user, client, project, number="INV-200", items=1, status="sent")
+        exp = new_expense(s, user, category="travel", status="approved", amount="42.10")
+        rejected = new_expense(s, user, category="meals", status="approved", amount="10.00")
+        s.commit()
+        pay = new_payment(s, inv, amount="50.00")
+        s.commit()
+        s.get_one(Expense, rejected.id).status = "rejected"
+        s.commit()
+        exp_id, inv_id = exp.id, inv.id
+    pipeline.relay()
+    pipeline.consume_until(applied(6))
+
+    purchases = pipeline.qbo("Purchase")
+    assert len(purchases) == 1
+    purchase = purchases[0]
+    assert purchase["DocNumber"] == f"TT-EXP-{exp_id}" and purchase["TotalAmt"] == 46.31
+    assert purchase["PaymentType"] == "CreditCard"  # payment_method "card"
+    travel = next(a for a in pipeline.qbo("Account") if a["Name"] == "Travel")
+    assert purchase["Line"][0]["AccountBasedExpenseLineDetail"]["AccountRef"]["value"] == travel["Id"]
+    assert [v["DisplayName"] for v in pipeline.qbo("Vendor")] == ["Rail Co"]
+    assert len(pipeline.qbo_deleted("Purchase")) == 1  # the rejected one: created, then deleted
+
+    payments = pipeline.qbo("Payment")
+    assert len(payments) == 1 and payments[0]["TotalAmt"] == 50
+    qbo_invoice = pipeline.qbo("Invoice")[0]
+    assert payments[0]["Line"][0]["LinkedTxn"][0]["TxnId"] == qbo_invoice["Id"]
+    assert qbo_invoice["Balance"] == qbo_invoice["TotalAmt"] - 50
+    assert pay is not None and inv_id
+
+
+def test_payment_before_its_invoice_waits_in_a_retry_topic(pipeline: Pipeline) -> None:
+    """A payment whose invoice is not in QBO yet is retried later without blocking anything."""
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        inv = new_invoice(s, user, client, project, number="INV-300", items=1, status="draft")
+        s.commit()
+        new_payment(s, inv, amount="10.00")
+        s.commit()
+        invoice_id = inv.id
+    pipeline.relay()
+    pipeline.consume_until(lambda s: s.forwarded_to_retry >= 1 and s.applied + s.skipped >= 2, timeout_s=60)
+    with Session(pipeline.engine) as s:
+        s.get_one(Invoice, invoice_id).status = "sent"
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(lambda s: len(pipeline.qbo("Payment")) == 1, timeout_s=60)
+    assert len(pipeline.qbo("Invoice")) == 1
+
+
+def test_validation_fault_and_malformed_record_go_to_the_dlq_and_later_records_pass(pipeline: Pipeline) -> None:
+    from kafka import KafkaProducer
+
+    from schemas import dlq_topic, headers_to_dict, topic_for
+    from tests.kafka_helpers import read_topics
+
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        # DocNumber over 21 characters: a mapping error, and an unknown category: a missing mapping
+        new_invoice(s, user, client, project, number="INV-THIS-NUMBER-IS-WAY-TOO-LONG", items=1, status="sent")
+        new_expense(s, user, category="equipment rental", status="approved")
+        s.commit()
+    pipeline.relay()
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
+    producer.send(topic_for("invoice", pipeline.prefix), key=b"999", value=b"{not json",
+                  headers=[("id", b"bad-1")]).get(10)
+    producer.close()
+    with Session(pipeline.engine) as s:  # after the poison, on the same topics
+        user, client, project = base_rows(s, name="After Poison")
+        new_invoice(s, user, client, project, number="INV-OK", items=1, status="sent")
+        new_expense(s, user, category="travel", status="approved")
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(lambda s: s.dead_lettered >= 3 and len(pipeline.qbo("Invoice")) == 1
+                           and len(pipeline.qbo("Purchase")) == 1, timeout_s=60)
+    assert [i["DocNumber"] for i in pipeline.qbo("Invoice")] == ["INV-OK"]
+
+    dlq = read_topics(pipeline.bootstrap, [dlq_topic(pipeline.prefix)], until=lambda r: len(r) >= 3)
+    by_code = {headers_to_dict(r.headers)["ttsync.errors.code"]: r for r in dlq}
+    assert set(by_code) == {"doc_number_too_long", "missing_account", "malformed_event"}
+    poison = headers_to_dict(by_code["malformed_event"].headers)
+    assert by_code["malformed_event"].value == b"{not json" and by_code["malformed_event"].key == b"999"
+    assert poison["id"] == "bad-1"  # original headers kept
+    assert poison["ttsync.errors.original.topic"] == topic_for("invoice", pipeline.prefix)
+    for name in ("original.partition", "original.offset", "original.timestamp", "consumer.group", "class.name",
+                 "message", "attempts", "first.failure", "last.failure"):
+        assert f"ttsync.errors.{name}" in poison, name
+    missing = headers_to_dict(by_code["missing_account"].headers)
+    assert "equipment rental" in missing["ttsync.errors.message"]
+    assert missing["ttsync.errors.class.name"] == "consumer.errors.MissingMapping"
+
+
+def test_qbo_validation_fault_is_dead_lettered_with_its_fault(pipeline: Pipeline) -> None:
+    from schemas import dlq_topic, headers_to_dict
+    from tests.kafka_helpers import read_topics
+    from tests.sandbox.client import QboTestClient
+
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s, name="Soon Inactive")
+        inv = new_invoice(s, user, client, project, number="INV-610", items=1, status="sent")
+        s.commit()
+        invoice_id = inv.id
+    pipeline.relay()
+    pipeline.consume_until(applied(2))
+    # Someone makes the customer inactive in QBO; the next invoice update is refused with Fault 610.
+    token = pipeline.admin("tokens", {"realm_id": "9130000000000001"})["refresh_token"]
+    qbo = QboTestClient(pipeline.sandbox.url, pipeline.sandbox.token_url, "9130000000000001", "ttsync-local",
+                        "ttsync-local-secret", token)
+    customer = pipeline.qbo("Customer")[0]
+    qbo.create("customer", {"Id": customer["Id"], "SyncToken": customer["SyncToken"], "sparse": True,
+                            "Active": False})
+    with Session(pipeline.engine) as s:
+        s.get_one(Invoice, invoice_id).status = "paid"
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(lambda st: st.dead_lettered >= 1)
+    dlq = read_topics(pipeline.bootstrap, [dlq_topic(pipeline.prefix)], until=lambda r: len(r) >= 1)
+    headers = headers_to_dict(dlq[0].headers)
+    assert headers["ttsync.errors.qbo.fault.code"] == "610"
+    assert json.loads(headers["ttsync.errors.qbo.fault.body"])["Fault"]["type"] == "ValidationFault"
+    assert headers["ttsync.errors.class.name"] == "consumer.errors.QboValidationFault"
+    assert headers["ttsync.errors.attempts"] == "1"  # not retried: it cannot succeed as it is
+
+
+def test_access_token_expiry_mid_run_is_refreshed_and_rotation_stored(pipeline: Pipeline) -> None:
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        for n in range(3):
+            new_invoice(s, user, client, project, number=f"INV-T{n}", items=1, status="sent")
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(applied(4))
+    first_refreshes = pipeline.admin("stats")["token_refreshes"]
+    pipeline.admin("expire-tokens", {})
+    with Session(pipeline.engine) as s:
+        for inv in s.scalars(select(Invoice)):
+            inv.status = "paid"
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(applied(3))
+    assert pipeline.admin("stats")["token_refreshes"] == first_refreshes + 1
+    assert all(i["SyncToken"] == "1" for i in pipeline.qbo("Invoice"))
+    with pipeline.engine.connect() as conn:
+        row = conn.execute(select(oauth_tokens)).one()
+    assert row.rotations >= 2
+    assert "RT1-" not in row.refresh_token_enc and "AT-" not in (row.access_token_enc or "")  # encrypted
+    assert pipeline.refresh_token != row.refresh_token_enc
+
+
+def test_older_version_after_newer_changes_nothing_and_replay_creates_nothing(pipeline: Pipeline) -> None:
+    from kafka import KafkaProducer
+
+    from schemas import all_topics
+    from tests.kafka_helpers import read_topics
+
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        inv = new_invoice(s, user, client, project, number="INV-V", items=1, status="sent")
+        s.commit()
+        inv.notes = "second"
+        s.commit()
+        inv.notes = "third"
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(applied(4))
+    assert pipeline.qbo("Invoice")[0]["PrivateNote"].endswith("third")
+    writes_before = pipeline.writes_per_requestid()
+    invoices_before = pipeline.qbo("Invoice")
+
+    # Replay everything, newest first per key: all duplicates or older versions
+    records = read_topics(pipeline.bootstrap, all_topics(pipeline.prefix), idle_s=2)
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
+    for rec in reversed(records):
+        producer.send(rec.topic, key=rec.key, value=rec.value, headers=list(rec.headers))
+    producer.flush()
+    producer.close()
+    stats = pipeline.consume_until(applied(len(records)))
+    assert stats.applied == 0 and stats.duplicates == len(records)
+    assert pipeline.writes_per_requestid() == writes_before
+    assert pipeline.qbo("Invoice") == invoices_before
+
+    # The same events under a new consumer group (fresh offsets, same state): older versions are skipped
+    stats = pipeline.consume_until(applied(len(records)), group_id=pipeline.group + "-b")
+    assert stats.applied == 0
+    assert pipeline.qbo("Invoice") == invoices_before
+    _ = (json, dt, Client, Payment)
+
+
+def _invoices(pipeline: Pipeline, n: int, prefix: str = "INV-K") -> None:
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        for i in range(n):
+            new_invoice(s, user, client, project, number=f"{prefix}{i}", items=1, status="sent")
+        s.commit()
+
+
+@pytest.mark.slow
+def test_kill_9_between_qbo_write_and_offset_commit_creates_no_duplicate(pipeline: Pipeline) -> None:
+    _invoices(pipeline, 8)
+    pipeline.relay()
+    # The consumer SIGKILLs itself right after QBO created the 3rd entity, before anything was recorded.
+    proc = pipeline.consume_process(TTSYNC_TEST_CRASH_AT="after_qbo_create", TTSYNC_TEST_CRASH_AFTER="3")
+    assert proc.wait(120) == -9
+    # 3 applier creates happened (the customer may be one of them, or be created by the resolver)
+    assert 2 <= len(pipeline.qbo("Invoice")) <= 3
+    proc = pipeline.consume_process()
+    try:
+        from tests.pipeline import wait_until
+
+        wait_until(lambda: len(pipeline.qbo("Invoice")) >= 8, 90, "all invoices in QBO")
+        pipeline.consume_until(applied(0), timeout_s=5)  # let the group settle; nothing more to do
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    docs = [i["DocNumber"] for i in pipeline.qbo("Invoice")]
+    assert sorted(docs) == sorted(f"INV-K{i}" for i in range(8))  # each exactly once
+    assert len(pipeline.qbo("Customer")) == 1
+
+
+@pytest.mark.slow
+def test_429_storm_and_20_percent_5xx_end_with_every_event_applied(pipeline: Pipeline) -> None:
+    pipeline.admin("config", {"error_rate": 0.2, "latency_ms": 5, "throttle_rate": 0.15,
+                              "throttle_retry_after_s": 0.2, "seed": 11})
+    _invoices(pipeline, 30, prefix="INV-S")
+    with Session(pipeline.engine) as s:
+        for inv in s.scalars(select(Invoice)):
+            inv.status = "paid"
+            inv.notes = "paid in full"
+        s.commit()
+    pipeline.relay()
+    # 61 events: the client, 30 invoices created and 30 paid. One whose first attempt went to a retry topic may
+    # come back after its newer version was applied: it is then skipped as older, which is right.
+    pipeline.consume_until(lambda st: applied(61)(st) and len(pipeline.qbo("Invoice")) == 30, timeout_s=180)
+    stats = pipeline.admin("stats")
+    assert stats["injected"].get("error", 0) > 0 and stats["injected"].get("throttle", 0) > 0
+    invoices = pipeline.qbo("Invoice")
+    assert sorted(i["DocNumber"] for i in invoices) == sorted(f"INV-S{i}" for i in range(30))
+    # every invoice is at its latest version (whether updated, or created late from the newer event)
+    assert all(i["PrivateNote"].endswith("paid in full") for i in invoices)
+    assert all(n == 1 for n in pipeline.writes_per_requestid().values())

@@ -1,0 +1,119 @@
+"""The whole pipeline for end-to-end tests: TimeTracker tables with capture triggers, the relay, a real
+broker, the consumer group and the QBO sandbox."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from sqlalchemy import Engine
+
+from consumer.group_consumer import ConsumerStats, GroupConsumer, consumer_topics
+from consumer.wiring import build_consumer, build_parts
+from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
+from producer.outbox_relay import OutboxRelay
+from schemas.contract import dlq_topic
+from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
+from ttsync.settings import Settings
+
+REALM = "9130000000000001"
+
+
+@dataclass
+class Pipeline:
+    engine: Engine
+    db_url: str
+    bootstrap: str
+    prefix: str
+    group: str
+    sandbox: SandboxServer
+    overrides: dict[str, Any] = field(default_factory=dict)
+    refresh_token: str = ""
+
+    def settings(self, **extra: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": self.db_url, "kafka_bootstrap_servers": self.bootstrap, "topic_prefix": self.prefix,
+            "group_id": self.group, "qbo_base_url": self.sandbox.url, "qbo_token_url": self.sandbox.token_url,
+            "qbo_realm_id": REALM, "qbo_refresh_token": self.refresh_token, "secret_key": "pipeline-test-key",
+            "retry_topic_delays_s": [1, 2], "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2,
+            "qbo_requests_per_minute": 6000, "qbo_throttle_default_wait_s": 1.0,
+            **self.overrides, **extra,
+        }
+        return Settings(**values)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        s = self.settings()
+        env = {**os.environ, "TTSYNC_DATABASE_URL": self.db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+               "TTSYNC_TOPIC_PREFIX": self.prefix, "TTSYNC_GROUP_ID": self.group,
+               "TTSYNC_QBO_BASE_URL": self.sandbox.url, "TTSYNC_QBO_TOKEN_URL": self.sandbox.token_url,
+               "TTSYNC_QBO_REALM_ID": REALM, "TTSYNC_QBO_REFRESH_TOKEN": self.refresh_token,
+               "TTSYNC_SECRET_KEY": "pipeline-test-key", "TTSYNC_RETRY_TOPIC_DELAYS_S": "[1, 2]",
+               "TTSYNC_RETRY_BACKOFF_S": "0.05", "TTSYNC_QBO_REQUESTS_PER_MINUTE": str(s.qbo_requests_per_minute),
+               "TTSYNC_LOG_FORMAT": "json", **extra}
+        return env
+
+    def create_topics(self) -> None:
+        s = self.settings()
+        ensure_topics(self.bootstrap, consumer_topics(self.prefix, s.retry_topic_delays_s), 3, 1)
+        ensure_topics(self.bootstrap, [dlq_topic(self.prefix)], 1, 1)
+
+    def relay(self) -> int:
+        publisher = KafkaRecordPublisher(self.bootstrap)
+        try:
+            return OutboxRelay(self.engine, publisher, topic_prefix=self.prefix).run(idle_exit=True).published
+        finally:
+            publisher.close()
+
+    def consumer(self, **settings: Any) -> GroupConsumer:
+        s = self.settings(**settings)
+        return build_consumer(s, build_parts(s), session_timeout_ms=6000)
+
+    def consume_until(self, done: Callable[[ConsumerStats], bool], timeout_s: float = 60, **settings: Any
+                      ) -> ConsumerStats:
+        worker = self.consumer(**settings)
+        try:
+            stats = worker.run(until=done, max_seconds=timeout_s)
+        finally:
+            worker.close()
+        assert done(stats), f"consumer did not get there in {timeout_s}s: {stats}"
+        return stats
+
+    def consume_process(self, **env: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "ttsync", "consume", "--no-create-topics"],
+                                env=self.env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    # -- the sandbox's view ----------------------------------------------------------------------------
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = f"{self.sandbox.url}/__admin/{path}"
+        resp = requests.post(url, json=body, timeout=10) if body is not None else requests.get(url, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def qbo(self, entity: str) -> list[dict[str, Any]]:
+        return self.admin(f"realms/{REALM}/entities?type={entity}")[entity]
+
+    def qbo_deleted(self, entity: str) -> list[dict[str, Any]]:
+        return self.admin(f"realms/{REALM}/entities?type={entity}")["deleted"][entity]
+
+    def writes_per_requestid(self) -> dict[str, int]:
+        return self.admin(f"requestids?realm={REALM}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def start_sandbox(**config: Any) -> SandboxServer:
+    return SandboxServer(SandboxConfig(port=0, **config)).start()

@@ -1,0 +1,238 @@
+"""The pure parts of the consumer: lifecycle decisions, request mapping, retry policy, dead-letter headers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from consumer.dead_letter import base_topic, due_at, forward, retry_tier
+from consumer.errors import (
+    DependencyNotReady,
+    MappingError,
+    MissingMapping,
+    QboThrottled,
+    QboUnavailable,
+    QboValidationFault,
+    ReconnectNeeded,
+)
+from consumer.lifecycle import Action, Mapped, SyncPolicy, decide
+from consumer.mapping import (
+    InvoiceRefs,
+    MappingOptions,
+    PaymentRefs,
+    PurchaseRefs,
+    customer_request,
+    invoice_request,
+    payment_request,
+    purchase_request,
+    request_id,
+)
+from consumer.rate_limit import LocalTokenBucket, bucket_parameters
+from consumer.retry_policy import RetryPolicy, StepKind, compute_backoff
+from schemas.events import ClientState, EventEnvelope, ExpenseState, InvoiceState, PaymentState
+
+
+def event(agg: str, action: str, version: int, **payload: Any) -> EventEnvelope:
+    return EventEnvelope(event_id=uuid.uuid4(), event_type=f"{agg}.{action}", aggregate_type=agg,  # type: ignore[arg-type]
+                         aggregate_id="1", aggregate_version=version, occurred_at=dt.datetime.now(dt.UTC),
+                         payload={"id": 1, **payload})
+
+
+def mapped(version: int, status: str = "active", qbo_id: str | None = "10") -> Mapped:
+    return Mapped("Invoice", qbo_id, "0", version, status)
+
+
+POLICY = SyncPolicy()
+
+
+@pytest.mark.parametrize(
+    ("agg", "action", "status", "state", "expected"),
+    [
+        ("invoice", "created", "draft", None, Action.SKIP),
+        ("invoice", "updated", "sent", None, Action.CREATE),
+        ("invoice", "updated", "issued", None, Action.CREATE),
+        ("invoice", "updated", "paid", mapped(1), Action.UPDATE),
+        ("invoice", "updated", "overdue", mapped(1), Action.UPDATE),
+        ("invoice", "updated", "cancelled", mapped(1), Action.VOID),
+        ("invoice", "updated", "cancelled", None, Action.SKIP),
+        ("invoice", "updated", "cancelled", mapped(1, "voided"), Action.SKIP),
+        ("invoice", "updated", "paid", mapped(1, "voided"), Action.SKIP),
+        ("invoice", "deleted", "draft", mapped(1), Action.DELETE),
+        ("invoice", "deleted", "draft", None, Action.SKIP),
+        ("invoice", "updated", "sent", mapped(1, qbo_id=None), Action.CREATE),
+        ("expense", "created", "pending", None, Action.SKIP),
+        ("expense", "updated", "approved", None, Action.CREATE),
+        ("expense", "updated", "reimbursed", mapped(1), Action.UPDATE),
+        ("expense", "updated", "rejected", mapped(1), Action.DELETE),
+        ("expense", "updated", "rejected", None, Action.SKIP),
+        ("payment", "created", "completed", None, Action.CREATE),
+        ("payment", "created", "pending", None, Action.SKIP),
+        ("payment", "updated", "refunded", mapped(1), Action.VOID),
+        ("payment", "updated", "failed", None, Action.SKIP),
+        ("client", "created", "active", None, Action.CREATE),
+        ("client", "updated", "active", mapped(1), Action.UPDATE),
+        ("client", "updated", "inactive", mapped(1), Action.DEACTIVATE),
+        ("client", "updated", "inactive", None, Action.SKIP),
+        ("client", "deleted", "active", mapped(1), Action.DEACTIVATE),
+        ("invoice", "snapshot", "sent", None, Action.CREATE),
+    ],
+)
+def test_lifecycle(agg: str, action: str, status: str, state: Mapped | None, expected: Action) -> None:
+    assert decide(event(agg, action, 2, status=status), state, POLICY).action is expected
+
+
+def test_older_or_same_version_is_skipped() -> None:
+    assert decide(event("invoice", "updated", 3, status="sent"), mapped(3), POLICY).action is Action.SKIP
+    assert decide(event("invoice", "updated", 2, status="sent"), mapped(5), POLICY).action is Action.SKIP
+
+
+def test_policy_is_configurable() -> None:
+    policy = SyncPolicy(invoice_sync=frozenset({"draft", "sent"}))
+    assert decide(event("invoice", "created", 1, status="draft"), None, policy).action is Action.CREATE
+
+
+def invoice(**over: Any) -> InvoiceState:
+    data: dict[str, Any] = dict(
+        id=7, invoice_number="INV-0007", project_id=1, client_id=3, client_name="Acme", client_email="ap@acme.test",
+        issue_date="2026-11-02", due_date="2026-12-02", status="sent", tax_amount="15.10", currency_code="eur",
+        notes="thanks", items=[{"id": 1, "invoice_id": 7, "description": "Work", "quantity": "2.00",
+                                "unit_price": "75.50", "total_amount": "151.00"}])
+    data.update(over)
+    return InvoiceState.model_validate(data)
+
+
+def test_invoice_request() -> None:
+    body = invoice_request(invoice(), InvoiceRefs("42", "5"), MappingOptions(source="acme"))
+    assert body["CustomerRef"] == {"value": "42"} and body["DocNumber"] == "INV-0007"
+    assert body["TxnDate"] == "2026-11-02" and body["DueDate"] == "2026-12-02"
+    line = body["Line"][0]
+    assert line["Amount"] == 151 and line["SalesItemLineDetail"] == {"ItemRef": {"value": "5"}, "Qty": 2,
+                                                                     "UnitPrice": 75.5}
+    assert body["TxnTaxDetail"] == {"TotalTax": 15.1}
+    assert body["CurrencyRef"] == {"value": "EUR"}
+    assert body["PrivateNote"] == "ttsync:invoice:7@acme thanks"
+    assert body["BillEmail"] == {"Address": "ap@acme.test"}
+    assert "CurrencyRef" not in invoice_request(invoice(), InvoiceRefs("42", "5"), MappingOptions(multicurrency=False))
+
+
+def test_invoice_line_whose_numbers_disagree_sends_amount_only() -> None:
+    inv = invoice(items=[{"id": 1, "invoice_id": 7, "description": "Odd", "quantity": "3.00", "unit_price": "0.33",
+                          "total_amount": "1.00"}])
+    line = invoice_request(inv, InvoiceRefs("1", "2"), MappingOptions())["Line"][0]
+    assert line["Amount"] == 1 and "Qty" not in line["SalesItemLineDetail"]
+
+
+def test_invoice_mapping_errors() -> None:
+    with pytest.raises(MappingError, match="21-character"):
+        invoice_request(invoice(invoice_number="X" * 22), InvoiceRefs("1", "2"), MappingOptions())
+    with pytest.raises(MappingError, match="no items"):
+        invoice_request(invoice(items=[]), InvoiceRefs("1", "2"), MappingOptions())
+
+
+def test_hostile_strings_are_kept_and_bounded() -> None:
+    inv = invoice(notes="x" * 10_000, items=[{"id": 1, "invoice_id": 7, "description": "O'Brien \"quoted\" ünï",
+                                              "quantity": "1", "unit_price": "1", "total_amount": "1"}])
+    body = invoice_request(inv, InvoiceRefs("1", "2"), MappingOptions())
+    assert len(body["PrivateNote"]) == 4000 and body["Line"][0]["Description"] == "O'Brien \"quoted\" ünï"
+
+
+def expense(**over: Any) -> ExpenseState:
+    data: dict[str, Any] = dict(id=9, user_id=1, title="Train", category="travel", amount="42.10", tax_amount="4.21",
+                                currency_code="USD", status="approved", expense_date="2026-11-03",
+                                payment_method="card", vendor="Rail Co", receipt_number="R-1")
+    data.update(over)
+    return ExpenseState.model_validate(data)
+
+
+def test_purchase_request() -> None:
+    body = purchase_request(expense(), PurchaseRefs("35", "13", "77"), MappingOptions())
+    assert body["PaymentType"] == "CreditCard" and body["AccountRef"] == {"value": "35"}
+    assert body["TotalAmt"] == 46.31 and sum(line["Amount"] for line in body["Line"]) == pytest.approx(46.31)
+    assert body["Line"][0]["AccountBasedExpenseLineDetail"]["AccountRef"] == {"value": "13"}
+    assert body["EntityRef"] == {"value": "77", "type": "Vendor"}
+    assert body["DocNumber"] == "TT-EXP-9" and body["TxnDate"] == "2026-11-03"
+    cash = purchase_request(expense(payment_method="cash", tax_amount="0", vendor=None), PurchaseRefs("1", "2"),
+                            MappingOptions())
+    assert cash["PaymentType"] == "Cash" and len(cash["Line"]) == 1 and "EntityRef" not in cash
+    assert purchase_request(expense(payment_method="barter"), PurchaseRefs("1", "2"),
+                            MappingOptions())["PaymentType"] == "Cash"
+
+
+def test_payment_and_customer_requests() -> None:
+    pay = PaymentState.model_validate(dict(id=4, invoice_id=7, amount="50.00", payment_date="2026-11-10",
+                                           reference="WIRE-123456789012345678901", status="completed"))
+    body = payment_request(pay, PaymentRefs("42", "88"), MappingOptions())
+    assert body["TotalAmt"] == 50 and body["Line"][0]["LinkedTxn"] == [{"TxnId": "88", "TxnType": "Invoice"}]
+    assert len(body["PaymentRefNum"]) == 21
+    client = ClientState.model_validate(dict(id=3, name="O'Brien & Sons", email="a@b.c", contact_person="Pat Doe",
+                                             address="1 Main St\n\nSpringfield", phone="555", status="inactive"))
+    cust = customer_request(client, MappingOptions())
+    assert cust["DisplayName"] == "O'Brien & Sons" and cust["Active"] is False
+    assert cust["BillAddr"] == {"Line1": "1 Main St", "Line2": "Springfield"}
+    assert cust["GivenName"] == "Pat" and cust["FamilyName"] == "Doe"
+
+
+def test_request_id_is_stable_and_changes_with_the_body() -> None:
+    eid = uuid.uuid4()
+    a = request_id(eid, "create", {"x": 1})
+    assert a == request_id(eid, "create", {"x": 1}) and len(a) <= 36
+    assert a != request_id(eid, "create", {"x": 2}) and a != request_id(eid, "update", {"x": 1})
+
+
+def test_retry_policy() -> None:
+    policy = RetryPolicy(inplace_attempts=2, topic_delays_s=(10, 60))
+    assert policy.next_step(ReconnectNeeded("x"), 1, None).kind is StepKind.STOP
+    for permanent in (MissingMapping("m"), QboValidationFault("v", code="6000"), KeyError("bug")):
+        assert policy.next_step(permanent, 1, None).kind is StepKind.DEAD_LETTER
+    err = QboUnavailable("503")
+    assert policy.next_step(err, 1, None).kind is StepKind.RETRY_IN_PLACE
+    assert policy.next_step(err, 2, None).kind is StepKind.RETRY_IN_PLACE
+    step = policy.next_step(err, 3, None)
+    assert step.kind is StepKind.RETRY_TOPIC and step.tier == 0 and step.delay_s == 10
+    assert policy.next_step(err, 3, 0).tier == 1
+    assert policy.next_step(DependencyNotReady("d"), 3, 1).kind is StepKind.DEAD_LETTER
+    throttled = policy.next_step(QboThrottled("429", retry_after_s=7), 4, None)
+    assert throttled.kind is StepKind.RETRY_IN_PLACE and throttled.delay_s == 7
+
+
+def test_backoff_grows_with_jitter_and_a_cap() -> None:
+    delays = [compute_backoff(n, 0.5, 4.0) for n in range(1, 8)]
+    assert 0.4 <= delays[0] <= 0.6 and all(d <= 4.8 for d in delays) and delays[3] > delays[0]
+
+
+def test_forwarded_record_headers() -> None:
+    rec = SimpleNamespace(topic="tt.invoice", partition=2, offset=41, timestamp=1700000000000, key=b"7",
+                          value=b"{}", headers=[("id", b"e-1"), ("eventType", b"invoice.updated")])
+    fault = QboValidationFault("QBO Fault 6240", code="6240", body='{"Fault": {}}')
+    now = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+    out = forward(rec, target_topic="tt.invoice.retry.10s", error=fault, group_id="g", attempts_here=3,
+                  due_at=now + dt.timedelta(seconds=10), now=now)
+    headers = {k: v.decode() for k, v in out.headers}
+    assert out.key == b"7" and out.value == b"{}" and headers["id"] == "e-1"
+    assert headers["ttsync.errors.original.topic"] == "tt.invoice"
+    assert headers["ttsync.errors.original.offset"] == "41" and headers["ttsync.errors.attempts"] == "3"
+    assert headers["ttsync.errors.qbo.fault.code"] == "6240"
+    assert due_at(SimpleNamespace(headers=out.headers)) == now + dt.timedelta(seconds=10)
+    # through a second tier: the original stays, attempts add up
+    again = SimpleNamespace(topic="tt.invoice.retry.10s", partition=0, offset=3, timestamp=1, key=b"7", value=b"{}",
+                            headers=out.headers)
+    out2 = forward(again, target_topic="tt.dlq", error=QboUnavailable("503"), group_id="g", attempts_here=1)
+    headers2 = {k: v.decode() for k, v in out2.headers}
+    assert headers2["ttsync.errors.original.topic"] == "tt.invoice" and headers2["ttsync.errors.attempts"] == "4"
+    assert "ttsync.errors.qbo.fault.code" not in headers2 and "ttsync.errors.retry.due.at" not in headers2
+    assert retry_tier("tt.invoice.retry.60s", (10, 60)) == 1 and retry_tier("tt.invoice", (10,)) is None
+    assert base_topic("tt.invoice.retry.60s") == "tt.invoice"
+
+
+def test_bucket_never_exceeds_the_limit_in_any_minute() -> None:
+    rate, capacity = bucket_parameters(500, 0.95, 20)
+    assert capacity + rate * 60 <= 500 and rate * 60 >= 0.95 * 500 - 1e-9
+    bucket = LocalTokenBucket(rate_per_s=1000, capacity=5)
+    assert sum(bucket.acquire() for _ in range(5)) == 0  # the burst is free
+    assert bucket.acquire() > 0  # the next one waits
+    _ = Decimal
