@@ -73,9 +73,9 @@ class EventApplier:
         self.stale_retries = stale_retries
 
     def apply(self, event: EventEnvelope) -> Outcome:
-        if self.store.is_processed(event.event_id):
+        processed, mapped = self.store.lookup(event.event_id, event.aggregate_type, event.aggregate_id)
+        if processed:
             return Outcome("duplicate", reason="event already processed")
-        mapped = self.store.mapped(event.aggregate_type, event.aggregate_id)
         decision = decide(event, mapped, self.policy)
         if decision.action is Action.SKIP:
             self.store.record(event, "skipped")

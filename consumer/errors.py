@@ -5,7 +5,8 @@
     │   ├── QboUnavailable      network error, timeout, 5xx
     │   ├── QboThrottled        429 (wait Retry-After, else 60 s)
     │   ├── StaleSyncToken      5010 after re-reading too often
-    │   └── DependencyNotReady  e.g. a payment whose invoice is not in QBO yet
+    │   ├── DependencyNotReady  e.g. a payment whose invoice is not in QBO yet
+    │   └── StateUnavailable    the state database is unreachable (restart, failover)
     ├── PermanentError      can never succeed as it is: dead-letter topic at once
     │   ├── MalformedEvent      not JSON, unknown schema version, invalid payload
     │   ├── MissingMapping      no QBO account/item for a TimeTracker value, and creating it is not allowed
@@ -54,6 +55,10 @@ class StaleSyncToken(RetryableError):
 
 class DependencyNotReady(RetryableError):
     code = "dependency_not_ready"
+
+
+class StateUnavailable(RetryableError):
+    code = "state_unavailable"
 
 
 class PermanentError(SyncError):

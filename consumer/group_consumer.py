@@ -19,11 +19,12 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
+from sqlalchemy import exc as sa_exc
 
 from consumer import metrics
 from consumer.applier import EventApplier
 from consumer.dead_letter import base_topic, due_at, forward, retry_tier
-from consumer.errors import MalformedEvent, StopRequested
+from consumer.errors import MalformedEvent, StateUnavailable, StopRequested
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
 from schemas.contract import all_topics, dlq_topic, retry_topic
@@ -41,6 +42,16 @@ class ConsumerStats:
     dead_lettered: int = 0
     by_result: dict[str, int] = field(default_factory=dict)
     last_progress_at: float = field(default_factory=time.monotonic)
+
+
+def as_sync_error(exc: Exception) -> Exception:
+    """A lost database connection is transient, not a reason to dead-letter the event."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)) or (
+            isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
+        wrapped = StateUnavailable(f"state database unavailable: {type(exc).__name__}: {str(exc)[:300]}")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
 
 
 def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:

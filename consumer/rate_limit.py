@@ -66,22 +66,25 @@ class SharedTokenBucket:
     def acquire(self) -> float:
         waited = 0.0
         while True:
+            now = time.time()  # wall clock: shared between processes
+            params = {"r": self.realm_id, "cap": self.capacity, "rate": self.rate, "now": now}
             with self.engine.begin() as conn:
-                now = time.time()  # wall clock: shared between processes
-                conn.execute(text(
-                    "INSERT INTO ttsync_rate_budget (realm_id, tokens, updated_at) VALUES (:r, :cap, :now) "
-                    "ON CONFLICT (realm_id) DO NOTHING"), {"r": self.realm_id, "cap": self.capacity, "now": now})
-                row = conn.execute(text("SELECT tokens, updated_at FROM ttsync_rate_budget WHERE realm_id = :r "
-                                        "FOR UPDATE"), {"r": self.realm_id}).one()
-                tokens = min(self.capacity, row.tokens + max(0.0, now - row.updated_at) * self.rate)
-                if tokens >= 1:
-                    conn.execute(text("UPDATE ttsync_rate_budget SET tokens = :t, updated_at = :now "
-                                      "WHERE realm_id = :r"), {"t": tokens - 1, "now": now, "r": self.realm_id})
+                # The common case is one statement: refill, and take a token if there is one.
+                taken = conn.execute(text(
+                    "UPDATE ttsync_rate_budget SET tokens = LEAST(:cap, tokens + GREATEST(0, :now - updated_at) "
+                    "* :rate) - 1, updated_at = :now WHERE realm_id = :r AND LEAST(:cap, tokens + "
+                    "GREATEST(0, :now - updated_at) * :rate) >= 1 RETURNING tokens"), params).first()
+                if taken is not None:
                     self.waited_s += waited
                     return waited
-                conn.execute(text("UPDATE ttsync_rate_budget SET tokens = :t, updated_at = :now WHERE realm_id = :r"),
-                             {"t": tokens, "now": now, "r": self.realm_id})
-                delay = (1 - tokens) / self.rate
+                row = conn.execute(text("SELECT tokens, updated_at FROM ttsync_rate_budget WHERE realm_id = :r"),
+                                   params).first()
+                if row is None:
+                    conn.execute(text("INSERT INTO ttsync_rate_budget (realm_id, tokens, updated_at) "
+                                      "VALUES (:r, :cap, :now) ON CONFLICT (realm_id) DO NOTHING"), params)
+                    continue
+                tokens = min(self.capacity, row.tokens + max(0.0, now - row.updated_at) * self.rate)
+            delay = max((1 - tokens) / self.rate, 0.001)
             time.sleep(delay)
             waited += delay
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, and_, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from consumer.lifecycle import QBO_ENTITY, Mapped
 from consumer.state_tables import entity_map, processed_events, qbo_refs
@@ -45,18 +46,36 @@ class StateStore:
         return Mapped(row.qbo_entity, row.qbo_id, row.sync_token, int(row.last_version), row.qbo_status,
                       row.customer_ref, row.pending_requestid)
 
-    def _upsert(self, conn: Any, aggregate_type: str, aggregate_id: str, values: dict[str, Any]) -> None:
+    def lookup(self, event_id: Any, aggregate_type: str, aggregate_id: str) -> tuple[bool, Mapped | None]:
+        """(already processed?, what the entity map holds) in one round trip to the pool."""
+        with self.engine.connect() as conn:
+            processed = conn.execute(select(processed_events.c.event_id).where(
+                processed_events.c.consumer_group == self.group,
+                processed_events.c.event_id == str(event_id))).first() is not None
+            row = conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first()
+        if row is None:
+            return processed, None
+        return processed, Mapped(row.qbo_entity, row.qbo_id, row.sync_token, int(row.last_version), row.qbo_status,
+                                 row.customer_ref, row.pending_requestid)
+
+    def _insert(self, conn: Any, table: Any) -> Any:
+        return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+    def _upsert(self, conn: Any, aggregate_type: str, aggregate_id: str, values: dict[str, Any],
+                version: int | None = None) -> None:
+        """One statement: insert the row or update it; ``last_version`` only ever grows."""
         values = {**values, "updated_at": _now()}
-        if conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(**values)).rowcount:
-            return
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(entity_map).values(
-                    realm_id=self.realm_id, aggregate_type=aggregate_type, aggregate_id=str(aggregate_id),
-                    qbo_entity=values.pop("qbo_entity", QBO_ENTITY.get(aggregate_type, aggregate_type)),
-                    **{"last_version": 0, **values}))
-        except IntegrityError:  # another consumer inserted it meanwhile
-            conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(**values))
+        stmt = self._insert(conn, entity_map).values(
+            realm_id=self.realm_id, aggregate_type=aggregate_type, aggregate_id=str(aggregate_id),
+            qbo_entity=QBO_ENTITY.get(aggregate_type, aggregate_type), last_version=version or 0,
+            qbo_status=values.get("qbo_status", "active"), **{k: v for k, v in values.items() if k != "qbo_status"})
+        update_set = dict(values)
+        if version is not None:
+            bigger = func.greatest if conn.dialect.name == "postgresql" else func.max
+            update_set["last_version"] = bigger(entity_map.c.last_version, stmt.excluded.last_version)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[entity_map.c.realm_id, entity_map.c.aggregate_type, entity_map.c.aggregate_id],
+            set_=update_set))
 
     def mark_pending(self, aggregate_type: str, aggregate_id: str, requestid: str) -> None:
         """Before a create: if we crash after QBO wrote but before we recorded it, the redelivery sees this
@@ -76,32 +95,22 @@ class StateStore:
         if customer_ref is not None:
             values["customer_ref"] = customer_ref
         with self.engine.begin() as conn:
-            current = conn.execute(select(entity_map.c.last_version).where(
-                self._key(event.aggregate_type, event.aggregate_id))).scalar()
-            values["last_version"] = max(int(current or 0), event.aggregate_version)
-            self._upsert(conn, event.aggregate_type, event.aggregate_id, values)
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(processed_events).values(
-                        consumer_group=self.group, event_id=str(event.event_id),
-                        aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id,
-                        aggregate_version=event.aggregate_version, outcome=outcome,
-                        qbo_id=str(qbo["Id"]) if qbo else None, processed_at=_now()))
-            except IntegrityError:
-                pass  # processed by another consumer during a rebalance: same effect
+            self._upsert(conn, event.aggregate_type, event.aggregate_id, values, version=event.aggregate_version)
+            # A second consumer may have processed it during a rebalance: same effect, nothing to add.
+            conn.execute(self._insert(conn, processed_events).values(
+                consumer_group=self.group, event_id=str(event.event_id), aggregate_type=event.aggregate_type,
+                aggregate_id=event.aggregate_id, aggregate_version=event.aggregate_version, outcome=outcome,
+                qbo_id=str(qbo["Id"]) if qbo else None, processed_at=_now()).on_conflict_do_nothing())
 
     def adopt(self, aggregate_type: str, aggregate_id: str, qbo: dict[str, Any], *, version: int = 0,
               customer_ref: str | None = None) -> None:
         """Map an aggregate to a QBO entity that exists already (found by its natural key)."""
+        values: dict[str, Any] = {"qbo_id": str(qbo["Id"]), "sync_token": str(qbo.get("SyncToken", "0")),
+                                  "qbo_status": "active"}
+        if customer_ref:
+            values["customer_ref"] = customer_ref
         with self.engine.begin() as conn:
-            values: dict[str, Any] = {"qbo_id": str(qbo["Id"]), "sync_token": str(qbo.get("SyncToken", "0")),
-                                      "qbo_status": "active"}
-            if customer_ref:
-                values["customer_ref"] = customer_ref
-            current = conn.execute(select(entity_map.c.last_version).where(
-                self._key(aggregate_type, aggregate_id))).scalar()
-            values["last_version"] = max(int(current or 0), version)
-            self._upsert(conn, aggregate_type, aggregate_id, values)
+            self._upsert(conn, aggregate_type, aggregate_id, values, version=version)
 
     # -- resolved references (customers, items, vendors, accounts) and operator overrides --------------
 
@@ -113,15 +122,11 @@ class StateStore:
 
     def set_ref(self, kind: str, key: str, qbo_id: str, name: str | None = None) -> None:
         with self.engine.begin() as conn:
-            where = and_(qbo_refs.c.realm_id == self.realm_id, qbo_refs.c.kind == kind, qbo_refs.c.key == key)
-            if not conn.execute(update(qbo_refs).where(where).values(qbo_id=qbo_id, name=name,
-                                                                        updated_at=_now())).rowcount:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(qbo_refs).values(realm_id=self.realm_id, kind=kind, key=key,
-                                                             qbo_id=qbo_id, name=name, updated_at=_now()))
-                except IntegrityError:
-                    conn.execute(update(qbo_refs).where(where).values(qbo_id=qbo_id, name=name, updated_at=_now()))
+            stmt = self._insert(conn, qbo_refs).values(realm_id=self.realm_id, kind=kind, key=key, qbo_id=qbo_id,
+                                                       name=name, updated_at=_now())
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[qbo_refs.c.realm_id, qbo_refs.c.kind, qbo_refs.c.key],
+                set_={"qbo_id": qbo_id, "name": name, "updated_at": _now()}))
 
     def delete_ref(self, kind: str, key: str) -> int:
         with self.engine.begin() as conn:

@@ -24,5 +24,6 @@ def make_engine(url: str, **kwargs: object) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping (a round trip per checkout): a connection lost to a restart fails once, is invalidated by the
+    # pool, and the caller's retry (relay backoff, consumer retry policy) gets a fresh one.
     return create_engine(url, **kwargs)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         default=None, description="First refresh token; rotated ones are kept encrypted in the state database"
     )
     secret_key: SecretStr | None = Field(
-        default=None, description="Fernet key (urlsafe base64, 32 bytes) that encrypts tokens at rest"
+        default=None, description="Encrypts QBO tokens at rest: a Fernet key, or any long secret it is derived from"
     )
 
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics ttsync creates")
@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     relay_poll_interval_s: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")
     relay_buckets: int = Field(default=16, ge=1, le=1024, description="Hash buckets that relays share out")
     outbox_retention_hours: float = Field(default=72.0, ge=0, description="Published rows kept this long")
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="/metrics and /healthz port (0 = off)")
 
     qbo_minorversion: int = Field(default=75, description="minorversion sent on every QBO call")
     qbo_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one QBO HTTP call")
@@ -69,22 +68,25 @@ class Settings(BaseSettings):
         description="Expense category -> QBO account (name or id), JSON")
     payment_method_map: dict[str, str] = Field(
         default_factory=dict, description="Extra expense payment_method -> Cash|Check|CreditCard, JSON")
-    auto_create_customers: bool = True
-    auto_create_vendors: bool = True
-    auto_create_items: bool = False
-    auto_create_accounts: bool = False
+    auto_create_customers: bool = Field(default=True, description="Create a QBO customer not found by name")
+    auto_create_vendors: bool = Field(default=True, description="Create a QBO vendor not found by name")
+    auto_create_items: bool = Field(default=False, description="Create the invoice-line item when missing")
+    auto_create_accounts: bool = Field(default=False, description="Create expense accounts (else dead-letter)")
     sync_clients: bool = Field(default=True, description="Create/update a QBO customer for every client")
-    invoice_sync_statuses: list[str] = Field(default_factory=lambda: ["issued", "sent", "paid", "overdue"])
-    expense_sync_statuses: list[str] = Field(default_factory=lambda: ["approved", "reimbursed"])
-    payment_sync_statuses: list[str] = Field(default_factory=lambda: ["completed"])
+    invoice_sync_statuses: list[str] = Field(default_factory=lambda: ["issued", "sent", "paid", "overdue"],
+                                             description="Invoice statuses that exist in QBO, JSON list")
+    expense_sync_statuses: list[str] = Field(default_factory=lambda: ["approved", "reimbursed"],
+                                             description="Expense statuses that exist in QBO, JSON list")
+    payment_sync_statuses: list[str] = Field(default_factory=lambda: ["completed"],
+                                             description="Payment statuses that exist in QBO, JSON list")
     retry_inplace_attempts: int = Field(default=3, ge=0, description="In-place retries before retry topics")
-    retry_backoff_s: float = Field(default=0.5, gt=0)
-    retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    retry_backoff_s: float = Field(default=0.5, gt=0, description="First in-place backoff (doubles)")
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest in-place backoff")
     retry_topic_delays_s: list[int] = Field(default_factory=lambda: [10, 60, 300],
                                             description="Delays of the retry topics, JSON list")
-    consumer_max_poll_records: int = Field(default=100, ge=1)
+    consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise"
     )
