@@ -145,6 +145,7 @@ class ReferenceResolver:
         override = self._override("vendor", name)
         if override and override.isdigit():
             return override
+        name = override or name
         cached = self._cached("vendor", name)
         if cached:
             return cached

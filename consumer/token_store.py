@@ -19,7 +19,9 @@ from typing import Any
 import requests
 import structlog
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from consumer.errors import QboUnavailable, ReconnectNeeded
 from consumer.state_tables import oauth_tokens
@@ -103,14 +105,20 @@ class TokenStore:
             "seed_fingerprint": fingerprint(seed) if seed else None,
             "updated_at": now,
         }
-        with self.engine.begin() as conn:
-            exists = conn.execute(select(oauth_tokens.c.realm_id).where(
-                oauth_tokens.c.realm_id == self.realm_id)).first()
-            if exists:
-                conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id).values(**values))
-            else:
-                conn.execute(insert(oauth_tokens).values(realm_id=self.realm_id, rotations=0, **values))
+        self._write_row(values, replace=True)
         self._access = None
+
+    def _write_row(self, values: dict[str, Any], *, replace: bool) -> None:
+        """Insert the realm's row; when it exists, replace it or (``replace=False``) leave it: two consumers
+        seeding at once must not both insert."""
+        with self.engine.begin() as conn:
+            insert_fn = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            stmt = insert_fn(oauth_tokens).values(realm_id=self.realm_id, rotations=0, **values)
+            if replace:
+                stmt = stmt.on_conflict_do_update(index_elements=[oauth_tokens.c.realm_id], set_=values)
+            else:
+                stmt = stmt.on_conflict_do_nothing(index_elements=[oauth_tokens.c.realm_id])
+            conn.execute(stmt)
 
     def _seed_if_needed(self) -> None:
         seed = self.seed_refresh_token
@@ -121,7 +129,8 @@ class TokenStore:
             if not seed:
                 raise ReconnectNeeded(f"no QBO tokens for realm {self.realm_id}: set TTSYNC_QBO_REFRESH_TOKEN "
                                       "or run `ttsync qbo connect`")
-            self.store_tokens(refresh_token=seed, seed=seed)
+            self._write_row({"refresh_token_enc": self._enc(seed), "seed_fingerprint": fingerprint(seed),
+                             "updated_at": _now()}, replace=False)
         elif seed and row.seed_fingerprint != fingerprint(seed):
             # The operator configured a new first token (a reconnect): it wins over the rotated one we hold.
             log.info("refresh_token_reseeded", realm=self.realm_id)

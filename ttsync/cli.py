@@ -28,6 +28,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(capture_app, name="capture")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(schemas_app, name="schemas")
+map_app = typer.Typer(help="Operator mappings: TimeTracker values -> QBO accounts, items, vendors.",
+                      no_args_is_help=True)
+app.add_typer(map_app, name="map")
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -273,6 +276,67 @@ def consume(
     finally:
         worker.close()
     log.info("consumer_exit", applied=stats.applied, dead_lettered=stats.dead_lettered)
+
+
+@map_app.command("set")
+def map_set(
+    kind: Annotated[str, typer.Argument(help="expense-account | paying-account | item | vendor | customer")],
+    key: Annotated[str, typer.Argument(help="The TimeTracker value: a category, CreditCard/Cash/Check, "
+                                            "'default', a vendor name or a client id.")],
+    target: Annotated[str, typer.Argument(help="The QBO name or id it maps to.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Map a TimeTracker value to a QBO account/item/vendor/customer (takes effect at once; then replay)."""
+    store = _state_store()
+    kind_key = _override_kind(kind)
+    store.set_ref(f"override:{kind_key}", key.strip().lower(), target, target)
+    if as_json:
+        _emit_json({"kind": kind, "key": key, "target": target})
+    else:
+        console.print(f"{kind} {key!r} -> {target!r}")
+
+
+@map_app.command("unset")
+def map_unset(kind: str, key: str, as_json: JsonOpt = False) -> None:
+    """Remove an operator mapping."""
+    removed = _state_store().delete_ref(f"override:{_override_kind(kind)}", key.strip().lower())
+    if as_json:
+        _emit_json({"removed": removed})
+    else:
+        console.print("removed" if removed else "no such mapping")
+    raise typer.Exit(EXIT_OK if removed else EXIT_FAILED)
+
+
+@map_app.command("list")
+def map_list(as_json: JsonOpt = False) -> None:
+    """Operator mappings and the references resolved so far (cached in the state database)."""
+    rows = _state_store().refs()
+    if as_json:
+        _emit_json([{k: str(v) for k, v in r.items()} for r in rows])
+        return
+    table = Table(title="ttsync mappings")
+    for col in ("kind", "key", "qbo", "name"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["kind"], r["key"], r["qbo_id"], r["name"] or "")
+    console.print(table)
+
+
+def _override_kind(kind: str) -> str:
+    from consumer.references import OVERRIDE_KINDS
+
+    if kind not in OVERRIDE_KINDS:
+        err_console.print(f"[red]unknown kind {kind!r}; one of {', '.join(OVERRIDE_KINDS)}[/]")
+        raise typer.Exit(EXIT_USAGE)
+    return OVERRIDE_KINDS[kind]
+
+
+def _state_store() -> Any:
+    from consumer.state_store import StateStore
+    from producer.database import make_engine
+
+    settings = _settings()
+    return StateStore(make_engine(settings.effective_state_database_url), settings.qbo_realm_id, settings.group_id)
 
 
 @outbox_app.command("status")

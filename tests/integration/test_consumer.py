@@ -291,3 +291,75 @@ def test_429_storm_and_20_percent_5xx_end_with_every_event_applied(pipeline: Pip
     # every invoice is at its latest version (whether updated, or created late from the newer event)
     assert all(i["PrivateNote"].endswith("paid in full") for i in invoices)
     assert all(n == 1 for n in pipeline.writes_per_requestid().values())
+
+
+def test_missing_mapping_fixed_with_ttsync_map_then_replayed_lands_once(pipeline: Pipeline) -> None:
+    import subprocess
+    import sys
+
+    from kafka import KafkaProducer
+
+    from schemas import dlq_topic, headers_to_dict
+    from tests.kafka_helpers import read_topics
+
+    with Session(pipeline.engine) as s:
+        user, _, _ = base_rows(s)
+        new_expense(s, user, category="Equipment Rental", status="approved")
+        s.commit()
+    pipeline.relay()
+    pipeline.consume_until(lambda st: st.dead_lettered >= 1)
+    assert pipeline.qbo("Purchase") == []
+    fix = subprocess.run([sys.executable, "-m", "ttsync", "map", "set", "expense-account", "equipment rental",
+                          "Office Supplies"], env=pipeline.env(), capture_output=True, text=True, timeout=60)
+    assert fix.returncode == 0, fix.stderr
+    dead = read_topics(pipeline.bootstrap, [dlq_topic(pipeline.prefix)], until=lambda r: len(r) >= 1)[0]
+    original = headers_to_dict(dead.headers)["ttsync.errors.original.topic"]
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
+    for _ in range(2):  # replaying twice adds nothing the second time
+        producer.send(original, key=dead.key, value=dead.value, headers=list(dead.headers)).get(10)
+    producer.close()
+    pipeline.consume_until(lambda st: st.applied + st.duplicates >= 2)
+    purchases = pipeline.qbo("Purchase")
+    office = next(a for a in pipeline.qbo("Account") if a["Name"] == "Office Supplies")
+    assert len(purchases) == 1
+    assert purchases[0]["Line"][0]["AccountBasedExpenseLineDetail"]["AccountRef"]["value"] == office["Id"]
+
+
+@pytest.mark.slow
+def test_two_consumers_in_one_group_share_partitions_and_apply_each_event_once(pipeline: Pipeline) -> None:
+    import threading
+
+    _invoices(pipeline, 24, prefix="INV-G")
+    pipeline.relay()
+    workers = [pipeline.consumer(), pipeline.consumer()]
+    threads = [threading.Thread(target=w.run, kwargs={"max_seconds": 90,
+                                                       "until": lambda s: len(pipeline.qbo("Invoice")) >= 24})
+               for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for w in workers:
+        w.close()
+    assert sorted(i["DocNumber"] for i in pipeline.qbo("Invoice")) == sorted(f"INV-G{i}" for i in range(24))
+    assert all(w.stats.applied + w.stats.duplicates > 0 for w in workers)  # both took part
+    assert all(n == 1 for n in pipeline.writes_per_requestid().values())
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_loses_nothing(pipeline: Pipeline) -> None:
+    import signal
+
+    from tests.pipeline import wait_until
+
+    pipeline.admin("config", {"latency_ms": 40})
+    _invoices(pipeline, 20, prefix="INV-T")
+    pipeline.relay()
+    proc = pipeline.consume_process()
+    wait_until(lambda: len(pipeline.qbo("Invoice")) >= 3, 60, "the consumer to start applying")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0  # finished the event in hand, committed, exited cleanly
+    assert len(pipeline.qbo("Invoice")) < 20
+    pipeline.admin("config", {"latency_ms": 0})
+    pipeline.consume_until(lambda s: len(pipeline.qbo("Invoice")) >= 20, timeout_s=90)
+    assert sorted(i["DocNumber"] for i in pipeline.qbo("Invoice")) == sorted(f"INV-T{i}" for i in range(20))

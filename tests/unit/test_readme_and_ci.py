@@ -30,3 +30,11 @@ def test_ci_runs_the_readme_test_command_exactly() -> None:
 def test_top_level_layout() -> None:
     for name in ("producer", "consumer", "schemas", "deploy", "tests", "pyproject.toml"):
         assert (ROOT / name).exists(), name
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from ttsync.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`TTSYNC_{name.upper()}`" not in readme]
+    assert not missing
