@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,18 @@ def crash_point(name: str) -> None:
 
 
 @dataclass(frozen=True)
+class PlannedWrite:
+    """A create or sparse update ready to go into a QBO batch request (see ``apply_batch``)."""
+
+    event: EventEnvelope
+    entity: str
+    operation: str  # create | update
+    body: dict[str, Any]
+    requestid: str
+    customer_ref: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     result: str  # created | updated | adopted | voided | deleted | deactivated | skipped | duplicate
     qbo_id: str | None = None
@@ -71,6 +85,41 @@ class EventApplier:
         self.policy = policy
         self.options = options
         self.stale_retries = stale_retries
+        self._planning = False
+
+    def plan(self, event: EventEnvelope) -> PlannedWrite | Outcome:
+        """Like ``apply``, but a plain create or update is returned instead of sent, for a batch. Anything
+        else (skips, duplicates, voids, deletes, creates that must first look for a lost attempt) is done now."""
+        self._planning = True
+        try:
+            return self.apply(event)  # type: ignore[return-value]
+        finally:
+            self._planning = False
+
+    def apply_batch(self, writes: list[PlannedWrite]) -> list[Outcome | None]:
+        """Send up to 30 planned writes in one QBO batch request. Per write: its Outcome, or None when it must
+        go through ``apply`` on its own (a per-item Fault: the single path re-reads, recovers or dead-letters).
+        A failure of the whole request raises; the caller then applies each write on its own, which is safe:
+        creates were marked pending and are looked up by natural key before any second create."""
+        for w in writes:
+            if w.operation == "create":
+                self.store.mark_pending(w.event.aggregate_type, w.event.aggregate_id, w.requestid)
+        items = [{"bId": str(i), "operation": w.operation, w.entity: w.body} for i, w in enumerate(writes)]
+        batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, ",".join(w.requestid for w in writes)))
+        answers = {str(a.get("bId")): a for a in self.client.batch(items, batch_id)}
+        out: list[Outcome | None] = []
+        for i, w in enumerate(writes):
+            answer = answers.get(str(i), {})
+            entity = answer.get(w.entity)
+            if not isinstance(entity, dict):
+                log.info("batch_item_failed", entity=w.entity, aggregate_id=w.event.aggregate_id,
+                         fault=json.dumps(answer.get("Fault"))[:500])
+                out.append(None)
+                continue
+            result = "created" if w.operation == "create" else "updated"
+            self.store.record(w.event, result, qbo=entity, status="active", customer_ref=w.customer_ref)
+            out.append(Outcome(result, str(entity["Id"]), "batch"))
+        return out
 
     def apply(self, event: EventEnvelope) -> Outcome:
         processed, mapped = self.store.lookup(event.event_id, event.aggregate_type, event.aggregate_id)
@@ -83,6 +132,8 @@ class EventApplier:
         state = event.state()
         handler: Callable[..., Outcome] = getattr(self, f"_{event.aggregate_type}")
         outcome = handler(event, state, decision, mapped)
+        if isinstance(outcome, PlannedWrite):
+            return outcome  # type: ignore[return-value]
         log.info("event_applied", event_id=str(event.event_id), event_type=event.event_type,
                  aggregate_id=event.aggregate_id, version=event.aggregate_version, result=outcome.result,
                  qbo_id=outcome.qbo_id)
@@ -165,6 +216,14 @@ class EventApplier:
     def _upsert(self, event: EventEnvelope, entity: str, body: dict[str, Any], decision: Decision,
                 mapped: Mapped | None, find: Callable[[], dict[str, Any] | None],
                 customer_ref: str | None = None) -> Outcome:
+        if self._planning and decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id \
+                and mapped.sync_token:
+            full = {**body, "Id": mapped.qbo_id, "SyncToken": mapped.sync_token, "sparse": True}
+            return PlannedWrite(event, entity, "update", full,  # type: ignore[return-value]
+                                request_id(event.event_id, f"update:{mapped.sync_token}", full), customer_ref)
+        if self._planning and decision.action is Action.CREATE and not (mapped and mapped.pending_requestid):
+            return PlannedWrite(event, entity, "create", body,  # type: ignore[return-value]
+                                request_id(event.event_id, "create", body), customer_ref)
         if decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id:
             result = self._write_with_fresh_token(event, entity, mapped.qbo_id, mapped.sync_token, body, "update")
             self.store.record(event, "updated", qbo=result, status="active", customer_ref=customer_ref)

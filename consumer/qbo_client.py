@@ -36,7 +36,8 @@ class DuplicateRequestId(SyncError):
 class QboClient:
     def __init__(self, base_url: str, realm_id: str, tokens: TokenStore, limiter: RateLimiter, *,
                  minorversion: int = MINOR_VERSION, timeout_s: float = 30.0, throttle_default_wait_s: float = 60.0,
-                 on_call: Callable[[str, str, str], None] | None = None) -> None:
+                 on_call: Callable[[str, str, str], None] | None = None,
+                 batch_limiter: RateLimiter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.realm_id = realm_id
         self.tokens = tokens
@@ -46,6 +47,7 @@ class QboClient:
         self.throttle_default_wait_s = throttle_default_wait_s
         self.session = requests.Session()
         self.on_call = on_call  # (entity, operation, outcome) -> None, for metrics
+        self.batch_limiter = batch_limiter  # QBO also limits batch requests (40/min per realm and app)
         self.calls = 0
 
     # -- the one request path ------------------------------------------------------------------------
@@ -162,6 +164,8 @@ class QboClient:
         return list(response.get(entity, [])) if entity else [v for k, v in response.items() if isinstance(v, list)]
 
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
+        if self.batch_limiter is not None:
+            self.batch_limiter.acquire()
         body = self.request("POST", "batch", json_body={"BatchItemRequest": items}, requestid=requestid,
                             entity="Batch", operation="batch")
         return list(body.get("BatchItemResponse", []))

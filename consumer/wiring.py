@@ -49,7 +49,9 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
     tokens = token_store(settings, engine)
     limiter = make_rate_limiter(engine, settings.qbo_realm_id, settings.qbo_requests_per_minute,
                                 settings.qbo_rate_fraction, settings.qbo_burst)
-    client = QboClient(settings.qbo_base_url, settings.qbo_realm_id, tokens, limiter,
+    batch_limiter = make_rate_limiter(engine, f"{settings.qbo_realm_id}:batch", settings.qbo_batch_requests_per_minute,
+                                      settings.qbo_rate_fraction, 2)
+    client = QboClient(settings.qbo_base_url, settings.qbo_realm_id, tokens, limiter, batch_limiter=batch_limiter,
                        minorversion=settings.qbo_minorversion, timeout_s=settings.qbo_timeout_s,
                        throttle_default_wait_s=settings.qbo_throttle_default_wait_s,
                        on_call=metrics.count_qbo_call)
@@ -83,4 +85,5 @@ def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, cl
     return GroupConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.group_id,
                          topic_prefix=settings.topic_prefix, applier=parts.applier, policy=parts.policy,
                          max_poll_records=settings.consumer_max_poll_records, client_id=client_id,
+                         batch_min_records=settings.qbo_batch_min_backlog,
                          session_timeout_ms=session_timeout_ms)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     qbo_requests_per_minute: int = Field(default=500, ge=1, description="The realm's QBO limit (500/min)")
     qbo_rate_fraction: float = Field(default=0.95, gt=0, le=1, description="Share of the limit ttsync may use")
     qbo_burst: int = Field(default=20, ge=1, description="Requests allowed back to back within the budget")
+    qbo_batch_requests_per_minute: int = Field(default=40, ge=1, description="QBO's batch-request limit")
+    qbo_batch_min_backlog: int = Field(
+        default=10, ge=0, description="Use the batch endpoint when a poll brings this many records (0 = never)")
     qbo_throttle_default_wait_s: float = Field(default=60.0, description="Wait after a 429 without Retry-After")
     qbo_multicurrency: bool = Field(default=True, description="Send CurrencyRef (the company uses multicurrency)")
     qbo_default_item: str = Field(default="Services", description="QBO item (name or id) for invoice lines")

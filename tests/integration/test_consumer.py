@@ -363,3 +363,60 @@ def test_sigterm_mid_run_loses_nothing(pipeline: Pipeline) -> None:
     pipeline.admin("config", {"latency_ms": 0})
     pipeline.consume_until(lambda s: len(pipeline.qbo("Invoice")) >= 20, timeout_s=90)
     assert sorted(i["DocNumber"] for i in pipeline.qbo("Invoice")) == sorted(f"INV-T{i}" for i in range(20))
+
+
+def _api_requests(pipeline: Pipeline) -> list[dict]:
+    return [r for r in pipeline.admin("requests?limit=100000")["requests"] if r["path"].startswith("/v3/")]
+
+
+@pytest.mark.slow
+def test_a_backlog_goes_through_the_batch_endpoint(pipeline: Pipeline) -> None:
+    _invoices(pipeline, 60, prefix="INV-B")
+    pipeline.relay()
+    pipeline.consume_until(lambda s: len(pipeline.qbo("Invoice")) >= 60, timeout_s=120,
+                           consumer_max_poll_records=500)
+    docs = sorted(i["DocNumber"] for i in pipeline.qbo("Invoice"))
+    assert docs == sorted(f"INV-B{i}" for i in range(60))
+    requests_made = _api_requests(pipeline)
+    batches = [r for r in requests_made if r["path"].endswith("/batch")]
+    assert batches, "a backlog should use the batch endpoint"
+    assert len(requests_made) < 60  # fewer QBO requests than events
+
+
+@pytest.mark.slow
+def test_a_faulty_batch_item_is_dead_lettered_alone(pipeline: Pipeline) -> None:
+    from tests.sandbox.client import QboTestClient
+
+    token = pipeline.admin("tokens", {"realm_id": "9130000000000001"})["refresh_token"]
+    qbo = QboTestClient(pipeline.sandbox.url, pipeline.sandbox.token_url, "9130000000000001", "ttsync-local",
+                        "ttsync-local-secret", token)
+    other = qbo.create("customer", {"DisplayName": "Somebody Else"})
+    item = qbo.query("SELECT * FROM Item WHERE Name = 'Services'").json()["QueryResponse"]["Item"][0]["Id"]
+    qbo.create("invoice", {"CustomerRef": {"value": other["Id"]}, "DocNumber": "INV-C7",
+                           "Line": [{"DetailType": "SalesItemLineDetail", "Amount": 1,
+                                     "SalesItemLineDetail": {"ItemRef": {"value": item}}}]})
+    _invoices(pipeline, 30, prefix="INV-C")  # INV-C7 collides with somebody else's invoice: Fault 6140
+    pipeline.relay()
+    stats = pipeline.consume_until(lambda s: s.dead_lettered >= 1 and len(pipeline.qbo("Invoice")) >= 30,
+                                   timeout_s=120, consumer_max_poll_records=500)
+    mine = [i for i in pipeline.qbo("Invoice") if i["CustomerRef"]["value"] != other["Id"]]
+    assert sorted(i["DocNumber"] for i in mine) == sorted(f"INV-C{i}" for i in range(30) if i != 7)
+    assert stats.dead_lettered == 1
+
+
+@pytest.mark.slow
+def test_a_batch_whose_answer_is_lost_is_recovered_without_duplicates(pipeline: Pipeline) -> None:
+    import threading
+    import time as _time
+
+    pipeline.admin("config", {"timeout_rate": 1.0, "timeout_hang_s": 1.0, "timeout_after_apply": True})
+    threading.Thread(target=lambda: (_time.sleep(4), pipeline.admin("config", {"timeout_rate": 0.0})),
+                     daemon=True).start()
+    _invoices(pipeline, 40, prefix="INV-L")
+    pipeline.relay()
+    pipeline.consume_until(lambda s: len(pipeline.qbo("Invoice")) >= 40 and s.applied >= 41, timeout_s=150,
+                           consumer_max_poll_records=500, qbo_timeout_s=0.5)
+    docs = sorted(i["DocNumber"] for i in pipeline.qbo("Invoice"))
+    assert docs == sorted(f"INV-L{i}" for i in range(40))  # each once, although answers were lost
+    assert pipeline.admin("stats")["injected"]["timeout"] > 0
+    assert len(pipeline.qbo("Customer")) == 1

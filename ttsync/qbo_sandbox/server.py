@@ -76,6 +76,7 @@ class Reply:
     body: Any
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    writes: int = 0  # entities written while answering (a batch may write up to 30)
 
 
 class SandboxState:
@@ -219,7 +220,8 @@ class Api:
             reply = self._route(company, method, rest, params, body)
         except QboFault as fault:
             reply = Reply(fault.status, fault.to_json())
-        if company.writes > writes_before and params.get("requestid"):
+        reply.writes = company.writes - writes_before
+        if reply.writes and params.get("requestid"):
             self.state.writes_per_requestid[(realm, params["requestid"])] += 1
         return reply
 
@@ -466,7 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry = {"ts": time.time(), "method": method, "path": path, "status": status,
                  "requestid": params.get("requestid"), "operation": params.get("operation"),
                  "minorversion": params.get("minorversion"), "fault": fault_code,
-                 "ms": round((time.monotonic() - started) * 1000, 2)}
+                 "ms": round((time.monotonic() - started) * 1000, 2), "writes": reply.writes if reply else 0}
         with state.lock:
             state.requests.append(entry)
             state.status_counts[status] += 1
