@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -276,6 +277,62 @@ def consume(
     finally:
         worker.close()
     log.info("consumer_exit", applied=stats.applied, dead_lettered=stats.dead_lettered)
+
+
+@app.command()
+def lag(
+    group: Annotated[str | None, typer.Option(help="Consumer group (default: ttsync's).")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
+    as_json: JsonOpt = False,
+    watch: Annotated[float | None, typer.Option(help="Refresh every N seconds until Ctrl-C.")] = None,
+    check: Annotated[bool, typer.Option(help="Exit 1 when the group is WARN or worse (cron, alerting).")] = False,
+    window: Annotated[int, typer.Option(help="Samples kept between runs to judge the status.")] = 10,
+) -> None:
+    """Consumer lag per partition: messages and seconds behind, owner, and an OK/WARN/STALL/STOP/ERR status."""
+    from consumer.lag import STATUSES, GroupNotFound, evaluate, measure
+
+    settings = _settings()
+    group = group or settings.group_id
+    while True:
+        try:
+            result = evaluate(measure(settings.kafka_bootstrap_servers, group, topic), window=window)
+        except GroupNotFound as exc:
+            if as_json:
+                _emit_json({"group": group, "status": "NOTFOUND", "message": str(exc)})
+            else:
+                err_console.print(f"[red]{exc}[/]")
+            raise typer.Exit(EXIT_FAILED) from exc
+        if as_json:
+            _emit_json(result.to_json())
+        else:
+            _print_lag(result)
+        if watch is None:
+            break
+        time.sleep(watch)
+    bad = STATUSES.index(result.status) >= STATUSES.index("WARN")
+    raise typer.Exit(EXIT_FAILED if check and bad else EXIT_OK)
+
+
+_STATUS_COLOUR = {"OK": "green", "WARN": "yellow", "STALL": "magenta", "STOP": "red", "ERR": "bold red"}
+
+
+def _print_lag(result: Any) -> None:
+    table = Table(title=f"group {result.group} ({result.state}, {len(result.members)} members) - "
+                        f"[{_STATUS_COLOUR[result.status]}]{result.status}[/]")
+    for col in ("topic", "partition", "committed", "log end", "lag", "lag (s)", "owner", "status"):
+        table.add_column(col, justify="right" if col in ("partition", "committed", "log end", "lag", "lag (s)")
+                         else "left")
+    for p in result.partitions:
+        table.add_row(p.topic, str(p.partition), "-" if p.committed is None else str(p.committed), str(p.log_end),
+                      str(p.lag), f"{p.lag_seconds:.1f}", p.member or "-",
+                      f"[{_STATUS_COLOUR[p.status]}]{p.status}[/]")
+    for t, totals in sorted(result.totals().items()):
+        table.add_row(f"[bold]{t}[/]", "all", "", "", f"[bold]{int(totals['lag'])}[/]",
+                      f"{totals['max_lag_seconds']:.1f}", "", "")
+    console.print(table)
+    if result.message:
+        console.print(f"[yellow]{result.message}[/]")
+    console.print(f"status judged over {result.window_samples} sample(s)")
 
 
 @map_app.command("set")

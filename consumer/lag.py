@@ -1,0 +1,194 @@
+"""``ttsync lag``: per partition committed offset, log-end offset, lag in messages and in seconds (age of the
+oldest unconsumed record, read from the broker), the owning member, and a status in Burrow's spirit judged
+over a window of samples kept between runs (``~/.cache/ttsync/lag/<group>.json``).
+
+Statuses, worst last: OK; WARN (lag grew over the whole window); STALL (the group is alive but its committed
+offset does not move while there is lag); STOP (nobody commits: no live member and lag); ERR (the committed
+offset went backwards, or the group is unusable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+STATUSES = ("OK", "WARN", "STALL", "STOP", "ERR")
+REBALANCING = ("PreparingRebalance", "CompletingRebalance")
+
+
+class GroupNotFound(LookupError):
+    pass
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None
+    log_end: int
+    lag: int
+    lag_seconds: float
+    member: str | None
+    status: str = "OK"
+
+
+@dataclass
+class GroupLag:
+    group: str
+    state: str
+    members: list[dict[str, Any]]
+    partitions: list[PartitionLag]
+    status: str = "OK"
+    message: str = ""
+    window_samples: int = 1
+    measured_at: float = field(default_factory=time.time)
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for p in self.partitions:
+            t = out.setdefault(p.topic, {"lag": 0, "max_lag_seconds": 0.0})
+            t["lag"] += p.lag
+            t["max_lag_seconds"] = max(t["max_lag_seconds"], p.lag_seconds)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["totals"] = self.totals()
+        data["total_lag"] = sum(p.lag for p in self.partitions)
+        return data
+
+
+def _members(described: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], str]]:
+    members, owner = [], {}
+    for m in described.get("members") or []:
+        assignment = m.get("member_assignment") or {}
+        parts = []
+        entries = (assignment.get("assigned_partitions") or assignment.get("assignment") or []) \
+            if isinstance(assignment, dict) else []
+        for entry in entries:
+            topic = entry.get("topic") if isinstance(entry, dict) else entry[0]
+            plist = entry.get("partitions") if isinstance(entry, dict) else entry[1]
+            for p in plist or []:
+                parts.append((topic, int(p)))
+                owner[(topic, int(p))] = m.get("client_id") or m.get("member_id")
+        members.append({"member_id": m.get("member_id"), "client_id": m.get("client_id"),
+                        "host": m.get("client_host"), "partitions": len(parts)})
+    return members, owner
+
+
+def measure(bootstrap: str, group: str, topic: str | None = None) -> GroupLag:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ttsync-lag")
+    try:
+        described = admin.describe_groups([group]).get(group, {})
+        committed = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    state = described.get("group_state") or "Unknown"
+    if not committed and state in ("Dead", "Unknown", "Empty") and not described.get("members"):
+        raise GroupNotFound(f"consumer group {group!r} does not exist or has never committed an offset")
+    members, owner = _members(described)
+    topics = sorted({tp.topic for tp in committed} | {t for t, _ in owner})
+    if topic:
+        topics = [t for t in topics if t == topic]
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                           client_id=f"ttsync-lag-{uuid.uuid4().hex[:6]}")
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or [])]
+        ends = reader.end_offsets(tps) if tps else {}
+        starts = reader.beginning_offsets(tps) if tps else {}
+        positions = {tp: (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp])
+                     for tp in tps}
+        lagging = [tp for tp in tps if ends[tp] > positions[tp]]
+        oldest = _oldest_timestamps(reader, lagging, positions)
+    finally:
+        reader.close()
+    now = time.time()
+    parts = []
+    for tp in tps:
+        has_commit = tp in committed and committed[tp].offset >= 0
+        lag = max(0, ends[tp] - positions[tp])
+        ts = oldest.get(tp)
+        parts.append(PartitionLag(tp.topic, tp.partition, committed[tp].offset if has_commit else None, ends[tp],
+                                  lag, round(max(0.0, now - ts), 3) if (lag and ts) else 0.0,
+                                  owner.get((tp.topic, tp.partition))))
+    return GroupLag(group, state, members, parts)
+
+
+def _oldest_timestamps(reader: KafkaConsumer, tps: list[TopicPartition],
+                       positions: dict[TopicPartition, int]) -> dict[TopicPartition, float]:
+    """The timestamp of the first unconsumed record of each lagging partition, read in one pass."""
+    if not tps:
+        return {}
+    reader.assign(tps)
+    for tp in tps:
+        reader.seek(tp, positions[tp])
+    found: dict[TopicPartition, float] = {}
+    deadline = time.monotonic() + 5
+    while len(found) < len(tps) and time.monotonic() < deadline:
+        for tp, records in reader.poll(timeout_ms=200, max_records=len(tps) * 50).items():
+            if tp not in found and records:
+                found[tp] = records[0].timestamp / 1000.0
+                reader.pause(tp)
+    return found
+
+
+# -- status over a window of samples ------------------------------------------------------------------
+
+
+def state_path(group: str) -> Path:
+    base = Path(os.environ.get("TTSYNC_LAG_STATE_DIR", Path.home() / ".cache" / "ttsync" / "lag"))
+    return base / f"{group.replace('/', '_')}.json"
+
+
+def evaluate(result: GroupLag, *, window: int = 10, path: Path | None = None) -> GroupLag:
+    """Add this sample to the group's window, judge every partition and the group."""
+    path = path or state_path(result.group)
+    try:
+        samples = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, ValueError):
+        samples = []
+    samples.append({"ts": result.measured_at,
+                    "p": {f"{p.topic}:{p.partition}": [p.committed, p.lag] for p in result.partitions}})
+    samples = samples[-window:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(samples))
+    alive = bool(result.members)
+    for p in result.partitions:
+        history = [s["p"].get(f"{p.topic}:{p.partition}") for s in samples]
+        history = [h for h in history if h is not None]
+        p.status = judge(history, alive)
+    result.window_samples = len(samples)
+    result.status = max((p.status for p in result.partitions), key=STATUSES.index, default="OK")
+    if result.state in REBALANCING:
+        result.message = f"group {result.group} is rebalancing: members and assignments are changing"
+    elif not alive and any(p.lag for p in result.partitions):
+        result.message = f"group {result.group} has no active members"
+    return result
+
+
+def judge(history: list[list[int | None]], alive: bool) -> str:
+    """Burrow's rules, simplified to what we can sample: history is [committed offset, lag] oldest first."""
+    if not history:
+        return "OK"
+    offsets = [h[0] for h in history]
+    lags = [int(h[1] or 0) for h in history]
+    if lags[-1] == 0 or 0 in lags:
+        return "OK"
+    known = [o for o in offsets if o is not None]
+    if any(b < a for a, b in pairwise(known)):
+        return "ERR"
+    if len(history) >= 2 and len(set(offsets)) == 1:
+        return "STALL" if alive else "STOP"
+    if not alive and len(history) == 1:
+        return "STOP"
+    if len(history) >= 3 and all(b >= a for a, b in pairwise(lags)) and lags[-1] > lags[0]:
+        return "WARN"
+    return "OK"

@@ -1,0 +1,144 @@
+"""``ttsync lag`` against a real broker: exact lag, lag in seconds, and the scripted statuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
+
+from consumer.lag import GroupNotFound, evaluate, judge, measure
+
+pytestmark = pytest.mark.integration
+
+
+def topic_with(bootstrap: str, partitions: int) -> str:
+    name = f"lag-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(name, partitions, 1)])
+    admin.close()
+    return name
+
+
+def produce(bootstrap: str, topic: str, partition: int, n: int, timestamp_ms: int | None = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i in range(n):
+        producer.send(topic, value=f"v{i}".encode(), partition=partition, timestamp_ms=timestamp_ms)
+    producer.flush()
+    producer.close()
+
+
+def commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.commit({tp: OffsetAndMetadata(o, None, -1) for tp, o in offsets.items()})
+    consumer.close()
+
+
+def test_lag_in_messages_is_produced_minus_committed(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, 0, 10)
+    produce(kafka_bootstrap, topic, 1, 7)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 4, TopicPartition(topic, 1): 7})
+    result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
+    by_partition = {p.partition: p for p in result.partitions}
+    assert (by_partition[0].committed, by_partition[0].log_end, by_partition[0].lag) == (4, 10, 6)
+    assert (by_partition[1].committed, by_partition[1].lag, by_partition[1].lag_seconds) == (7, 0, 0.0)
+    assert result.totals()[topic]["lag"] == 6
+
+
+def test_lag_in_seconds_is_the_age_of_the_oldest_unconsumed_record(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 1)
+    produce(kafka_bootstrap, topic, 0, 3, timestamp_ms=int(time.time() * 1000) - 60_000)  # consumed
+    produce(kafka_bootstrap, topic, 0, 2, timestamp_ms=int(time.time() * 1000) - 30_000)  # not yet
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 3})
+    part = measure(kafka_bootstrap, group).partitions[0]
+    assert part.lag == 2
+    assert abs(part.lag_seconds - 30) < 1.0
+
+
+def test_stop_when_nobody_commits(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 1)
+    produce(kafka_bootstrap, topic, 0, 5)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 2})
+    for _ in range(2):
+        result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
+    assert result.status == "STOP" and "no active members" in result.message
+
+
+def test_stall_when_a_live_member_does_not_move(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 1)
+    produce(kafka_bootstrap, topic, 0, 5)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    member = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
+                           enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        deadline = time.time() + 20
+        while not member.assignment() and time.time() < deadline:
+            member.poll(timeout_ms=200)
+        member.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, None, -1)})
+        results = [evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json") for _ in range(2)]
+    finally:
+        member.close()
+    assert results[-1].status == "STALL"
+    assert results[-1].partitions[0].member is not None and len(results[-1].members) == 1
+
+
+def test_warn_when_lag_keeps_growing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 1)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    tp = TopicPartition(topic, 0)
+    produce(kafka_bootstrap, topic, 0, 5)
+    member = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False,
+                           auto_offset_reset="earliest")
+    try:
+        deadline = time.time() + 20
+        while not member.assignment() and time.time() < deadline:
+            member.poll(timeout_ms=200)
+        statuses = []
+        for step in range(4):  # the consumer moves by 1, the producer adds 5: lag grows every sample
+            member.commit({tp: OffsetAndMetadata(step + 1, None, -1)})
+            produce(kafka_bootstrap, topic, 0, 5)
+            statuses.append(evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json").status)
+    finally:
+        member.close()
+    assert statuses[-1] == "WARN"
+
+
+def test_rules_without_a_broker() -> None:
+    assert judge([[5, 0]], alive=True) == "OK"
+    assert judge([[5, 3], [5, 3]], alive=True) == "STALL"
+    assert judge([[5, 3], [5, 3]], alive=False) == "STOP"
+    assert judge([[5, 3], [4, 4]], alive=True) == "ERR"
+    assert judge([[1, 3], [2, 5], [3, 8]], alive=True) == "WARN"
+    assert judge([[1, 3], [2, 5], [9, 0]], alive=True) == "OK"
+
+
+def test_missing_group_and_cli(kafka_bootstrap: str, tmp_path: Path) -> None:
+    with pytest.raises(GroupNotFound):
+        measure(kafka_bootstrap, f"nobody-{uuid.uuid4().hex[:6]}")
+    topic = topic_with(kafka_bootstrap, 1)
+    produce(kafka_bootstrap, topic, 0, 4)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 1})
+    env = {**os.environ, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TTSYNC_LAG_STATE_DIR": str(tmp_path)}
+    run = [sys.executable, "-m", "ttsync", "lag", "--group", group]
+    out = subprocess.run([*run, "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["total_lag"] == 3 and data["partitions"][0]["committed"] == 1
+    check = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and "STOP" in check.stdout  # second sample, nobody committing
+    missing = subprocess.run([sys.executable, "-m", "ttsync", "lag", "--group", "nobody-at-all"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
