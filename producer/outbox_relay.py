@@ -33,16 +33,15 @@ from schemas.contract import SCHEMA_VERSION, Header, topic_for
 
 log = structlog.get_logger("ttsync.relay")
 
-_PG_CLAIM = text(
-    f"""
+_PG_CLAIM_SQL = """
 WITH claimed AS (
-  -- Only ids here, walking unpublished rows in seq order up to the batch size: payloads are fetched for
-  -- the claimed rows alone.
+  -- Only ids here, walking the unpublished rows in seq order (the partial index) up to the batch size:
+  -- payloads are fetched for the claimed rows alone.
   SELECT o.id, o.seq
     FROM ttsync_outbox o
    WHERE o.published_at IS NULL
      AND (o.available_at IS NULL OR o.available_at <= now())
-     AND {bucket_of_sql("o.aggregateid")} = ANY (CAST(:buckets AS int[]))
+     {bucket_filter}
      AND NOT EXISTS (
            SELECT 1 FROM ttsync_outbox p
             WHERE p.published_at IS NULL AND p.aggregatetype = o.aggregatetype
@@ -56,7 +55,11 @@ SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload::text AS payload,
   FROM claimed c JOIN ttsync_outbox o ON o.id = c.id
  ORDER BY c.seq
 """
-)
+# Holding some buckets: filter on them. Holding all (one relay): no filter, so PostgreSQL walks the index in
+# seq order and stops at the batch size instead of sorting the whole backlog.
+_PG_CLAIM = text(_PG_CLAIM_SQL.format(
+    bucket_filter=f"AND {bucket_of_sql('o.aggregateid')} = ANY (CAST(:buckets AS int[]))"))
+_PG_CLAIM_ALL = text(_PG_CLAIM_SQL.format(bucket_filter=""))
 
 _SQLITE_CLAIM = text(
     """
@@ -156,8 +159,11 @@ class OutboxRelay:
         try:
             if self.leases is not None:
                 held = sorted(self.leases.held)
-                rows = list(conn.execute(_PG_CLAIM, {"buckets": held, "n": self.buckets,
-                                                      "batch": self.batch_size})) if held else []
+                if len(held) == self.buckets:
+                    rows = list(conn.execute(_PG_CLAIM_ALL, {"batch": self.batch_size}))
+                else:
+                    rows = list(conn.execute(_PG_CLAIM, {"buckets": held, "n": self.buckets,
+                                                          "batch": self.batch_size})) if held else []
             else:
                 rows = list(conn.execute(_SQLITE_CLAIM, {"now": _utcnow(), "batch": self.batch_size}))
         except BaseException:

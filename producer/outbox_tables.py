@@ -61,6 +61,14 @@ Index(
     sqlite_where=outbox.c.published_at.is_(None),
 )
 Index("ix_ttsync_outbox_published_at", outbox.c.published_at)
+Index(
+    "ix_ttsync_outbox_delayed",
+    outbox.c.aggregatetype,
+    outbox.c.aggregateid,
+    outbox.c.seq,
+    postgresql_where=outbox.c.published_at.is_(None) & outbox.c.available_at.is_not(None),
+    sqlite_where=outbox.c.published_at.is_(None) & outbox.c.available_at.is_not(None),
+)
 
 aggregate_versions = Table(
     "ttsync_aggregate_versions",

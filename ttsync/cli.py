@@ -32,6 +32,8 @@ app.add_typer(schemas_app, name="schemas")
 map_app = typer.Typer(help="Operator mappings: TimeTracker values -> QBO accounts, items, vendors.",
                       no_args_is_help=True)
 app.add_typer(map_app, name="map")
+dlq_app = typer.Typer(help="The dead-letter topic: list, show, replay.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -333,6 +335,102 @@ def _print_lag(result: Any) -> None:
     if result.message:
         console.print(f"[yellow]{result.message}[/]")
     console.print(f"status judged over {result.window_samples} sample(s)")
+
+
+def _dlq_filter(event_type: str | None, aggregate: str | None, error: str | None, since: str | None,
+                until: str | None) -> Any:
+    from consumer.dlq_tools import DlqFilter
+
+    def when(value: str | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        parsed = dt.datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+    return DlqFilter(event_type, aggregate, error, when(since), when(until))
+
+
+TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. expense or invoice.updated.")]
+AggOpt = Annotated[str | None, typer.Option("--aggregate", help="Aggregate id (the record key).")]
+ErrOpt = Annotated[str | None, typer.Option("--error", help="Error code (missing_account, 6240) or class.")]
+SinceOpt = Annotated[str | None, typer.Option(help="Dead-lettered at or after (ISO 8601).")]
+UntilOpt = Annotated[str | None, typer.Option(help="Dead-lettered at or before (ISO 8601).")]
+
+
+@dlq_app.command("list")
+def dlq_list(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt = None, since: SinceOpt = None,
+             until: UntilOpt = None, as_json: JsonOpt = False) -> None:
+    """Dead-lettered records with their reason, and counts by reason."""
+    from consumer.dlq_tools import list_dead_letters
+    from schemas.contract import dlq_topic
+
+    settings = _settings()
+    found, counts = list_dead_letters(settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix),
+                                      _dlq_filter(event_type, aggregate, error, since, until))
+    if as_json:
+        _emit_json({"count": len(found), "by_reason": dict(counts), "records": [d.summary() for d in found]})
+        return
+    table = Table(title=f"{dlq_topic(settings.topic_prefix)}: {len(found)} record(s)")
+    for col in ("ref", "dead-lettered at", "event", "aggregate", "reason", "message", "replays"):
+        table.add_column(col)
+    for d in found:
+        info = d.summary()
+        table.add_row(d.ref, info["dead_lettered_at"][:19], d.event_type, d.key or "-", d.error_code,
+                      info["message"][:80], str(d.replay_count))
+    console.print(table)
+    for reason, n in counts.most_common():
+        console.print(f"  {reason}: {n}")
+
+
+@dlq_app.command("show")
+def dlq_show(ref: Annotated[str, typer.Argument(help="partition:offset, as `ttsync dlq list` shows it")],
+             as_json: JsonOpt = False) -> None:
+    """One dead-lettered record in full, headers decoded."""
+    from consumer.dlq_tools import show
+    from schemas.contract import dlq_topic
+
+    settings = _settings()
+    found = show(settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix), ref)
+    if found is None:
+        err_console.print(f"[red]no dead-lettered record {ref}[/]")
+        raise typer.Exit(EXIT_FAILED)
+    if as_json:
+        _emit_json(found.full())
+    else:
+        console.print_json(json.dumps(found.full(), default=str))
+
+
+@dlq_app.command("replay")
+def dlq_replay(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt = None,
+               since: SinceOpt = None, until: UntilOpt = None,
+               dry_run: Annotated[bool, typer.Option(help="Show what would be replayed; change nothing.")] = False,
+               limit: Annotated[int | None, typer.Option(help="Replay at most this many.")] = None,
+               rate: Annotated[float | None, typer.Option(help="At most this many records per second.")] = None,
+               from_beginning: Annotated[bool, typer.Option(help="Scan the whole topic, not from the last "
+                                                                "replay position.")] = False,
+               as_json: JsonOpt = False) -> None:
+    """Send dead letters back to their original topics (after fixing the cause). Safe to run twice."""
+    from consumer.dlq_tools import replay
+    from schemas.contract import dlq_topic
+
+    settings = _settings()
+    log = structlog.get_logger("ttsync.dlq")
+
+    def progress(d: Any, chosen: bool) -> None:
+        if chosen:
+            log.info("dlq_replay" if not dry_run else "dlq_replay_dry_run", ref=d.ref, event_type=d.event_type,
+                     aggregate_id=d.key, to=d.original_topic, reason=d.error_code)
+
+    result = replay(settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix), settings.group_id,
+                    _dlq_filter(event_type, aggregate, error, since, until), dry_run=dry_run, limit=limit,
+                    rate_per_s=rate, from_beginning=from_beginning, on_record=progress)
+    if as_json:
+        _emit_json(result.__dict__)
+    else:
+        verb = "would replay" if dry_run else "replayed"
+        console.print(f"{verb} {result.replayed} of {result.considered} record(s) scanned"
+                      + (f"; {result.skipped_no_origin} without an original topic" if result.skipped_no_origin
+                         else ""))
 
 
 @map_app.command("set")
