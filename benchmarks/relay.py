@@ -9,6 +9,7 @@ Prints a table; it is not a timed test. Figures on shared machines are noisy: re
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ from benchmarks._env import kafka_bootstrap, percentile, postgres_url, print_tab
 from producer.database import make_engine
 from producer.kafka_publisher import MAX_RECORD_BYTES, KafkaRecordPublisher
 from producer.outbox_relay import OutboxRelay
-from producer.outbox_writer import write_event
+from producer.outbox_writer import build_envelope
 from schemas import topic_for
 from ttsync.logging_setup import configure_logging
 
@@ -91,7 +92,7 @@ def throughput(db_url: str, bootstrap: str, events: int, pad: int) -> dict:
             "relay_eps": events / relay_s, "ratio": bare_s / relay_s}
 
 
-def latency(db_url: str, bootstrap: str, rate: int, seconds: float) -> dict:
+def latency(db_url: str, bootstrap: str, rate: int, seconds: float, writers: int = 2) -> dict:
     engine = make_engine(db_url, pool_size=4)
     prefix = f"lat{uuid.uuid4().hex[:6]}"
     topic = topic_for("client", prefix)
@@ -126,7 +127,7 @@ def latency(db_url: str, bootstrap: str, rate: int, seconds: float) -> dict:
     time.sleep(2)  # let the consumer join before the clock starts
     # The writers are processes of their own, as TimeTracker's web workers are: their commit timestamps are
     # not delayed by the relay sharing their interpreter.
-    writers = 2
+
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     started = time.time() + 0.5
@@ -149,17 +150,34 @@ def latency(db_url: str, bootstrap: str, rate: int, seconds: float) -> dict:
 
 
 def _writer(db_url: str, index: int, writers: int, n_total: int, rate: int, started: float, queue) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(db_url, pool_size=1)
+    """Load generator: the same three statements as producer.outbox_writer.write_event, sent with plain psycopg
+    so that generating 500 commits/s leaves the two cores to the relay being measured."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+    from sqlalchemy.engine import make_url
+
+    conn = psycopg.connect(make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False))
     out: dict[str, float] = {}
     for i in range(index, n_total, writers):
         delay = started + i / rate - time.time()
         if delay > 0:
             time.sleep(delay)
-        with engine.begin() as conn:
-            event_id = write_event(conn, aggregate_type="client", aggregate_id=str(i % 200), action="updated",
-                                   payload={"id": i % 200, "name": f"Client {i}"}, source="bench")
+        event_id, agg = uuid.uuid4(), str(i % 200)
+        now = dt.datetime.now(dt.UTC)
+        with conn.transaction():
+            version = conn.execute(
+                "INSERT INTO ttsync_aggregate_versions AS v (aggregatetype, aggregateid, version) "
+                "VALUES ('client', %s, 1) ON CONFLICT (aggregatetype, aggregateid) "
+                "DO UPDATE SET version = v.version + 1 RETURNING v.version", (agg,)).fetchone()[0]
+            envelope = build_envelope(event_id=event_id, aggregate_type="client", aggregate_id=agg,
+                                      action="updated", version=version, occurred_at=now, source="bench",
+                                      payload={"id": i % 200, "name": f"Client {i}"})
+            conn.execute("INSERT INTO ttsync_outbox (id, aggregatetype, aggregateid, type, payload, "
+                         "aggregate_version, occurred_at) VALUES (%s, 'client', %s, 'client.updated', %s, %s, %s)",
+                         (event_id, agg, Jsonb(envelope), version, now))
+            conn.execute("SELECT pg_notify('ttsync_outbox', 'client')")
         out[str(event_id)] = time.time()
-    engine.dispose()
+    conn.close()
     queue.put(out)
 
 
