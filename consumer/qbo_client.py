@@ -37,7 +37,8 @@ class QboClient:
     def __init__(self, base_url: str, realm_id: str, tokens: TokenStore, limiter: RateLimiter, *,
                  minorversion: int = MINOR_VERSION, timeout_s: float = 30.0, throttle_default_wait_s: float = 60.0,
                  on_call: Callable[[str, str, str], None] | None = None,
-                 batch_limiter: RateLimiter | None = None) -> None:
+                 batch_limiter: RateLimiter | None = None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.realm_id = realm_id
         self.tokens = tokens
@@ -48,6 +49,7 @@ class QboClient:
         self.session = requests.Session()
         self.on_call = on_call  # (entity, operation, outcome) -> None, for metrics
         self.batch_limiter = batch_limiter  # QBO also limits batch requests (40/min per realm and app)
+        self.on_wait = on_wait  # seconds spent waiting for the realm's budget, for metrics
         self.calls = 0
 
     # -- the one request path ------------------------------------------------------------------------
@@ -61,7 +63,9 @@ class QboClient:
         url = f"{self.base_url}/v3/company/{self.realm_id}/{path}"
         for attempt in (1, 2):
             token = self.tokens.access_token()
-            self.limiter.acquire()
+            waited = self.limiter.acquire()
+            if waited and self.on_wait is not None:
+                self.on_wait(waited)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             data: bytes | None = None
             if json_body is not None:

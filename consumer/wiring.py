@@ -54,7 +54,7 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
     client = QboClient(settings.qbo_base_url, settings.qbo_realm_id, tokens, limiter, batch_limiter=batch_limiter,
                        minorversion=settings.qbo_minorversion, timeout_s=settings.qbo_timeout_s,
                        throttle_default_wait_s=settings.qbo_throttle_default_wait_s,
-                       on_call=metrics.count_qbo_call)
+                       on_call=metrics.count_qbo_call, on_wait=metrics.THROTTLE_WAIT.inc)
     store = StateStore(engine, settings.qbo_realm_id, settings.group_id)
     defaults = MappingOptions()
     options = MappingOptions(source=settings.source, multicurrency=settings.qbo_multicurrency,

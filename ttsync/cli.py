@@ -195,6 +195,7 @@ def relay(
     once: Annotated[bool, typer.Option(help="Publish what is waiting, then exit.")] = False,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     create_topics: Annotated[bool, typer.Option(help="Create missing topics at start.")] = True,
+    metrics_port: Annotated[int | None, typer.Option(help="/metrics and /healthz port on 127.0.0.1.")] = None,
 ) -> None:
     """Publish outbox rows to Kafka (keyed by aggregate), marking them published once acknowledged."""
     from producer.database import make_engine
@@ -228,10 +229,13 @@ def relay(
 
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
+    server = _serve_metrics_for_relay(settings, engine, worker, metrics_port)
     try:
         stats = worker.run(max_seconds=max_seconds, idle_exit=once)
     finally:
         publisher.close()
+        if server is not None:
+            server.stop()
     log.info("relay_exit", published=stats.published, failed=stats.failed, purged=stats.purged)
 
 
@@ -239,11 +243,12 @@ def relay(
 def consume(
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     create_topics: Annotated[bool, typer.Option(help="Create missing topics (main, retry, DLQ) at start.")] = True,
+    metrics_port: Annotated[int | None, typer.Option(help="/metrics and /healthz port on 127.0.0.1.")] = None,
 ) -> None:
     """Apply events to QuickBooks Online: the consumer group (exit 3 when QBO must be reconnected)."""
     from consumer.errors import FatalError
     from consumer.group_consumer import consumer_topics
-    from consumer.wiring import build_consumer
+    from consumer.wiring import build_consumer, build_parts
     from producer.kafka_publisher import ensure_topics
     from schemas.contract import dlq_topic
 
@@ -256,10 +261,12 @@ def consume(
         ensure_topics(settings.kafka_bootstrap_servers, [dlq_topic(settings.topic_prefix)], 1,
                       settings.topic_replication_factor)
     try:
-        worker = build_consumer(settings)
+        parts = build_parts(settings)
+        worker = build_consumer(settings, parts)
     except FatalError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_RECONNECT) from exc
+    server = _serve_metrics_for_consumer(settings, parts.engine, metrics_port)
 
     def _graceful(signum: int, _frame: Any) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name, action="finishing the current event")
@@ -278,6 +285,8 @@ def consume(
         raise typer.Exit(EXIT_RECONNECT) from exc
     finally:
         worker.close()
+        if server is not None:
+            server.stop()
     log.info("consumer_exit", applied=stats.applied, dead_lettered=stats.dead_lettered)
 
 
@@ -492,6 +501,35 @@ def _state_store() -> Any:
 
     settings = _settings()
     return StateStore(make_engine(settings.effective_state_database_url), settings.qbo_realm_id, settings.group_id)
+
+
+def _serve_metrics_for_relay(settings: Settings, engine: Any, worker: Any, port: int | None) -> Any:
+    port = settings.metrics_port if port is None else port
+    if not port:
+        return None
+    from consumer.observability import readiness
+    from producer.relay_metrics import relay_registry
+    from ttsync.health_server import HealthServer
+
+    server = HealthServer(relay_registry(engine, worker),
+                          lambda: readiness(settings.kafka_bootstrap_servers, engine), port).start()
+    structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
+    return server
+
+
+def _serve_metrics_for_consumer(settings: Settings, engine: Any, port: int | None) -> Any:
+    port = settings.metrics_port if port is None else port
+    if not port:
+        return None
+    from consumer import metrics
+    from consumer.observability import LagCollector, readiness
+    from ttsync.health_server import HealthServer
+
+    metrics.REGISTRY.register(LagCollector(settings.kafka_bootstrap_servers, settings.group_id))
+    server = HealthServer(metrics.REGISTRY, lambda: readiness(settings.kafka_bootstrap_servers, engine),
+                          port).start()
+    structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
+    return server
 
 
 @outbox_app.command("status")

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     relay_buckets: int = Field(default=16, ge=1, le=1024, description="Hash buckets that relays share out")
     outbox_retention_hours: float = Field(default=72.0, ge=0, description="Published rows kept this long")
 
+    metrics_port: int = Field(default=0, ge=0, le=65535,
+                              description="Serve /metrics and /healthz on 127.0.0.1 at this port (0 = off)")
     qbo_minorversion: int = Field(default=75, description="minorversion sent on every QBO call")
     qbo_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one QBO HTTP call")
     qbo_requests_per_minute: int = Field(default=500, ge=1, description="The realm's QBO limit (500/min)")

@@ -1,0 +1,47 @@
+"""The relay's /metrics: outbox backlog and oldest age (queried on each scrape), published and failed totals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from producer.outbox_relay import OutboxRelay
+from producer.outbox_status import outbox_status
+
+
+class RelayCollector(Collector):
+    def __init__(self, engine: Engine, relay: OutboxRelay) -> None:
+        self.engine = engine
+        self.relay = relay
+
+    def collect(self) -> Iterator[Any]:
+        published = CounterMetricFamily("ttsync_outbox_published", "Outbox rows published by this relay")
+        published.add_metric([], self.relay.stats.published)
+        failed = CounterMetricFamily("ttsync_outbox_publish_failures", "Outbox rows the broker refused")
+        failed.add_metric([], self.relay.stats.failed)
+        yield from (published, failed)
+        try:
+            status = outbox_status(self.engine)
+        except Exception:  # noqa: BLE001 - /healthz reports the database; the scrape goes on
+            return
+        backlog = GaugeMetricFamily("ttsync_outbox_backlog", "Unpublished outbox rows", labels=["aggregate_type"])
+        for agg, n in status["backlog_by_type"].items():
+            backlog.add_metric([agg], n)
+        age = GaugeMetricFamily("ttsync_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished row")
+        age.add_metric([], status["oldest_unpublished_age_seconds"])
+        failing = GaugeMetricFamily("ttsync_outbox_failing_rows", "Unpublished rows that failed at least once")
+        failing.add_metric([], status["failing"])
+        buckets = GaugeMetricFamily("ttsync_relay_buckets_held", "Hash buckets this relay owns")
+        buckets.add_metric([], len(self.relay.leases.held) if self.relay.leases else self.relay.buckets)
+        yield from (backlog, age, failing, buckets)
+
+
+def relay_registry(engine: Engine, relay: OutboxRelay) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(engine, relay))
+    return registry

@@ -1,0 +1,33 @@
+"""The Grafana dashboard parses and only uses metrics that ttsync exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from consumer import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPORTED = {
+    # consumer counters/histograms (prometheus_client adds _total / _bucket)
+    *(f"{m._name}_total" for m in (metrics.EVENTS, metrics.QBO_REQUESTS, metrics.RETRIES, metrics.DEAD_LETTERED,
+                                    metrics.THROTTLE_WAIT)),
+    f"{metrics.APPLY_SECONDS._name}_bucket",
+    # consumer.observability.LagCollector
+    "kafka_consumergroup_group_lag", "kafka_consumergroup_group_lag_seconds", "kafka_consumergroup_group_offset",
+    # producer.relay_metrics.RelayCollector
+    "ttsync_outbox_backlog", "ttsync_outbox_oldest_unpublished_age_seconds", "ttsync_outbox_failing_rows",
+    "ttsync_outbox_published_total", "ttsync_outbox_publish_failures_total", "ttsync_relay_buckets_held",
+}
+
+
+def test_dashboard_uses_only_exported_metrics() -> None:
+    dash = json.loads((ROOT / "deploy" / "grafana" / "ttsync-dashboard.json").read_text())
+    assert dash["panels"] and dash["uid"] == "ttsync-overview"
+    used = set()
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\b((?:ttsync|kafka)_[a-z_]+)", target["expr"]))
+    assert used and used <= EXPORTED, used - EXPORTED
