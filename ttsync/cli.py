@@ -80,6 +80,41 @@ def doctor(
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 
+@app.command()
+def demo(
+    postgres: Annotated[bool, typer.Option(help="Use PostgreSQL (deploy/local/postgres.sh) instead of SQLite.")]
+    = False,
+    quick: Annotated[bool, typer.Option(help="A shorter stretch of activity (used by the tests).")] = False,
+    keep: Annotated[bool, typer.Option(help="Keep the sandbox and the broker running afterwards.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole pipeline on this machine: TimeTracker activity -> outbox -> Kafka -> QuickBooks sandbox."""
+    from ttsync.demo import Demo
+
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)  # the live tables are the demo's output
+    out = Console(stderr=True) if as_json else console
+    runner = Demo(postgres=postgres, quick=quick, keep=keep, console=out)
+    result = runner.run(settings)
+    if as_json:
+        _emit_json(result.__dict__)
+    else:
+        colour = "green" if result.ok else "red"
+        verdict = "everything ended in QBO" if result.ok else "problems: " + "; ".join(result.problems)
+        console.print(f"[{colour}]{verdict}[/] in {result.seconds:.0f}s; the malformed record stays in the "
+                      "dead-letter topic, as it should.")
+        console.print(f"Sandbox page: {result.sandbox_url}" + ("" if keep else " (stopped; run with --keep to "
+                                                                                "browse it)"))
+    if keep:
+        console.print("--keep: the sandbox serves until Ctrl-C")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
 # --- db ---------------------------------------------------------------------------------------------
 
 
