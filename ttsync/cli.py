@@ -34,6 +34,8 @@ map_app = typer.Typer(help="Operator mappings: TimeTracker values -> QBO account
 app.add_typer(map_app, name="map")
 dlq_app = typer.Typer(help="The dead-letter topic: list, show, replay.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+qbo_app = typer.Typer(help="The QuickBooks Online connection.", no_args_is_help=True)
+app.add_typer(qbo_app, name="qbo")
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -113,6 +115,62 @@ def demo(
         except KeyboardInterrupt:
             pass
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@qbo_app.command("connect")
+def qbo_connect(
+    port: Annotated[int, typer.Option(help="Port of the 127.0.0.1 redirect (register "
+                                           "http://127.0.0.1:PORT/callback with Intuit).")] = 8976,
+    browser: Annotated[bool, typer.Option(help="Open the consent page in a browser.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the consent.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Connect a QuickBooks company: OAuth authorization code, tokens stored encrypted."""
+    from ttsync.qbo_connect import ConnectError, connect
+
+    settings = _settings()
+
+    def show(url: str) -> None:
+        err_console.print("Open this page to allow ttsync into QuickBooks:")
+        print(f"AUTHORIZE_URL {url}", file=sys.stderr, flush=True)
+        if browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    try:
+        result = connect(settings, port=port, timeout_s=timeout, on_url=show)
+    except ConnectError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_FAILED) from exc
+    if as_json:
+        _emit_json(result)
+    else:
+        console.print(f"connected to company {result['realm_id']}; tokens stored encrypted")
+        if not result["realm_matches_settings"]:
+            console.print(f"[yellow]set TTSYNC_QBO_REALM_ID={result['realm_id']} for the consumer[/]")
+
+
+@qbo_app.command("status")
+def qbo_status(
+    check: Annotated[bool, typer.Option(help="Also call QBO now.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Realm, token expiry, refresh-token rotations and the last successful call."""
+    from ttsync.qbo_connect import status
+
+    result = status(_settings(), check=check)
+    if as_json:
+        _emit_json(result)
+    else:
+        table = Table(title="QuickBooks Online connection")
+        table.add_column("")
+        table.add_column("")
+        for k, v in result.items():
+            table.add_row(k, str(v))
+        console.print(table)
+    ok = result["connected"] and (not check or result.get("check") == "ok")
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 
 # --- db ---------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     qbo_token_url: str = Field(
         default="http://127.0.0.1:8765/oauth2/v1/tokens/bearer", description="OAuth2 token endpoint"
     )
+    qbo_authorize_url: str = Field(
+        default="http://127.0.0.1:8765/connect/oauth2",
+        description="OAuth authorize page (Intuit: https://appcenter.intuit.com/connect/oauth2)")
     qbo_client_id: str = Field(default="ttsync-local", description="OAuth2 client id")
     qbo_client_secret: SecretStr = Field(default=SecretStr("ttsync-local-secret"), description="OAuth2 secret")
     qbo_realm_id: str = Field(default="9130000000000001", description="QBO company (realm) id")

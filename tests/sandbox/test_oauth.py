@@ -92,3 +92,40 @@ def test_authorization_code_flow(sandbox: SandboxServer) -> None:
                                                    "redirect_uri": redirect},
                           headers={"Authorization": qbo.basic()}, timeout=10)
     assert again.json()["error"] == "invalid_grant"  # a code is good once
+
+
+def test_ttsync_qbo_connect_then_status(sandbox: SandboxServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "state.sqlite3"
+    env = {**os.environ, "TTSYNC_DATABASE_URL": f"sqlite:///{db}", "TTSYNC_QBO_BASE_URL": sandbox.url,
+           "TTSYNC_QBO_TOKEN_URL": sandbox.token_url, "TTSYNC_QBO_AUTHORIZE_URL": f"{sandbox.url}/connect/oauth2",
+           "TTSYNC_SECRET_KEY": "connect-test-key", "TTSYNC_LOG_FORMAT": "json"}
+    env.pop("TTSYNC_QBO_REFRESH_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ttsync", "qbo", "connect", "--no-browser", "--port", "0",
+                             "--json", "--timeout", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    url = ""
+    for line in proc.stderr:
+        if line.startswith("AUTHORIZE_URL "):
+            url = line.split(" ", 1)[1].strip()
+            break
+    assert url.startswith(f"{sandbox.url}/connect/oauth2?") and "state=" in url
+    page = requests.get(url, timeout=30)  # the person's browser: consent, then the redirect to 127.0.0.1
+    assert page.status_code == 200 and "connected" in page.text
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert json.loads(out)["realm_id"] == "9130000000000001"
+    status = subprocess.run([sys.executable, "-m", "ttsync", "qbo", "status", "--check", "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    info = json.loads(status.stdout)
+    assert info["connected"] and info["check"] == "ok" and info["last_successful_call"]
+    assert info["access_expires_at"] and info["refresh_expires_at"]
+    raw = sqlite3.connect(db).execute("SELECT refresh_token_enc FROM ttsync_oauth_tokens").fetchone()
+    assert not raw[0].startswith("RT1-")  # encrypted at rest
