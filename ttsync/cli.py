@@ -605,7 +605,8 @@ def _serve_metrics_for_relay(settings: Settings, engine: Any, worker: Any, port:
     from ttsync.health_server import HealthServer
 
     server = HealthServer(relay_registry(engine, worker),
-                          lambda: readiness(settings.kafka_bootstrap_servers, engine), port).start()
+                          lambda: readiness(settings.kafka_bootstrap_servers, engine), port,
+                          settings.metrics_host).start()
     structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
     return server
 
@@ -620,7 +621,7 @@ def _serve_metrics_for_consumer(settings: Settings, engine: Any, port: int | Non
 
     metrics.REGISTRY.register(LagCollector(settings.kafka_bootstrap_servers, settings.group_id))
     server = HealthServer(metrics.REGISTRY, lambda: readiness(settings.kafka_bootstrap_servers, engine),
-                          port).start()
+                          port, settings.metrics_host).start()
     structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
     return server
 

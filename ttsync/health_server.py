@@ -15,8 +15,7 @@ Readiness = Callable[[], dict[str, str]]  # check name -> "" when fine, else the
 
 class HealthServer:
     def __init__(self, registry: CollectorRegistry, readiness: Readiness, port: int, host: str = "127.0.0.1"):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("the metrics server listens on loopback only")
+        # Loopback by default; a container sets TTSYNC_METRICS_HOST=0.0.0.0 so the kubelet's probes reach it.
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="Serve /metrics and /healthz on 127.0.0.1 at this port (0 = off)")
+    metrics_host: str = Field(default="127.0.0.1",
+                              description="Address of /metrics and /healthz (0.0.0.0 only inside a container)")
     qbo_minorversion: int = Field(default=75, description="minorversion sent on every QBO call")
     qbo_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one QBO HTTP call")
     qbo_requests_per_minute: int = Field(default=500, ge=1, description="The realm's QBO limit (500/min)")

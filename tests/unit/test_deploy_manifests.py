@@ -1,0 +1,79 @@
+"""deploy/ must stay valid: the manifests parse, name real settings and real commands, and fit together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ttsync.cli import app
+from ttsync.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+
+
+def docs() -> dict[str, dict]:
+    return {p.name: yaml.safe_load(p.read_text()) for p in K8S.glob("*.yaml")}
+
+
+def setting_names() -> set[str]:
+    return {f"TTSYNC_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    manifests = docs()
+    listed = set(manifests["kustomization.yaml"]["resources"])
+    assert listed == set(manifests) - {"kustomization.yaml"}
+
+
+def test_config_and_secret_keys_are_real_settings() -> None:
+    manifests = docs()
+    keys = set(manifests["configmap.yaml"]["data"]) | set(manifests["secret.yaml"]["stringData"])
+    assert keys <= setting_names(), keys - setting_names()
+    assert manifests["configmap.yaml"]["data"]["TTSYNC_METRICS_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("name", "command"), [("relay.yaml", "relay"), ("consumer.yaml", "consume")])
+def test_deployments_probe_healthz_on_the_metrics_port(name: str, command: str) -> None:
+    manifests = docs()
+    dep = manifests[name]
+    assert dep["kind"] == "Deployment"
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == [command]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == int(manifests["configmap.yaml"]["data"]["TTSYNC_METRICS_PORT"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    refs = {next(iter(e.values()))["name"] for e in container["envFrom"]}
+    assert refs == {manifests["configmap.yaml"]["metadata"]["name"], manifests["secret.yaml"]["metadata"]["name"]}
+    assert CliRunner().invoke(app, [command, "--help"]).exit_code == 0
+    # the PodMonitor scrapes these pods on that port
+    monitor = manifests["podmonitor.yaml"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["podMetricsEndpoints"][0]["port"] in ports
+
+
+def test_compose_services_use_real_commands_and_settings() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "postgres", "sandbox", "relay", "consumer", "migrate"} <= set(services)
+    for name in ("sandbox", "relay", "consumer", "migrate"):
+        command = services[name]["command"]
+        assert CliRunner().invoke(app, [*command[:2 if command[0] == "db" else 1], "--help"]).exit_code == 0
+        env = services[name].get("environment", {})
+        assert set(env) <= setting_names(), set(env) - setting_names()
+    for name in ("kafka", "postgres", "relay", "consumer", "sandbox"):
+        for port in services[name].get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_dockerfile_installs_every_package_and_runs_unprivileged() -> None:
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    for package in ("schemas", "producer", "consumer", "ttsync"):
+        assert f"COPY {package} {package}" in dockerfile
+    assert 'ENTRYPOINT ["ttsync"]' in dockerfile and "USER 10001" in dockerfile
