@@ -167,13 +167,12 @@ class Demo:
             self.cleanups.append(lambda: run_script("kafka.sh", "stop", {"KAFKA_PORT": port}))
         say(f"[bold]Kafka[/] {bootstrap}" + (" (started for the demo)" if started_kafka else ""))
         if self.postgres:
-            db_url = ensure_postgres()
+            db_url = self._fresh_postgres_database(ensure_postgres())
         else:
             tmp = Path(tempfile.mkdtemp(prefix="ttsync-demo-"))
             db_url = f"sqlite:///{tmp / 'timetracker.sqlite3'}"
         engine = make_engine(db_url)
-        if self.postgres:  # a fresh schema each run: drop what an earlier demo left
-            TIMETRACKER_METADATA.drop_all(engine)
+        self.cleanups.append(engine.dispose)
         TIMETRACKER_METADATA.create_all(engine)
         migrate.upgrade(engine)
         say(f"[bold]TimeTracker database[/] {engine.url.render_as_string(hide_password=True)}")
@@ -255,6 +254,24 @@ class Demo:
             and self.result.qbo.get("Purchase", 0) == approved_expenses
         if not self.result.ok:
             self.result.problems.append(f"unexpected end: {self.result.qbo}, left {self.result.dead_letters_left}")
+
+    def _fresh_postgres_database(self, server_url: str) -> str:
+        """A database of the demo's own on the local cluster, dropped afterwards (unless --keep)."""
+        from sqlalchemy import text
+        from sqlalchemy.engine import make_url
+
+        name = f"ttsync_demo_{uuid.uuid4().hex[:8]}"
+        admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+        def drop() -> None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+        self.cleanups.append(drop)
+        return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
     @staticmethod
     def _dead_letters(bootstrap: str, prefix: str) -> list[Any]:
