@@ -4,15 +4,12 @@ database, and a table printer."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-
 from producer import migrate
 from producer.database import make_engine
+from producer.database import scratch_database as empty_database
 from producer.timetracker_schema import TIMETRACKER_METADATA
 from ttsync.local_services import ensure_kafka, ensure_postgres
 
@@ -29,21 +26,13 @@ def postgres_url() -> str:
 
 @contextmanager
 def scratch_database(server_url: str) -> Iterator[str]:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    TIMETRACKER_METADATA.create_all(engine)
-    migrate.upgrade(engine)
-    engine.dispose()
-    try:
+    """A fresh database with TimeTracker's tables and ttsync's, dropped afterwards."""
+    with empty_database(server_url, "bench_") as url:
+        engine = make_engine(url)
+        TIMETRACKER_METADATA.create_all(engine)
+        migrate.upgrade(engine)
+        engine.dispose()
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:

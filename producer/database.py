@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 
@@ -27,3 +30,27 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     # No pre-ping (a round trip per checkout): a connection lost to a restart fails once, is invalidated by the
     # pool, and the caller's retry (relay backoff, consumer retry policy) gets a fresh one.
     return create_engine(url, **kwargs)  # type: ignore[arg-type]
+
+
+def create_database(server_url: str, prefix: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty PostgreSQL database on the server of ``server_url``: its URL and a function dropping it."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False), drop
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    url, drop = create_database(server_url, prefix)
+    try:
+        yield url
+    finally:
+        drop()

@@ -5,11 +5,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from producer import migrate
-from producer.database import make_engine
+from producer.database import make_engine, scratch_database
 from producer.timetracker_schema import TIMETRACKER_METADATA
 from tests.services import kafka_service, postgres_service, unique
 
@@ -29,17 +28,8 @@ def pg_server_url() -> Iterator[str]:
 @pytest.fixture
 def pg_database(pg_server_url: str) -> Iterator[str]:
     """A fresh database per test on the shared server: isolation without a new cluster."""
-    name = unique("t_")
-    admin = make_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database(pg_server_url, "t_") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def prepare_timetracker_db(url: str) -> Engine:

@@ -322,7 +322,9 @@ def relay(
 
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
-    server = _serve_metrics_for_relay(settings, engine, worker, metrics_port)
+    from producer.relay_metrics import relay_registry
+
+    server = _serve_metrics(settings, engine, relay_registry(engine, worker), metrics_port)
     try:
         stats = worker.run(max_seconds=max_seconds, idle_exit=once)
     finally:
@@ -359,7 +361,12 @@ def consume(
     except FatalError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_RECONNECT) from exc
-    server = _serve_metrics_for_consumer(settings, parts.engine, metrics_port)
+    from consumer import metrics
+    from consumer.observability import LagCollector
+
+    if metrics_port or settings.metrics_port:
+        metrics.REGISTRY.register(LagCollector(settings.kafka_bootstrap_servers, settings.group_id))
+    server = _serve_metrics(settings, parts.engine, metrics.REGISTRY, metrics_port)
 
     def _graceful(signum: int, _frame: Any) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name, action="finishing the current event")
@@ -596,32 +603,16 @@ def _state_store() -> Any:
     return StateStore(make_engine(settings.effective_state_database_url), settings.qbo_realm_id, settings.group_id)
 
 
-def _serve_metrics_for_relay(settings: Settings, engine: Any, worker: Any, port: int | None) -> Any:
+def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | None) -> Any:
+    """/metrics and /healthz (ready when broker and database answer), or None when no port is set."""
     port = settings.metrics_port if port is None else port
     if not port:
         return None
     from consumer.observability import readiness
-    from producer.relay_metrics import relay_registry
     from ttsync.health_server import HealthServer
 
-    server = HealthServer(relay_registry(engine, worker),
-                          lambda: readiness(settings.kafka_bootstrap_servers, engine), port,
+    server = HealthServer(registry, lambda: readiness(settings.kafka_bootstrap_servers, engine), port,
                           settings.metrics_host).start()
-    structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
-    return server
-
-
-def _serve_metrics_for_consumer(settings: Settings, engine: Any, port: int | None) -> Any:
-    port = settings.metrics_port if port is None else port
-    if not port:
-        return None
-    from consumer import metrics
-    from consumer.observability import LagCollector, readiness
-    from ttsync.health_server import HealthServer
-
-    metrics.REGISTRY.register(LagCollector(settings.kafka_bootstrap_servers, settings.group_id))
-    server = HealthServer(metrics.REGISTRY, lambda: readiness(settings.kafka_bootstrap_servers, engine),
-                          port, settings.metrics_host).start()
     structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
     return server
 

@@ -31,7 +31,7 @@ from consumer.group_consumer import consumer_topics
 from consumer.lag import measure
 from consumer.wiring import build_consumer, build_parts
 from producer import migrate
-from producer.database import make_engine
+from producer.database import create_database, make_engine
 from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
 from producer.outbox_relay import OutboxRelay
 from producer.outbox_tables import outbox
@@ -257,21 +257,9 @@ class Demo:
 
     def _fresh_postgres_database(self, server_url: str) -> str:
         """A database of the demo's own on the local cluster, dropped afterwards (unless --keep)."""
-        from sqlalchemy import text
-        from sqlalchemy.engine import make_url
-
-        name = f"ttsync_demo_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-        def drop() -> None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
-
+        url, drop = create_database(server_url, "ttsync_demo_")
         self.cleanups.append(drop)
-        return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        return url
 
     @staticmethod
     def _dead_letters(bootstrap: str, prefix: str) -> list[Any]:

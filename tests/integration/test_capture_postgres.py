@@ -54,25 +54,15 @@ def test_trigger_and_sqlalchemy_capture_give_equal_events(pg_engine: Engine, pg_
     by_trigger = _canonical(outbox_events(pg_engine))
 
     # Same scenario, SQLAlchemy capture, on a second PostgreSQL database and on SQLite.
-    from sqlalchemy.engine import make_url
+    from producer.database import scratch_database
 
-    from producer.database import make_engine
-
-    other = pg_database + "_orm"
-    admin = make_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{make_url(other).database}"'))
-    try:
+    with scratch_database(pg_server_url, "t_orm_") as other:
         orm_engine = prepare_timetracker_db(other)
         factory = sessionmaker(orm_engine)
         install_session_capture(factory)
         play(factory)
         by_session_pg = _canonical(outbox_events(orm_engine))
         orm_engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(other).database}" WITH (FORCE)'))
-        admin.dispose()
 
     sqlite_engine = prepare_timetracker_db(f"sqlite:///{tmp_path / 'orm.sqlite3'}")
     factory = sessionmaker(sqlite_engine)
