@@ -14,6 +14,13 @@ from consumer.state_tables import entity_map, processed_events, qbo_refs
 from schemas.events import EventEnvelope
 
 
+def _to_mapped(row: Any) -> Mapped | None:
+    if row is None:
+        return None
+    return Mapped(row.qbo_entity, row.qbo_id, row.sync_token, int(row.last_version), row.qbo_status,
+                  row.customer_ref, row.pending_requestid)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -26,12 +33,6 @@ class StateStore:
 
     # -- processed events ----------------------------------------------------------------------------
 
-    def is_processed(self, event_id: Any) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(select(processed_events.c.event_id).where(
-                processed_events.c.consumer_group == self.group,
-                processed_events.c.event_id == str(event_id))).first() is not None
-
     # -- entity map ----------------------------------------------------------------------------------
 
     def _key(self, aggregate_type: str, aggregate_id: str) -> Any:
@@ -40,11 +41,7 @@ class StateStore:
 
     def mapped(self, aggregate_type: str, aggregate_id: str) -> Mapped | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first()
-        if row is None:
-            return None
-        return Mapped(row.qbo_entity, row.qbo_id, row.sync_token, int(row.last_version), row.qbo_status,
-                      row.customer_ref, row.pending_requestid)
+            return _to_mapped(conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first())
 
     def lookup(self, event_id: Any, aggregate_type: str, aggregate_id: str) -> tuple[bool, Mapped | None]:
         """(already processed?, what the entity map holds) in one round trip to the pool."""
@@ -53,10 +50,7 @@ class StateStore:
                 processed_events.c.consumer_group == self.group,
                 processed_events.c.event_id == str(event_id))).first() is not None
             row = conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first()
-        if row is None:
-            return processed, None
-        return processed, Mapped(row.qbo_entity, row.qbo_id, row.sync_token, int(row.last_version), row.qbo_status,
-                                 row.customer_ref, row.pending_requestid)
+        return processed, _to_mapped(row)
 
     def _insert(self, conn: Any, table: Any) -> Any:
         return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)

@@ -104,9 +104,6 @@ class KafkaRecordPublisher:
             self.reset()
         return results
 
-    def publish(self, records: Sequence[OutRecord]) -> list[BaseException | None]:
-        return self.wait(self.send(records))
-
     def reset(self) -> None:
         if self._producer is not None:
             try:
