@@ -105,13 +105,13 @@ def invoice_request(inv: InvoiceState, refs: InvoiceRefs, opts: MappingOptions) 
     }
     if inv.client_email:
         body["BillEmail"] = {"Address": inv.client_email}
-    if inv.terms:
-        body["CustomerMemo"] = {"value": _text(inv.terms, 1000)}
-    if inv.tax_amount and inv.tax_amount > 0:
-        tax: dict[str, Any] = {"TotalTax": _money(inv.tax_amount)}
-        if refs.tax_code_id:
-            tax["TxnTaxCodeRef"] = {"value": refs.tax_code_id}
-        body["TxnTaxDetail"] = tax
+    # Updates are sparse: a field left out keeps its old value in QBO, so what can go back to empty is always
+    # sent (a tax removed in TimeTracker must become 0 in QBO, not stay).
+    body["CustomerMemo"] = {"value": _text(inv.terms, 1000) or ""}
+    tax: dict[str, Any] = {"TotalTax": _money(inv.tax_amount or Decimal("0"))}
+    if refs.tax_code_id:
+        tax["TxnTaxCodeRef"] = {"value": refs.tax_code_id}
+    body["TxnTaxDetail"] = tax
     if opts.multicurrency and inv.currency_code:
         body["CurrencyRef"] = {"value": inv.currency_code.upper()}
     return body

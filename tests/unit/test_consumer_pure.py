@@ -236,3 +236,9 @@ def test_bucket_never_exceeds_the_limit_in_any_minute() -> None:
     assert sum(bucket.acquire() for _ in range(5)) == 0  # the burst is free
     assert bucket.acquire() > 0  # the next one waits
     _ = Decimal
+
+
+def test_fields_that_can_become_empty_are_always_sent() -> None:
+    # A sparse update keeps what it omits: a tax or memo removed in TimeTracker must be cleared in QBO.
+    body = invoice_request(invoice(tax_amount="0", terms=None), InvoiceRefs("1", "2"), MappingOptions())
+    assert body["TxnTaxDetail"] == {"TotalTax": 0} and body["CustomerMemo"] == {"value": ""}
