@@ -118,7 +118,15 @@ start() {
   if [[ ! -f "$STATE_DIR/data/meta.properties" ]]; then
     write_config
     local cluster_id
-    cluster_id="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')"
+    # Kafka's own Uuid.randomUuid() redraws ids that start with "-": the storage tool would read one as an option.
+    cluster_id="$(python3 -c '
+import base64, uuid
+while True:
+    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not cid.startswith("-"):
+        print(cid)
+        break
+')"
     log "formatting storage in $STATE_DIR/data (cluster id $cluster_id)"
     java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster_id" -c "$STATE_DIR/server.properties" \
       >>"$LOG_FILE" 2>&1
