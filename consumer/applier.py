@@ -86,13 +86,17 @@ class EventApplier:
         self.options = options
         self.stale_retries = stale_retries
         self._planning = False
+        self._generation = ""
 
-    def plan(self, event: EventEnvelope) -> PlannedWrite | Outcome:
+    def _rid(self, event: EventEnvelope, operation: str, body: Any = None) -> str:
+        return request_id(event.event_id, operation, body, self._generation)
+
+    def plan(self, event: EventEnvelope, generation: str = "") -> PlannedWrite | Outcome:
         """Like ``apply``, but a plain create or update is returned instead of sent, for a batch. Anything
         else (skips, duplicates, voids, deletes, creates that must first look for a lost attempt) is done now."""
         self._planning = True
         try:
-            return self.apply(event)  # type: ignore[return-value]
+            return self.apply(event, generation)  # type: ignore[return-value]
         finally:
             self._planning = False
 
@@ -107,6 +111,7 @@ class EventApplier:
         items = [{"bId": str(i), "operation": w.operation, w.entity: w.body} for i, w in enumerate(writes)]
         batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, ",".join(w.requestid for w in writes)))
         answers = {str(a.get("bId")): a for a in self.client.batch(items, batch_id)}
+        crash_point("after_qbo_batch")
         out: list[Outcome | None] = []
         for i, w in enumerate(writes):
             answer = answers.get(str(i), {})
@@ -121,7 +126,9 @@ class EventApplier:
             out.append(Outcome(result, str(entity["Id"]), "batch"))
         return out
 
-    def apply(self, event: EventEnvelope) -> Outcome:
+    def apply(self, event: EventEnvelope, generation: str = "") -> Outcome:
+        """``generation``: which delivery of the event this is (see mapping.request_id); "" for the first."""
+        self._generation = generation
         processed, mapped = self.store.lookup(event.event_id, event.aggregate_type, event.aggregate_id)
         if processed:
             return Outcome("duplicate", reason="event already processed")
@@ -154,7 +161,17 @@ class EventApplier:
             return next((r for r in rows if mark in (r.get("PrivateNote") or "")
                          or (r.get("CustomerRef") or {}).get("value") == customer), None)
 
-        return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer)
+        try:
+            return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer)
+        except QboValidationFault as fault:
+            # A payment (another aggregate, another partition) was applied against a later version of this
+            # invoice, and this older, smaller one no longer fits under it. The later version is normally right
+            # behind on this partition: wait in the retry topics, where this one then turns out to be older and
+            # is skipped. An invoice TimeTracker really cut below its payments is dead-lettered in the end.
+            if _payment_conflict(fault):
+                raise DependencyNotReady(f"invoice {inv.id} v{event.aggregate_version}: QBO holds payments above its "
+                                         f"total (a newer version may follow): {fault}") from fault
+            raise
 
     def _expense(self, event: EventEnvelope, exp: ExpenseState, decision: Decision, mapped: Mapped | None) -> Outcome:
         if decision.action in (Action.VOID, Action.DELETE):
@@ -193,7 +210,17 @@ class EventApplier:
                                      f"AND TxnDate = {quote(body['TxnDate'])}", "Payment")
             return next((r for r in rows if mark in (r.get("PrivateNote") or "")), None)
 
-        return self._upsert(event, "Payment", body, decision, mapped, find)
+        try:
+            return self._upsert(event, "Payment", body, decision, mapped, find)
+        except QboValidationFault as fault:
+            # The invoice and its payment are separate aggregates on separate partitions: the payment may
+            # arrive before the invoice's newer, larger total did. Wait for it in the retry topics; a payment
+            # that really exceeds its invoice is dead-lettered when they run out.
+            if _payment_conflict(fault):
+                raise DependencyNotReady(f"payment {pay.id}: exceeds what QBO has as the balance of invoice "
+                                         f"{pay.invoice_id} (its newer version may not be applied yet): {fault}"
+                                         ) from fault
+            raise
 
     def _client(self, event: EventEnvelope, client: ClientState, decision: Decision, mapped: Mapped | None) -> Outcome:
         if decision.action is Action.DEACTIVATE:
@@ -220,10 +247,10 @@ class EventApplier:
                 and mapped.sync_token:
             full = {**body, "Id": mapped.qbo_id, "SyncToken": mapped.sync_token, "sparse": True}
             return PlannedWrite(event, entity, "update", full,  # type: ignore[return-value]
-                                request_id(event.event_id, f"update:{mapped.sync_token}", full), customer_ref)
+                                self._rid(event, f"update:{mapped.sync_token}", full), customer_ref)
         if self._planning and decision.action is Action.CREATE and not (mapped and mapped.pending_requestid):
             return PlannedWrite(event, entity, "create", body,  # type: ignore[return-value]
-                                request_id(event.event_id, "create", body), customer_ref)
+                                self._rid(event, "create", body), customer_ref)
         if decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id:
             result = self._write_with_fresh_token(event, entity, mapped.qbo_id, mapped.sync_token, body, "update")
             self.store.record(event, "updated", qbo=result, status="active", customer_ref=customer_ref)
@@ -233,7 +260,7 @@ class EventApplier:
             existing = find()
             if existing is not None:
                 return self._adopt_and_update(event, entity, existing, body, customer_ref)
-        rid = request_id(event.event_id, "create", body)
+        rid = self._rid(event, "create", body)
         self.store.mark_pending(event.aggregate_type, event.aggregate_id, rid)
         try:
             created = self.client.create(entity, body, rid)
@@ -267,7 +294,7 @@ class EventApplier:
         for _ in range(self.stale_retries + 1):
             full = {**body, "Id": qbo_id, "SyncToken": token, "sparse": True}
             try:
-                return self.client.update(entity, full, request_id(event.event_id, f"{operation}:{token}", full))
+                return self.client.update(entity, full, self._rid(event, f"{operation}:{token}", full))
             except StaleSyncToken:
                 token = self.client.read(entity, qbo_id)["SyncToken"]
             except DuplicateRequestId:
@@ -279,7 +306,7 @@ class EventApplier:
         token = mapped.sync_token or self.client.read(entity, qbo_id)["SyncToken"]
         verb = "voided" if action is Action.VOID else "deleted"
         for _ in range(self.stale_retries + 1):
-            rid = request_id(event.event_id, f"{verb}:{token}")
+            rid = self._rid(event, f"{verb}:{token}")
             try:
                 if action is Action.VOID:
                     result = self.client.void(entity, qbo_id, token, rid)
@@ -301,3 +328,10 @@ class EventApplier:
         self.store.record(event, verb, qbo={"Id": qbo_id, "SyncToken": result.get("SyncToken", token)},
                           status=verb)
         return Outcome(verb, qbo_id)
+
+
+def _payment_conflict(fault: QboValidationFault) -> bool:
+    """QBO's business-rule Fault (6000) for a payment above its invoice's balance, or an invoice cut below
+    the payments applied to it."""
+    text = f"{fault} {fault.body}".lower()
+    return fault.code == "6000" and ("balance" in text or "already paid" in text)

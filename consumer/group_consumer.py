@@ -22,12 +22,12 @@ from kafka.structs import OffsetAndMetadata
 from sqlalchemy import exc as sa_exc
 
 from consumer import metrics
-from consumer.applier import EventApplier, Outcome, PlannedWrite
+from consumer.applier import EventApplier, Outcome, PlannedWrite, crash_point
 from consumer.dead_letter import base_topic, due_at, forward, retry_tier
 from consumer.errors import MalformedEvent, StateUnavailable, StopRequested
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
-from schemas.contract import all_topics, dlq_topic, retry_topic
+from schemas.contract import Header, all_topics, dlq_topic, retry_topic
 
 log = structlog.get_logger("ttsync.consumer")
 
@@ -52,6 +52,14 @@ def as_sync_error(exc: Exception) -> Exception:
         wrapped.__cause__ = exc
         return wrapped
     return exc
+
+
+def delivery_generation(rec: Any, tier: int | None) -> str:
+    """Names a delivery of an event for its QBO requestids: the retry tier it came from and how often an
+    operator replayed it. A Fault QBO gave one delivery is not replayed to the next."""
+    replays = next((v.decode() for k, v in rec.headers or [] if k == Header.REPLAY_COUNT and v), "0")
+    parts = ([f"t{tier}"] if tier is not None else []) + ([f"r{replays}"] if replays != "0" else [])
+    return ".".join(parts)
 
 
 def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
@@ -143,6 +151,7 @@ class GroupConsumer:
             if done is not None:
                 # Committed only now: every record up to here is applied, a duplicate, skipped, forwarded or
                 # dead-lettered (a crash before this line redelivers them; the applier dedupes).
+                crash_point("before_offset_commit")
                 self.consumer.commit({tp: OffsetAndMetadata(done + 1, None, -1)})
 
     def _resume_due(self) -> None:
@@ -183,7 +192,7 @@ class GroupConsumer:
                     if len(pending) >= 30 or any((w.event.aggregate_type, w.event.aggregate_id) == key
                                                  for _, w in pending):
                         flush()
-                    planned = self.applier.plan(event)
+                    planned = self.applier.plan(event, delivery_generation(rec, None))
                 except Exception:  # noqa: BLE001 - decode errors and the like: the single path handles them
                     flush()
                     self._handle(rec, None)
@@ -198,6 +207,7 @@ class GroupConsumer:
             flush()
         finally:
             if done is not None and not pending:
+                crash_point("before_offset_commit")
                 self.consumer.commit({tp: OffsetAndMetadata(done + 1, None, -1)})
 
     def _count(self, topic: str, outcome: Outcome) -> None:
@@ -223,25 +233,26 @@ class GroupConsumer:
                     event = decode_event(rec.value)
                 except EventDecodeError as exc:
                     raise MalformedEvent(str(exc), code=exc.code) from exc
-                outcome = self.applier.apply(event)
+                outcome = self.applier.apply(event, delivery_generation(rec, tier))
                 metrics.APPLY_SECONDS.observe(time.monotonic() - started)
                 self._count(topic, outcome)
                 return
-            except Exception as exc:
+            except Exception as raw:
+                exc = as_sync_error(raw)
                 attempt += 1
                 step = self.policy.next_step(exc, attempt, tier)
                 log.warning("event_failed", topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                            error=type(exc).__name__, message=str(exc)[:500], attempt=attempt, step=step.kind.value)
+                            error=type(raw).__name__, message=str(exc)[:500], attempt=attempt, step=step.kind.value)
                 if step.kind is StepKind.STOP:
                     self._stop.set()
-                    raise
+                    raise  # only FatalError stops, and as_sync_error never makes one: this is the original
                 if step.kind is StepKind.RETRY_IN_PLACE:
                     self.stats.retried_in_place += 1
                     metrics.RETRIES.labels("in_place").inc()
                     if step.delay_s and getattr(exc, "retry_after_s", None):
                         metrics.THROTTLE_WAIT.inc(step.delay_s)
                     if self._stop.wait(step.delay_s):
-                        raise StopRequested("stopping: the record stays uncommitted and is read again") from exc
+                        raise StopRequested("stopping: the record stays uncommitted and is read again") from raw
                     continue
                 if step.kind is StepKind.RETRY_TOPIC:
                     now = dt.datetime.now(dt.UTC)

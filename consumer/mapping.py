@@ -194,8 +194,13 @@ def vendor_request(name: str) -> dict[str, Any]:
     return {"DisplayName": _text(name, 500), "CompanyName": _text(name, 100)}
 
 
-def request_id(event_id: uuid.UUID | str, operation: str, body: Any = None) -> str:
+def request_id(event_id: uuid.UUID | str, operation: str, body: Any = None, generation: str = "") -> str:
     """QBO requestid for one write: the same event, operation and body always give the same id (so a retry
-    is recognised), a changed body (say, after an operator fixed a mapping) a new one."""
+    is recognised), a changed body (say, after an operator fixed a mapping) a new one.
+
+    QBO answers a repeated requestid with its first response, a Fault included. ``generation`` names the
+    delivery (retry tier, dead-letter replay): a retry after a Fault must be able to succeed, while a redelivery
+    of the same delivery (a crash after the write) still finds the first answer."""
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return str(uuid.uuid5(REQUESTID_NAMESPACE, f"{event_id}:{operation}:{digest}"))
+    name = f"{event_id}:{operation}:{digest}" + (f":{generation}" if generation else "")
+    return str(uuid.uuid5(REQUESTID_NAMESPACE, name))

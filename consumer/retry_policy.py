@@ -2,6 +2,8 @@
 
 - Fatal (reconnect needed): stop consuming; commit nothing.
 - Permanent (bad event, missing mapping, QBO validation Fault, or an unexpected exception): dead-letter now.
+- State database unavailable: back off in place until it is back (never forwarded, never dead-lettered).
+- Dependency not ready (a payment before its invoice): straight to the retry topics.
 - Retryable: back off in place a few times (a 429 waits its Retry-After), then forward to the retry topics
   with growing delays (the main topic keeps flowing), then dead-letter when the last tier fails too.
 """
@@ -12,7 +14,7 @@ import enum
 import random
 from dataclasses import dataclass
 
-from consumer.errors import FatalError, QboThrottled, SyncError
+from consumer.errors import DependencyNotReady, FatalError, QboThrottled, StateUnavailable, SyncError
 
 
 class StepKind(enum.Enum):
@@ -47,10 +49,19 @@ class RetryPolicy:
             return Step(StepKind.STOP, reason=str(error))
         if not (isinstance(error, SyncError) and error.retryable):
             return Step(StepKind.DEAD_LETTER, reason=str(error))
+        if isinstance(error, StateUnavailable):
+            # Our own database is down: every record would fail alike, so forwarding them to retry topics (and
+            # at last to the dead-letter topic) would only shuffle the whole stream. Wait for it, for as long as
+            # it takes; the partition resumes where it stopped.
+            return Step(StepKind.RETRY_IN_PLACE, compute_backoff(attempt, self.backoff_base_s, self.backoff_max_s,
+                                                                 rng))
+        # What a DependencyNotReady waits for (an invoice on another partition, a newer version behind it on this
+        # one) is processed by this same consumer: waiting in place would only hold it up. Straight to the topics.
+        in_place = 0 if isinstance(error, DependencyNotReady) else self.inplace_attempts
         if isinstance(error, QboThrottled):
             if attempt <= self.throttle_inplace_attempts:
                 return Step(StepKind.RETRY_IN_PLACE, min(error.retry_after_s, self.max_throttle_wait_s))
-        elif attempt <= self.inplace_attempts:
+        elif attempt <= in_place:
             return Step(StepKind.RETRY_IN_PLACE, compute_backoff(attempt, self.backoff_base_s,
                                                                   self.backoff_max_s, rng))
         next_tier = 0 if tier is None else tier + 1

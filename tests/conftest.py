@@ -87,3 +87,9 @@ def pipeline(pg_engine: Engine, pg_database: str, kafka_bootstrap: str, topic_pr
         yield pipe
     finally:
         sandbox.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.chaos.report import terminal_summary
+
+    terminal_summary(terminalreporter)

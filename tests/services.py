@@ -118,6 +118,43 @@ def kafka_service() -> Iterator[str]:
         yield broker.bootstrap
 
 
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster of our own from deploy/local/postgres.sh: tests may stop and restart it."""
+
+    port: int
+    state_dir: Path
+    url: str = ""
+
+    def _env(self) -> dict[str, str]:
+        return {"PGPORT": str(self.port), "PG_STATE_DIR": str(self.state_dir)}
+
+    def start(self) -> str:
+        self.url = run_script("postgres.sh", "start", self._env())
+        return self.url
+
+    def stop(self) -> None:
+        run_script("postgres.sh", "stop", self._env())
+
+
+@contextmanager
+def private_postgres() -> Iterator[LocalPostgres]:
+    state = Path(tempfile.mkdtemp(prefix="ttsync-pg-"))
+    pg = LocalPostgres(free_port(), state)
+    try:
+        pg.start()
+    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
+        shutil.rmtree(state, ignore_errors=True)
+        unavailable(f"cannot start a private PostgreSQL: {exc}")
+    try:
+        yield pg
+    finally:
+        try:
+            pg.stop()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
 @contextmanager
 def postgres_service() -> Iterator[str]:
     env = os.environ.get("TTSYNC_TEST_POSTGRES_URL") or os.environ.get("TTSYNC_DATABASE_URL")

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import structlog
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -46,7 +47,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RECONNECT = 0, 1, 2, 3
 
 
 def _settings() -> Settings:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        # A mistyped TTSYNC_* variable: say which, in one line each, instead of a traceback.
+        for error in exc.errors():
+            name = "TTSYNC_" + "_".join(str(p) for p in error["loc"]).upper()
+            secret = any(w in name for w in ("SECRET", "TOKEN", "PASSWORD", "KEY"))
+            got = "" if secret else f" (got {error.get('input')!r})"
+            err_console.print(f"[red]invalid setting[/red] {name}: {error['msg']}{got}")
+        raise typer.Exit(EXIT_USAGE) from None
     configure_logging(settings.log_level, settings.log_format)
     return settings
 

@@ -19,6 +19,7 @@ from consumer.errors import (
     QboUnavailable,
     QboValidationFault,
     ReconnectNeeded,
+    StateUnavailable,
 )
 from consumer.lifecycle import Action, Mapped, SyncPolicy, decide
 from consumer.mapping import (
@@ -196,8 +197,25 @@ def test_retry_policy() -> None:
     assert step.kind is StepKind.RETRY_TOPIC and step.tier == 0 and step.delay_s == 10
     assert policy.next_step(err, 3, 0).tier == 1
     assert policy.next_step(DependencyNotReady("d"), 3, 1).kind is StepKind.DEAD_LETTER
+    first = policy.next_step(DependencyNotReady("payment before its invoice"), 1, None)
+    assert first.kind is StepKind.RETRY_TOPIC and first.tier == 0  # no in-place wait: it would block the invoice
     throttled = policy.next_step(QboThrottled("429", retry_after_s=7), 4, None)
     assert throttled.kind is StepKind.RETRY_IN_PLACE and throttled.delay_s == 7
+
+
+def test_a_state_database_outage_waits_in_place_and_is_never_dead_lettered() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from consumer.group_consumer import as_sync_error
+
+    policy = RetryPolicy(inplace_attempts=2, topic_delays_s=(10,), backoff_max_s=3.0)
+    down = as_sync_error(OperationalError("SELECT 1", {}, Exception("server closed the connection")))
+    assert isinstance(down, StateUnavailable) and isinstance(down.__cause__, OperationalError)
+    for attempt, tier in ((1, None), (50, None), (500, 0)):
+        step = policy.next_step(down, attempt, tier)
+        assert step.kind is StepKind.RETRY_IN_PLACE and step.delay_s <= 3.0 * 1.2
+    # anything else from the database stays what it is (a bug is dead-lettered, not retried forever)
+    assert as_sync_error(KeyError("x")).__class__ is KeyError
 
 
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
@@ -242,3 +260,17 @@ def test_fields_that_can_become_empty_are_always_sent() -> None:
     # A sparse update keeps what it omits: a tax or memo removed in TimeTracker must be cleared in QBO.
     body = invoice_request(invoice(tax_amount="0", terms=None), InvoiceRefs("1", "2"), MappingOptions())
     assert body["TxnTaxDetail"] == {"TotalTax": 0} and body["CustomerMemo"] == {"value": ""}
+
+
+def test_each_delivery_gets_its_own_requestids_and_a_redelivery_the_same() -> None:
+    from consumer.group_consumer import delivery_generation
+
+    first = SimpleNamespace(headers=[("id", b"e-1")])
+    replayed = SimpleNamespace(headers=[("id", b"e-1"), ("ttsync.replay.count", b"2")])
+    assert delivery_generation(first, None) == ""
+    assert delivery_generation(first, 1) == "t1"
+    assert delivery_generation(replayed, None) == "r2" and delivery_generation(replayed, 0) == "t0.r2"
+    eid = uuid.uuid4()
+    ids = {request_id(eid, "create", {"x": 1}, g) for g in ("", "t0", "t1", "r1")}
+    assert len(ids) == 4  # QBO replays a Fault to the same requestid: a retry must not reuse the id that failed
+    assert request_id(eid, "create", {"x": 1}, "t0") == request_id(eid, "create", {"x": 1}, "t0")

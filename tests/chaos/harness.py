@@ -1,0 +1,217 @@
+"""Runs the real pipeline as operators run it — `ttsync relay` and `ttsync consume` as separate processes —
+against a real broker, PostgreSQL and the QBO sandbox, so that a scenario can kill, restart and starve any part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from consumer import dlq_tools
+from consumer.lag import GroupNotFound, measure
+from producer.outbox_tables import outbox
+from schemas.contract import dlq_topic
+from tests.chaos.invariant import Verdict, check
+from tests.pipeline import REALM, Pipeline
+
+# Shorter than production (10, 60, 300 s) to keep the suite short, long enough for a payment to wait out the
+# invoice versions still queued on another partition while a backlog drains.
+RETRY_DELAYS = [2, 10, 30, 90]
+ENTITIES = ("Customer", "Invoice", "Purchase", "Payment")
+
+
+@dataclass
+class Proc:
+    """One `ttsync` process with its log file; restartable with the same command."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    kills: int = 0
+    retired: bool = False  # stopped on purpose by the scenario: not to be started again
+
+    def start(self, **env: str) -> Proc:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n==== start {self.starts} {time.strftime('%H:%M:%S')}\n".encode())
+        log.flush()
+        self.popen = subprocess.Popen([sys.executable, "-m", "ttsync", *self.args], env={**self.env, **env},
+                                      stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive:
+            assert self.popen is not None
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(30)
+            self.kills += 1
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def retire(self) -> None:
+        self.retired = True
+        self.stop()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class ChaosRun:
+    """One scenario's pipeline. ``report`` collects its row for the suite's table."""
+
+    scenario: str
+    pipe: Pipeline
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+    junk_injected: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        level = os.environ.get("TTSYNC_CHAOS_LOG_LEVEL", "info")
+        return self.pipe.env(TTSYNC_RETRY_TOPIC_DELAYS_S=json.dumps(RETRY_DELAYS), TTSYNC_LOG_LEVEL=level,
+                             TTSYNC_RETRY_BACKOFF_MAX_S="2", **self.extra_env, **extra)
+
+    def relay(self, **env: str) -> Proc:
+        proc = Proc(f"relay{len(self.procs)}", ["relay", "--no-create-topics"], self.env(**env),
+                    self.workdir / f"relay{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc.start()
+
+    def consumer(self, **env: str) -> Proc:
+        proc = Proc(f"consumer{len(self.procs)}", ["consume", "--no-create-topics"], self.env(**env),
+                    self.workdir / f"consumer{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc.start()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+    # -- observing -------------------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        try:
+            with Session(self.pipe.engine) as s:
+                return int(s.scalar(select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None)))
+                           or 0)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError):
+            return -1
+
+    def group_lag(self) -> int:
+        try:
+            lag = measure(self.pipe.bootstrap, self.pipe.group)
+        except GroupNotFound:
+            return -1
+        except Exception:  # noqa: BLE001 - broker restarting: not converged yet
+            return -1
+        return sum(p.lag or 0 for p in lag.partitions)
+
+    def verdict(self) -> Verdict:
+        entities = self.pipe.admin(f"realms/{REALM}/entities")
+        live = {k: entities.get(k, []) for k in ENTITIES}
+        dead = [(d.event_type, d.key) for _, d in dlq_tools.scan(self.pipe.bootstrap, dlq_topic(self.pipe.prefix),
+                                                                   timeout_s=5)]
+        return check(self.pipe.engine, live, dead, self.pipe.writes_per_requestid(), junk_expected=self.junk_injected)
+
+    def converge(self, timeout_s: float = 300, while_waiting: Callable[[], None] | None = None) -> Verdict:
+        """Wait until the invariant holds with nothing left in flight (outbox drained, group lag 0), then
+        check it once more after a pause, so that a late retry or a duplicate would still be seen."""
+        deadline = time.monotonic() + timeout_s
+        verdict = Verdict()
+        while time.monotonic() < deadline:
+            if while_waiting:
+                while_waiting()
+            if self.backlog() == 0 and self.group_lag() == 0:
+                verdict = self.verdict()
+                if verdict.ok:
+                    time.sleep(3)
+                    if self.backlog() == 0 and self.group_lag() == 0:
+                        return self.verdict()
+            time.sleep(2)
+        verdict = self.verdict()
+        verdict.problems.append(f"not converged in {timeout_s}s: outbox backlog {self.backlog()}, "
+                                f"group lag {self.group_lag()}")
+        return verdict
+
+    def dump(self) -> Path:
+        """What QBO and the outbox hold, for the post-mortem of a failed scenario."""
+        path = self.workdir / "state.json"
+        with Session(self.pipe.engine) as s:
+            events = [{"type": r.type, "aggregate": r.aggregateid, "version": r.aggregate_version,
+                       "published": r.published_at is not None, "payload": r.payload}
+                      for r in s.execute(select(outbox).order_by(outbox.c.seq))]
+            state = {table: [dict(r._mapping) for r in s.execute(text(f"SELECT * FROM {table}"))]
+                     for table in ("ttsync_entity_map", "ttsync_processed_events")}
+        path.write_text(json.dumps({"qbo": self.pipe.admin(f"realms/{REALM}/entities"), "outbox": events, **state},
+                                   default=str, indent=1))
+        return path
+
+    def diagnostics(self) -> str:
+        return "\n".join(f"--- {p.name} (starts {p.starts}, kills {p.kills}, rc {p.popen and p.popen.returncode})"
+                         f"\n{p.tail()}" for p in self.procs)
+
+
+def inject_junk(pipe: Pipeline, count: int, seed: int = 3) -> int:
+    """Records no TimeTracker ever wrote: random bytes, wrong types, unknown types and versions, huge ones.
+    Sent straight to the main topics; each must be dead-lettered and never stop the partition."""
+    from kafka import KafkaProducer
+
+    rng = random.Random(seed)
+    kinds: list[Callable[[int], bytes]] = [
+        lambda n: rng.randbytes(rng.randint(1, 300)),
+        lambda n: b'{"event_type": 42, "aggregate_id": ["x"], "payload": "nope"}',
+        lambda n: json.dumps({"schema_version": "9.0", "event_type": "invoice.created", "aggregate_type": "invoice",
+                              "aggregate_id": f"junk{n}", "payload": {}}).encode(),
+        lambda n: json.dumps({"schema_version": "1.0", "event_type": "timesheet.created",
+                              "aggregate_type": "timesheet", "aggregate_id": f"junk{n}", "payload": {}}).encode(),
+        lambda n: b'{"truncated": ' + b"9" * 200_000,
+        lambda n: "\u0000\ud800 not json at all".encode("utf-8", "surrogatepass"),
+    ]
+    producer = KafkaProducer(bootstrap_servers=pipe.bootstrap, max_request_size=2_000_000)
+    try:
+        for n in range(count):
+            topic = f"{pipe.prefix}.{rng.choice(['invoice', 'expense', 'payment', 'client'])}"
+            producer.send(topic, key=f"junk{n}".encode(), value=kinds[n % len(kinds)](n))
+        producer.flush(30)
+    finally:
+        producer.close()
+    return count
+
+
+def changes_per_scenario() -> int:
+    return int(os.environ.get("TTSYNC_CHAOS_CHANGES", "2000"))

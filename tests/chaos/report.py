@@ -1,0 +1,45 @@
+"""The one table of the fault-injection suite: a row per scenario, printed at the end of the run (the hook is
+in tests/conftest.py) and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.invariant import Verdict
+
+ROWS: list[dict[str, Any]] = []
+REPORT = Path(os.environ.get("TTSYNC_CHAOS_REPORT", Path(__file__).resolve().parents[2] / ".local" / "chaos.json"))
+
+
+def record(scenario: str, verdict: Verdict, seconds: float, notes: str = "") -> None:
+    ROWS.append({"scenario": scenario, "changes": verdict.changes, "aggregates": verdict.aggregates,
+                 "applied": verdict.applied, "dead_lettered": verdict.dead_lettered + verdict.junk_dead_lettered,
+                 "lost": verdict.lost, "duplicated": verdict.duplicated, "seconds": round(seconds, 1),
+                 "notes": notes})
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    head = ["scenario", "changes", "applied", "dead-lettered", "lost", "duplicated", "time", "notes"]
+    body = [[r["scenario"], str(r["changes"]), str(r["applied"]), str(r["dead_lettered"]), str(r["lost"]),
+             str(r["duplicated"]), f"{r['seconds']:.0f}s", r["notes"]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
+    fmt = "  ".join(f"{{:{'<' if i in (0, 7) else '>'}{w}}}" for i, w in enumerate(widths))
+    return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body]
+
+
+def terminal_summary(terminalreporter: Any) -> None:
+    if not ROWS:
+        return
+    terminalreporter.section("ttsync chaos: the invariant after each fault")
+    for line in table(ROWS):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line("applied = aggregates live in QBO exactly once at their latest version; dead-lettered "
+                                "= refused records (poison, injected garbage) in the DLQ with their reason")
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": ROWS},
+                                 indent=2) + "\n")
+    terminalreporter.write_line(f"written to {REPORT}")

@@ -1,0 +1,199 @@
+"""The fault-injection suite: thousands of TimeTracker changes through the real pipeline while something
+breaks, then the invariant (invariant.py) against the sandbox's inspection API. `pytest -m chaos`.
+
+Every scenario ends with 0 lost and 0 duplicated, or fails with the first discrepancies and the processes' logs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.chaos.conftest import MakeRun
+from tests.chaos.harness import ChaosRun, changes_per_scenario, inject_junk
+from tests.chaos.report import ROWS, record
+from tests.chaos.workload import Workload
+from tests.services import private_broker, private_postgres
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
+
+Fault = Callable[[ChaosRun, Workload], str]
+
+
+def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: float = 0.0, seed: int = 7,
+          fault: Fault | None = None, expect_dead_lettered: bool = False, timeout_s: float = 420) -> None:
+    """Start the processes, play the workload while ``fault`` breaks things, wait for the pipeline to settle,
+    check the invariant, and put the scenario's row in the suite's table."""
+    started = time.monotonic()
+    for _ in range(relays):
+        run.relay()
+    for _ in range(consumers):
+        run.consumer()
+    workload = Workload(run.pipe.engine, changes=changes_per_scenario(), seed=seed, poison_rate=poison_rate,
+                        tag=run.scenario[:6]).start()
+    notes = fault(run, workload) if fault else ""
+    workload.join(timeout_s)
+    for proc in run.procs:  # whatever a fault left dead is started again, as a supervisor would
+        if not proc.alive and not proc.retired:
+            proc.start()
+    verdict = run.converge(timeout_s=timeout_s)
+    seconds = time.monotonic() - started
+    record(run.scenario, verdict, seconds, notes)
+    details = "\n".join(verdict.problems) + "\n" + run.diagnostics()
+    if not verdict.ok:
+        details += f"\nQBO and outbox written to {run.dump()}"
+    assert verdict.ok, f"{run.scenario}: {verdict.lost} lost, {verdict.duplicated} duplicated\n{details}"
+    assert verdict.applied > changes_per_scenario() // 10, f"too little reached QBO to prove anything\n{details}"
+    if expect_dead_lettered:
+        assert verdict.dead_lettered > 0 and verdict.junk_dead_lettered == run.junk_injected, details
+    else:
+        assert verdict.dead_lettered == 0 and verdict.junk_dead_lettered == 0, details
+
+
+def wait_progress(workload: Workload, share: float, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while workload.progress < share and workload.error is None:
+        assert time.monotonic() < deadline, f"workload stuck at {workload.stats.committed}"
+        time.sleep(0.1)
+
+
+def running(workload: Workload) -> bool:
+    return workload.progress < 1 and workload.error is None
+
+
+def test_baseline_without_faults(make_run: MakeRun) -> None:
+    with make_run("baseline (no fault)") as run:
+        drive(run)
+
+
+def test_kill_9_of_the_relay_at_random_moments(make_run: MakeRun) -> None:
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        rng = random.Random(11)
+        relay = run.procs[0]
+        # through the writes and on into the drain of the backlog they leave
+        while running(workload) or relay.kills < 10:
+            time.sleep(rng.uniform(0.3, 2.5))
+            relay.kill9()
+            relay.start()
+        return f"{relay.kills} x kill -9"
+
+    with make_run("relay kill -9") as run:
+        drive(run, fault=fault)
+
+
+def test_kill_9_of_the_consumer_between_qbo_write_and_offset_commit(make_run: MakeRun) -> None:
+    points = ["after_qbo_create", "before_offset_commit", "after_qbo_batch", "after_qbo_create"]
+
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        rng = random.Random(13)
+        consumer = run.procs[1]
+        consumer.stop()  # started plain by drive(); from here on it carries a crash point
+        crashes, started = 0, time.monotonic()
+
+        def arm() -> None:
+            nonlocal started
+            consumer.start(TTSYNC_TEST_CRASH_AT=rng.choice(points), TTSYNC_TEST_CRASH_AFTER=str(rng.randint(3, 40)))
+            started = time.monotonic()
+
+        arm()
+        while crashes < 6 or running(workload):
+            time.sleep(0.2)
+            if consumer.alive:
+                if time.monotonic() - started > 25:  # its crash point did not come up: move on
+                    consumer.stop()
+                    arm()
+                continue
+            assert consumer.popen is not None and consumer.popen.returncode == -9, consumer.tail()
+            crashes += 1
+            arm()
+        consumer.stop()
+        consumer.start()
+        return f"{crashes} x kill -9 inside the consumer"
+
+    with make_run("consumer kill -9 write/commit") as run:
+        drive(run, fault=fault)
+
+
+def test_broker_restart_mid_stream(make_run: MakeRun) -> None:
+    with private_broker() as broker:
+        def fault(run: ChaosRun, workload: Workload) -> str:
+            wait_progress(workload, 0.3)
+            broker.stop()
+            time.sleep(8)
+            broker.start()
+            return "broker down 8 s at 30%"
+
+        with make_run("broker restart", bootstrap=broker.bootstrap) as run:
+            drive(run, fault=fault)
+
+
+def test_postgresql_restart_mid_stream(make_run: MakeRun) -> None:
+    with private_postgres() as pg:
+        def fault(run: ChaosRun, workload: Workload) -> str:
+            wait_progress(workload, 0.3)
+            pg.stop()
+            time.sleep(5)
+            pg.start()
+            return f"PostgreSQL down 5 s at 30% ({workload.stats.failed} writes refused)"
+
+        with make_run("PostgreSQL restart", pg_url=pg.url) as run:
+            drive(run, fault=fault)
+
+
+def test_20_percent_qbo_5xx_with_latency_and_lost_answers(make_run: MakeRun) -> None:
+    with make_run("QBO 20% 5xx + latency", error_rate=0.2, latency_ms=15, latency_jitter_ms=15, timeout_rate=0.005,
+                  timeout_hang_s=6, seed=5) as run:
+        drive(run)
+        injected = run.pipe.admin("stats")["injected"]
+        assert injected.get("error", 0) > 100 and injected.get("timeout", 0) > 0, injected
+        run_notes = f"{injected.get('error', 0)} x 5xx, {injected.get('timeout', 0)} answers lost"
+        ROWS[-1]["notes"] = run_notes
+
+
+def test_429_storm(make_run: MakeRun) -> None:
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        wait_progress(workload, 0.2)
+        run.pipe.admin("config", {"throttle_rate": 0.7, "seed": 9})
+        time.sleep(20)
+        run.pipe.admin("config", {"throttle_rate": 0.0})
+        return f"{run.pipe.admin('stats')['injected'].get('throttle', 0)} x 429 in 20 s"
+
+    with make_run("429 storm") as run:
+        drive(run, fault=fault)
+
+
+def test_access_token_expiry_and_refresh_token_rotation(make_run: MakeRun) -> None:
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        expired = 0
+        while running(workload):
+            time.sleep(3)
+            expired += int(run.pipe.admin("expire-tokens", {})["expired"] or 0)
+        return f"tokens live 5 s, {expired} expired early, rotation on every refresh"
+
+    with make_run("token expiry + rotation", access_token_lifetime_s=5, refresh_rotation="always") as run:
+        drive(run, fault=fault)
+
+
+def test_one_percent_poison(make_run: MakeRun) -> None:
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        wait_progress(workload, 0.5)
+        run.junk_injected = inject_junk(run.pipe, max(6, changes_per_scenario() // 200))
+        return f"1% invoices QBO refuses + {run.junk_injected} garbage records"
+
+    with make_run("1% poison") as run:
+        drive(run, poison_rate=0.01, fault=fault, expect_dead_lettered=True)
+
+
+def test_two_relays_and_two_consumers_with_a_rebalance(make_run: MakeRun) -> None:
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        wait_progress(workload, 0.3)
+        run.consumer()  # a third member joins: rebalance
+        wait_progress(workload, 0.6)
+        run.procs[2].retire()  # the first consumer leaves: rebalance
+        return "2 relays; consumers 2 -> 3 -> 2"
+
+    with make_run("2 relays + 2 consumers, rebalance") as run:
+        drive(run, relays=2, consumers=2, fault=fault)
