@@ -96,3 +96,8 @@ class ReconnectNeeded(FatalError):
 
 class StopRequested(Exception):
     """The consumer is stopping in the middle of a record: leave it uncommitted (it is read again)."""
+
+
+class ConsumerStuck(Exception):
+    """The consumer could not join its group for too long (the client can spin on an unknown coordinator):
+    exiting lets a supervisor start a fresh one. Not a SyncError: no event is at fault."""

@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from consumer import metrics
 from consumer.applier import EventApplier, Outcome, PlannedWrite, crash_point
 from consumer.dead_letter import base_topic, due_at, forward, retry_tier
-from consumer.errors import MalformedEvent, StateUnavailable, StopRequested
+from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
 from schemas.contract import Header, all_topics, dlq_topic, retry_topic
@@ -54,6 +54,9 @@ def as_sync_error(exc: Exception) -> Exception:
     return exc
 
 
+IDLE_REFETCH_S = 15.0
+
+
 def delivery_generation(rec: Any, tier: int | None) -> str:
     """Names a delivery of an event for its QBO requestids: the retry tier it came from and how often an
     operator replayed it. A Fault QBO gave one delivery is not replayed to the next."""
@@ -70,7 +73,8 @@ def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
 class GroupConsumer:
     def __init__(self, *, bootstrap_servers: str, group_id: str, topic_prefix: str, applier: EventApplier,
                  policy: RetryPolicy, max_poll_records: int = 100, client_id: str = "ttsync-consumer",
-                 session_timeout_ms: int = 10_000, batch_min_records: int = 10) -> None:
+                 session_timeout_ms: int = 10_000, batch_min_records: int = 10,
+                 unjoined_exit_s: float = 120.0) -> None:
         self.group_id = group_id
         self.prefix = topic_prefix
         self.applier = applier
@@ -90,6 +94,9 @@ class GroupConsumer:
         self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
                                       client_id=f"{client_id}-forward", max_request_size=8 * 1024 * 1024)
         self._paused: dict[TopicPartition, float] = {}
+        self.unjoined_exit_s = unjoined_exit_s
+        self._unjoined_since: float | None = None
+        self._last_records_at = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
@@ -115,6 +122,8 @@ class GroupConsumer:
                     break
                 self._resume_due()
                 batch = self.consumer.poll(timeout_ms=250)
+                self._check_joined()
+                self._refetch_when_idle(bool(batch))
                 for tp, records in batch.items():
                     self._process_partition(tp, records)
                     if self._stop.is_set():
@@ -126,6 +135,41 @@ class GroupConsumer:
         finally:
             log.info("consumer_stopped", **{k: v for k, v in self.stats.__dict__.items() if isinstance(v, int)})
         return self.stats
+
+    def _refetch_when_idle(self, got_records: bool) -> None:
+        """After a quiet spell, point every assigned partition at its own position again. Seen in the chaos
+        suite: a retry-topic partition that filled only after the consumer went idle was never fetched by
+        kafka-python 3.0 while its records waited; a seek to the current position resets its fetch state."""
+        now = time.monotonic()
+        if got_records:
+            self._last_records_at = now
+            return
+        if now - self._last_records_at < IDLE_REFETCH_S:
+            return
+        self._last_records_at = now
+        paused = self.consumer.paused()
+        for tp in self.consumer.assignment():
+            if tp in self._paused:
+                continue  # waits for its due time on purpose
+            if tp in paused:
+                self.consumer.resume(tp)
+            self.consumer.seek(tp, self.consumer.position(tp))
+
+    def _check_joined(self) -> None:
+        """kafka-python can spin for ever looking for a group coordinator it never finds (dpkp/kafka-python
+        #1493, #2373). A member that stays out of a stable group that long exits for its supervisor to replace
+        it. A stable member without partitions (more members than partitions) is fine."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        stable = getattr(coordinator, "stable", None)
+        if stable is None or stable():
+            self._unjoined_since = None
+            return
+        now = time.monotonic()
+        if self._unjoined_since is None:
+            self._unjoined_since = now
+        elif self.unjoined_exit_s and now - self._unjoined_since > self.unjoined_exit_s:
+            raise ConsumerStuck(f"not in a stable consumer group for {now - self._unjoined_since:.0f}s "
+                                f"(group {self.group_id}): exiting for a supervisor to restart the consumer")
 
     def _process_partition(self, tp: TopicPartition, records: list[Any]) -> None:
         tier = retry_tier(tp.topic, self.policy.topic_delays_s)

@@ -86,4 +86,5 @@ def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                          topic_prefix=settings.topic_prefix, applier=parts.applier, policy=parts.policy,
                          max_poll_records=settings.consumer_max_poll_records, client_id=client_id,
                          batch_min_records=settings.qbo_batch_min_backlog,
-                         session_timeout_ms=session_timeout_ms)
+                         session_timeout_ms=session_timeout_ms,
+                         unjoined_exit_s=settings.consumer_unjoined_exit_s)

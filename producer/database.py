@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 
 def make_engine(url: str, **kwargs: object) -> Engine:
@@ -39,10 +40,16 @@ def create_database(server_url: str, prefix: str) -> tuple[str, Callable[[], Non
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
 
+    admin.dispose()
+
     def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        # A connection of its own: one kept since the creation may have died with a server restart meanwhile.
+        dropper = make_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with dropper.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            dropper.dispose()
 
     return make_url(server_url).set(database=name).render_as_string(hide_password=False), drop
 

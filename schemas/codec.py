@@ -42,7 +42,7 @@ def decode_event(value: bytes | None) -> EventEnvelope:
         raise EventDecodeError("record has no value (tombstone)")
     try:
         raw = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, 4,300+ digit ints
         raise EventDecodeError(f"record value is not JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise EventDecodeError(f"record value is JSON {type(raw).__name__}, not an object")

@@ -351,7 +351,7 @@ def consume(
     metrics_port: Annotated[int | None, typer.Option(help="/metrics and /healthz port on 127.0.0.1.")] = None,
 ) -> None:
     """Apply events to QuickBooks Online: the consumer group (exit 3 when QBO must be reconnected)."""
-    from consumer.errors import FatalError
+    from consumer.errors import ConsumerStuck, FatalError
     from consumer.group_consumer import consumer_topics
     from consumer.wiring import build_consumer, build_parts
     from producer.kafka_publisher import ensure_topics
@@ -393,6 +393,10 @@ def consume(
         log.error("consumer_fatal", error=str(exc))
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_RECONNECT) from exc
+    except ConsumerStuck as exc:
+        log.error("consumer_stuck", error=str(exc))
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_FAILED) from exc
     finally:
         worker.close()
         if server is not None:

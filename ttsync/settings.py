@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     retry_topic_delays_s: list[int] = Field(default_factory=lambda: [10, 60, 300],
                                             description="Delays of the retry topics, JSON list")
     consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
+    consumer_unjoined_exit_s: float = Field(
+        default=120.0, ge=0,
+        description="Exit 1 (for a supervisor to restart it) when the group stays unjoined this long; 0 = never")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(

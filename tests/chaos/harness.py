@@ -44,6 +44,7 @@ class Proc:
     starts: int = 0
     kills: int = 0
     retired: bool = False  # stopped on purpose by the scenario: not to be started again
+    restarts: int = 0  # by the supervisor, after the process exited on its own
 
     def start(self, **env: str) -> Proc:
         self.starts += 1
@@ -104,6 +105,7 @@ class ChaosRun:
     def env(self, **extra: str) -> dict[str, str]:
         level = os.environ.get("TTSYNC_CHAOS_LOG_LEVEL", "info")
         return self.pipe.env(TTSYNC_RETRY_TOPIC_DELAYS_S=json.dumps(RETRY_DELAYS), TTSYNC_LOG_LEVEL=level,
+                             TTSYNC_CONSUMER_UNJOINED_EXIT_S="30",
                              TTSYNC_RETRY_BACKOFF_MAX_S="2", **self.extra_env, **extra)
 
     def relay(self, **env: str) -> Proc:
@@ -117,6 +119,13 @@ class ChaosRun:
                     self.workdir / f"consumer{len(self.procs)}.log")
         self.procs.append(proc)
         return proc.start()
+
+    def supervise(self) -> None:
+        """What systemd or Kubernetes does: a process that exited (not stopped on purpose) is started again."""
+        for proc in self.procs:
+            if proc.popen is not None and not proc.alive and not proc.retired:
+                proc.restarts += 1
+                proc.start()
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -154,6 +163,7 @@ class ChaosRun:
         deadline = time.monotonic() + timeout_s
         verdict = Verdict()
         while time.monotonic() < deadline:
+            self.supervise()
             if while_waiting:
                 while_waiting()
             if self.backlog() == 0 and self.group_lag() == 0:
@@ -182,7 +192,8 @@ class ChaosRun:
         return path
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {p.name} (starts {p.starts}, kills {p.kills}, rc {p.popen and p.popen.returncode})"
+        return "\n".join(f"--- {p.name} (starts {p.starts}, kills {p.kills}, supervisor restarts {p.restarts}, "
+                         f"rc {p.popen and p.popen.returncode})"
                          f"\n{p.tail()}" for p in self.procs)
 
 

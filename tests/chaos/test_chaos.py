@@ -24,7 +24,8 @@ Fault = Callable[[ChaosRun, Workload], str]
 
 
 def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: float = 0.0, seed: int = 7,
-          fault: Fault | None = None, expect_dead_lettered: bool = False, timeout_s: float = 420) -> None:
+          fault: Fault | None = None, expect_dead_lettered: bool = False, timeout_s: float = 420,
+          pace_s: float = 0.0) -> None:
     """Start the processes, play the workload while ``fault`` breaks things, wait for the pipeline to settle,
     check the invariant, and put the scenario's row in the suite's table."""
     started = time.monotonic()
@@ -33,12 +34,10 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     for _ in range(consumers):
         run.consumer()
     workload = Workload(run.pipe.engine, changes=changes_per_scenario(), seed=seed, poison_rate=poison_rate,
-                        tag=run.scenario[:6]).start()
+                        tag=run.scenario[:6], pace_s=pace_s).start()
     notes = fault(run, workload) if fault else ""
     workload.join(timeout_s)
-    for proc in run.procs:  # whatever a fault left dead is started again, as a supervisor would
-        if not proc.alive and not proc.retired:
-            proc.start()
+    run.supervise()  # whatever a fault left dead is started again, as a supervisor would
     verdict = run.converge(timeout_s=timeout_s)
     seconds = time.monotonic() - started
     record(run.scenario, verdict, seconds, notes)
@@ -95,14 +94,14 @@ def test_kill_9_of_the_consumer_between_qbo_write_and_offset_commit(make_run: Ma
 
         def arm() -> None:
             nonlocal started
-            consumer.start(TTSYNC_TEST_CRASH_AT=rng.choice(points), TTSYNC_TEST_CRASH_AFTER=str(rng.randint(3, 40)))
+            consumer.start(TTSYNC_TEST_CRASH_AT=rng.choice(points), TTSYNC_TEST_CRASH_AFTER=str(rng.randint(2, 20)))
             started = time.monotonic()
 
         arm()
-        while crashes < 6 or running(workload):
+        while running(workload):
             time.sleep(0.2)
             if consumer.alive:
-                if time.monotonic() - started > 25:  # its crash point did not come up: move on
+                if time.monotonic() - started > 20:  # its crash point did not come up: arm another
                     consumer.stop()
                     arm()
                 continue
@@ -111,10 +110,12 @@ def test_kill_9_of_the_consumer_between_qbo_write_and_offset_commit(make_run: Ma
             arm()
         consumer.stop()
         consumer.start()
+        assert crashes >= 3, f"only {crashes} crashes: the scenario proved little"
         return f"{crashes} x kill -9 inside the consumer"
 
     with make_run("consumer kill -9 write/commit") as run:
-        drive(run, fault=fault)
+        # changes spread over about a minute, so that the crashes happen while there is work in flight
+        drive(run, fault=fault, pace_s=60 / changes_per_scenario())
 
 
 def test_broker_restart_mid_stream(make_run: MakeRun) -> None:

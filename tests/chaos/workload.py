@@ -130,8 +130,8 @@ class Workload:
                         m.invoices[i_id] = status
                         if len(number) > DOC_NUMBER_MAX:
                             m.poison_invoices.add(i_id)
-                    m.expenses = dict(s.execute(select(Expense.id, Expense.status)).tuples().all())
-                    m.payments = dict(s.execute(select(Payment.id, Payment.status)).tuples().all())
+                    m.expenses = {i: st for i, st in s.execute(select(Expense.id, Expense.status))}
+                    m.payments = {i: st for i, st in s.execute(select(Payment.id, Payment.status))}
                 self.model = m
                 return
             except (sa_exc.OperationalError, sa_exc.InterfaceError):

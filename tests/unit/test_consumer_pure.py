@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from decimal import Decimal
 from types import SimpleNamespace
@@ -274,3 +275,24 @@ def test_each_delivery_gets_its_own_requestids_and_a_redelivery_the_same() -> No
     ids = {request_id(eid, "create", {"x": 1}, g) for g in ("", "t0", "t1", "r1")}
     assert len(ids) == 4  # QBO replays a Fault to the same requestid: a retry must not reuse the id that failed
     assert request_id(eid, "create", {"x": 1}, "t0") == request_id(eid, "create", {"x": 1}, "t0")
+
+
+def test_a_consumer_out_of_its_group_too_long_exits_for_its_supervisor() -> None:
+    from consumer.errors import ConsumerStuck
+    from consumer.group_consumer import GroupConsumer
+
+    worker = object.__new__(GroupConsumer)
+    state = {"stable": False}
+    worker.consumer = SimpleNamespace(_coordinator=SimpleNamespace(stable=lambda: state["stable"]))
+    worker.group_id, worker.unjoined_exit_s, worker._unjoined_since = "g", 0.05, None
+    worker._check_joined()  # starts the clock
+    state["stable"] = True
+    time.sleep(0.1)
+    worker._check_joined()  # joined in time: the clock is reset
+    state["stable"] = False
+    worker._check_joined()
+    time.sleep(0.1)
+    with pytest.raises(ConsumerStuck, match="not in a stable consumer group"):
+        worker._check_joined()
+    worker.unjoined_exit_s = 0  # 0 = never
+    worker._check_joined()

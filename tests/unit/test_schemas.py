@@ -89,7 +89,9 @@ def test_minor_versions_of_the_same_major_are_accepted() -> None:
     [b"", b"\xff\xfe", b"not json", b"[1,2]", b"null", None,
      json.dumps(envelope(event_type="invoice.exploded")).encode(),
      json.dumps(envelope(event_type="expense.created")).encode(),
-     json.dumps(envelope(aggregate_version=0)).encode()],
+     json.dumps(envelope(aggregate_version=0)).encode(),
+     b'{"n": ' + b"9" * 200_000 + b"}",  # Python refuses ints of 4,300+ digits with a plain ValueError
+     b"[" * 100_000 + b"]" * 100_000],
 )
 def test_malformed_records_raise_decode_errors(value: bytes | None) -> None:
     with pytest.raises(EventDecodeError):
