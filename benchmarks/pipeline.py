@@ -98,7 +98,7 @@ def latency(server_url: str, bootstrap: str, rate: int, seconds: float) -> dict:
                 time.sleep(max(0.0, started + (n + 1) / rate - time.perf_counter()))
             deadline = time.time() + 120
             query = text("SELECT EXTRACT(EPOCH FROM (p.processed_at - o.occurred_at)) FROM ttsync_outbox o "
-                         "JOIN ttsync_processed_events p ON p.event_id = o.id WHERE o.type = 'invoice.created'")
+                         "JOIN ttsync_processed_events p ON p.event_id = o.id::text WHERE o.type = 'invoice.created'")
             while time.time() < deadline:
                 with engine.connect() as conn:
                     lat = [float(r[0]) for r in conn.execute(query)]
