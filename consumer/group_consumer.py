@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import exc as sa_exc
 
@@ -97,6 +98,7 @@ class GroupConsumer:
         self.unjoined_exit_s = unjoined_exit_s
         self._unjoined_since: float | None = None
         self._last_records_at = time.monotonic()
+        self._stuck: dict[TopicPartition, int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -137,23 +139,58 @@ class GroupConsumer:
         return self.stats
 
     def _refetch_when_idle(self, got_records: bool) -> None:
-        """After a quiet spell, point every assigned partition at its own position again. Seen in the chaos
-        suite: a retry-topic partition that filled only after the consumer went idle was never fetched by
-        kafka-python 3.0 while its records waited; a seek to the current position resets its fetch state."""
+        """A watchdog for partitions that hold records but are not fetched.
+
+        Seen in the chaos suite with kafka-python 3.0: a retry-topic partition that filled while the consumer
+        was idle, or was resumed after its due time, was never fetched again while its records waited. After
+        a quiet spell the consumer asks the broker for the log-end offsets of what it owns; a partition behind
+        its end that is not deliberately paused is re-pointed at its own position (resets its fetch state).
+        If the same partitions are still behind and unmoved at the next quiet check, the consumer exits for its
+        supervisor to restart it: a fresh member reads from the committed offsets, nothing is lost."""
         now = time.monotonic()
         if got_records:
             self._last_records_at = now
+            self._stuck = {}
             return
         if now - self._last_records_at < IDLE_REFETCH_S:
             return
         self._last_records_at = now
+        waiting = [tp for tp in self.consumer.assignment() if tp not in self._paused]
+        if not waiting:
+            return
+        try:
+            ends = self.consumer.end_offsets(waiting)
+            positions = {tp: self.consumer.position(tp) for tp in waiting}
+        except KafkaError as exc:  # broker away: nothing to judge now, the next quiet check tries again
+            log.info("partitions_check_skipped", error=f"{type(exc).__name__}: {exc}")
+            return
+        behind = {tp: positions[tp] for tp in waiting if ends.get(tp) is not None and ends[tp] > positions[tp]}
+        if not behind:
+            self._stuck = {}
+            return
+        again = [tp for tp, pos in behind.items() if self._stuck.get(tp) == pos]
+        log.warning("partitions_not_fetched", action="exit" if again else "refetch",
+                    partitions={f"{tp.topic}[{tp.partition}]": {"position": pos, "end": ends[tp],
+                                                                  "fetch_state": self._fetch_state(tp)}
+                                for tp, pos in behind.items()})
+        if again:
+            raise ConsumerStuck(f"{len(again)} partition(s) hold records but were not fetched after a refetch "
+                                f"(e.g. {again[0].topic}[{again[0].partition}]): exiting for a supervisor to "
+                                "restart the consumer")
+        self._stuck = dict(behind)
         paused = self.consumer.paused()
-        for tp in self.consumer.assignment():
-            if tp in self._paused:
-                continue  # waits for its due time on purpose
+        for tp, pos in behind.items():
             if tp in paused:
                 self.consumer.resume(tp)
-            self.consumer.seek(tp, self.consumer.position(tp))
+            self.consumer.seek(tp, pos)
+
+    def _fetch_state(self, tp: TopicPartition) -> dict[str, Any]:
+        """kafka-python's own view of one partition, for the log line that says why it is not fetched."""
+        state = getattr(getattr(self.consumer, "_subscription", None), "assignment", {}).get(tp)
+        if state is None:
+            return {}
+        return {name: bool(getattr(state, name, None)) for name in
+                ("paused", "has_valid_position", "awaiting_validation", "awaiting_reset", "_pending_revocation")}
 
     def _check_joined(self) -> None:
         """kafka-python can spin for ever looking for a group coordinator it never finds (dpkp/kafka-python

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -156,16 +157,21 @@ def test_concurrent_writers_and_two_relays_keep_order_per_aggregate(pg_engine: E
         assert vs == list(range(1, len(vs) + 1)), f"invoice {key!r} has gaps: {vs}"
 
 
-def _relay_process(db_url: str, bootstrap: str, prefix: str) -> subprocess.Popen:
+def _relay_process(db_url: str, bootstrap: str, prefix: str, log_path: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
            "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_RELAY_BATCH_SIZE": "100", "TTSYNC_LOG_FORMAT": "json"}
-    return subprocess.Popen([sys.executable, "-m", "ttsync", "relay"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen([sys.executable, "-m", "ttsync", "relay"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    finally:
+        if log_path is not None:
+            stderr.close()
 
 
 @pytest.mark.slow
 def test_kill_9_of_the_relay_mid_batch_loses_nothing(pg_engine: Engine, pg_database: str, kafka_bootstrap: str,
-                                                      topic_prefix: str) -> None:
+                                                      topic_prefix: str, tmp_path: Path) -> None:
     seed_outbox(pg_engine, 4000, aggregates=50)
     total = 4000
     rng = random.Random(7)
@@ -182,9 +188,12 @@ def test_kill_9_of_the_relay_mid_batch_loses_nothing(pg_engine: Engine, pg_datab
         if total == 0:
             break
     assert kills >= 1
-    proc = _relay_process(pg_database, kafka_bootstrap, topic_prefix)
+    log_path = tmp_path / "relay.log"
+    proc = _relay_process(pg_database, kafka_bootstrap, topic_prefix, log_path)
     try:
         wait_for(lambda: backlog(pg_engine) == 0, 120, "the outbox to drain after the kills")
+        # The backlog may already be empty: SIGTERM only once the relay runs (and handles it), not mid-import.
+        wait_for(lambda: b'"relay_started"' in log_path.read_bytes(), 60, "the relay to report it started")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0  # SIGTERM: finish the batch, exit cleanly

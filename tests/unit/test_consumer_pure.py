@@ -296,3 +296,73 @@ def test_a_consumer_out_of_its_group_too_long_exits_for_its_supervisor() -> None
         worker._check_joined()
     worker.unjoined_exit_s = 0  # 0 = never
     worker._check_joined()
+
+
+class _FakeKafkaConsumer:
+    """Just what the watchdog reads: assignment, log-end offsets, positions, pause state; records seeks."""
+
+    def __init__(self, ends: dict[Any, int], positions: dict[Any, int]) -> None:
+        self.ends, self.positions = ends, positions
+        self.seeks: list[tuple[Any, int]] = []
+        self.resumed: list[Any] = []
+        self.paused_now: set[Any] = set()
+
+    def assignment(self) -> set[Any]:
+        return set(self.positions)
+
+    def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self.ends[tp] for tp in tps}
+
+    def position(self, tp: Any) -> int:
+        return self.positions[tp]
+
+    def paused(self) -> set[Any]:
+        return set(self.paused_now)
+
+    def resume(self, tp: Any) -> None:
+        self.resumed.append(tp)
+        self.paused_now.discard(tp)
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_consumer_exits() -> None:
+    from kafka import TopicPartition
+
+    from consumer import group_consumer
+    from consumer.errors import ConsumerStuck
+    from consumer.group_consumer import GroupConsumer
+
+    stuck, fine, waiting = (TopicPartition("p.payment.retry.10s", 0), TopicPartition("p.invoice", 1),
+                            TopicPartition("p.payment.retry.30s", 0))
+    fake = _FakeKafkaConsumer(ends={stuck: 8, fine: 5, waiting: 3}, positions={stuck: 0, fine: 5, waiting: 0})
+    fake.paused_now = {stuck, waiting}
+    worker = object.__new__(GroupConsumer)
+    worker.consumer, worker._stuck = fake, {}
+    worker._paused = {waiting: time.time() + 60}  # not due yet: paused on purpose, never judged
+    quiet = group_consumer.IDLE_REFETCH_S + 1
+
+    worker._last_records_at = time.monotonic() - 1
+    worker._refetch_when_idle(False)  # not quiet long enough: nothing asked
+    assert fake.seeks == []
+
+    worker._last_records_at = time.monotonic() - quiet
+    worker._refetch_when_idle(False)  # first quiet check: resumed and re-pointed at its own position
+    assert fake.seeks == [(stuck, 0)] and fake.resumed == [stuck]
+
+    fake.positions[stuck] = 3  # it moved: fetched again, no exit
+    worker._last_records_at = time.monotonic() - quiet
+    worker._refetch_when_idle(False)
+    assert fake.seeks[-1] == (stuck, 3)
+
+    worker._last_records_at = time.monotonic() - quiet
+    with pytest.raises(ConsumerStuck, match=r"p\.payment\.retry\.10s\[0\]"):
+        worker._refetch_when_idle(False)  # same position after a refetch: exit for the supervisor
+
+    worker._refetch_when_idle(True)  # records arrived: the watchdog forgets what it saw
+    assert worker._stuck == {}
+    fake.positions[stuck] = 8
+    worker._last_records_at = time.monotonic() - quiet
+    worker._refetch_when_idle(False)  # caught up: nothing to do
+    assert worker._stuck == {}
