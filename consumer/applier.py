@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import structlog
 from consumer.errors import DependencyNotReady, QboUnavailable, QboValidationFault, StaleSyncToken
 from consumer.lifecycle import Action, Decision, Mapped, SyncPolicy, decide
 from consumer.mapping import (
+    MARKER_RE,
     InvoiceRefs,
     MappingOptions,
     PaymentRefs,
@@ -31,6 +33,8 @@ from consumer.mapping import (
     customer_request,
     expense_doc_number,
     invoice_request,
+    legacy_match,
+    legacy_qbo_id,
     marker,
     payment_request,
     payment_type,
@@ -78,13 +82,14 @@ class Outcome:
 
 class EventApplier:
     def __init__(self, client: QboClient, store: StateStore, resolver: ReferenceResolver, policy: SyncPolicy,
-                 options: MappingOptions, *, stale_retries: int = 3) -> None:
+                 options: MappingOptions, *, stale_retries: int = 3, adopt_legacy: bool = True) -> None:
         self.client = client
         self.store = store
         self.resolver = resolver
         self.policy = policy
         self.options = options
         self.stale_retries = stale_retries
+        self.adopt_legacy = adopt_legacy
         self._planning = False
         self._generation = ""
 
@@ -161,8 +166,14 @@ class EventApplier:
             return next((r for r in rows if mark in (r.get("PrivateNote") or "")
                          or (r.get("CustomerRef") or {}).get("value") == customer), None)
 
+        def legacy() -> dict[str, Any] | None:
+            # TimeTracker's connector sent no DocNumber and no tax: same customer, date and one of the totals.
+            rows = self.client.query(f"SELECT * FROM Invoice WHERE CustomerRef = {quote(customer)} "
+                                     f"AND TxnDate = {quote(body['TxnDate'])}", "Invoice")
+            return legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True)
+
         try:
-            return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer)
+            return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer, legacy=legacy)
         except QboValidationFault as fault:
             # A payment (another aggregate, another partition) was applied against a later version of this
             # invoice, and this older, smaller one no longer fits under it. The later version is normally right
@@ -190,7 +201,11 @@ class EventApplier:
             rows = self.client.query(f"SELECT * FROM Purchase WHERE DocNumber = {doc}", "Purchase")
             return next((r for r in rows if mark in (r.get("PrivateNote") or "")), None)
 
-        return self._upsert(event, "Purchase", body, decision, mapped, find)
+        def legacy() -> dict[str, Any] | None:
+            rows = self.client.query(f"SELECT * FROM Purchase WHERE TxnDate = {quote(body['TxnDate'])}", "Purchase")
+            return legacy_match(rows, {exp.amount, exp.amount + (exp.tax_amount or 0)})
+
+        return self._upsert(event, "Purchase", body, decision, mapped, find, legacy=legacy)
 
     def _payment(self, event: EventEnvelope, pay: PaymentState, decision: Decision, mapped: Mapped | None) -> Outcome:
         if decision.action in (Action.VOID, Action.DELETE):
@@ -242,7 +257,13 @@ class EventApplier:
 
     def _upsert(self, event: EventEnvelope, entity: str, body: dict[str, Any], decision: Decision,
                 mapped: Mapped | None, find: Callable[[], dict[str, Any] | None],
-                customer_ref: str | None = None) -> Outcome:
+                customer_ref: str | None = None,
+                legacy: Callable[[], dict[str, Any] | None] | None = None) -> Outcome:
+        if decision.action is Action.CREATE and not (mapped and mapped.pending_requestid):
+            # Taking over from TimeTracker's own connector: what it already created is adopted, not doubled.
+            existing = self._legacy_entity(event, entity, legacy)
+            if existing is not None:
+                return self._adopt_and_update(event, entity, existing, body, customer_ref)
         if self._planning and decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id \
                 and mapped.sync_token:
             full = {**body, "Id": mapped.qbo_id, "SyncToken": mapped.sync_token, "sparse": True}
@@ -278,6 +299,31 @@ class EventApplier:
         crash_point("after_qbo_create")
         self.store.record(event, "created", qbo=created, status="active", customer_ref=customer_ref)
         return Outcome("created", created["Id"])
+
+    def _legacy_entity(self, event: EventEnvelope, entity: str,
+                       legacy: Callable[[], dict[str, Any] | None] | None) -> dict[str, Any] | None:
+        """The QBO entity TimeTracker's old connector made for this record: by the id it stored in
+        ``integration_metadata``, else (for a snapshot of a record that existed before ttsync) by a unique
+        match on customer, date and amount. That query runs for a snapshot, and for the first change of a record
+        created long before it (``LEGACY_AGE``), which the snapshot may not have reached yet; a record born
+        under ttsync costs no extra QBO call."""
+        qbo_id = legacy_qbo_id(event.aggregate_type, event.payload)
+        if qbo_id is not None:
+            try:
+                found = self.client.read(entity, qbo_id)
+            except QboValidationFault as fault:
+                if fault.code not in ("610", "2030"):  # gone or never there: create it anew
+                    raise
+                log.info("legacy_id_not_in_qbo", entity=entity, qbo_id=qbo_id, aggregate_id=event.aggregate_id)
+            else:
+                owner = MARKER_RE.search(found.get("PrivateNote") or "")
+                if owner is None or (owner.group(1), owner.group(2)) == (event.aggregate_type, event.aggregate_id):
+                    return found
+                log.warning("legacy_id_owned_by_another_record", entity=entity, qbo_id=qbo_id,
+                            aggregate_id=event.aggregate_id, owner=owner.group(0))
+        if legacy is not None and self.adopt_legacy and (event.action == "snapshot" or _predates_ttsync(event)):
+            return legacy()
+        return None
 
     def _adopt_and_update(self, event: EventEnvelope, entity: str, existing: dict[str, Any], body: dict[str, Any],
                           customer_ref: str | None) -> Outcome:
@@ -328,6 +374,20 @@ class EventApplier:
         self.store.record(event, verb, qbo={"Id": qbo_id, "SyncToken": result.get("SyncToken", token)},
                           status=verb)
         return Outcome(verb, qbo_id)
+
+
+LEGACY_AGE = dt.timedelta(days=1)
+
+
+def _predates_ttsync(event: EventEnvelope) -> bool:
+    created = event.payload.get("created_at")
+    try:
+        born = dt.datetime.fromisoformat(str(created))
+    except ValueError:
+        return False
+    born = born if born.tzinfo else born.replace(tzinfo=dt.UTC)
+    occurred = event.occurred_at if event.occurred_at.tzinfo else event.occurred_at.replace(tzinfo=dt.UTC)
+    return occurred - born > LEGACY_AGE
 
 
 def _payment_conflict(fault: QboValidationFault) -> bool:

@@ -90,3 +90,12 @@ def due_at(record: Any) -> dt.datetime | None:
         if name == Header.RETRY_DUE_AT and value:
             return dt.datetime.fromisoformat(value.decode().replace("Z", "+00:00"))
     return None
+
+
+def failing_for_s(record: Any, now: dt.datetime | None = None) -> float:
+    """Seconds since the record first failed (0 for a record that never did)."""
+    for name, value in record.headers or []:
+        if name == Header.FIRST_FAILURE and value:
+            first = dt.datetime.fromisoformat(value.decode().replace("Z", "+00:00"))
+            return max(0.0, ((now or dt.datetime.now(dt.UTC)) - first).total_seconds())
+    return 0.0

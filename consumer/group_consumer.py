@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 
 from consumer import metrics
 from consumer.applier import EventApplier, Outcome, PlannedWrite, crash_point
-from consumer.dead_letter import base_topic, due_at, forward, retry_tier
+from consumer.dead_letter import base_topic, due_at, failing_for_s, forward, retry_tier
 from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
@@ -321,7 +321,7 @@ class GroupConsumer:
             except Exception as raw:
                 exc = as_sync_error(raw)
                 attempt += 1
-                step = self.policy.next_step(exc, attempt, tier)
+                step = self.policy.next_step(exc, attempt, tier, failing_for_s=failing_for_s(rec))
                 log.warning("event_failed", topic=rec.topic, partition=rec.partition, offset=rec.offset,
                             error=type(raw).__name__, message=str(exc)[:500], attempt=attempt, step=step.kind.value)
                 if step.kind is StepKind.STOP:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -48,6 +49,9 @@ class PaymentRefs:
     customer_id: str
     invoice_qbo_id: str
     deposit_account_id: str | None = None
+
+
+MARKER_RE = re.compile(r"ttsync:(invoice|expense|payment|client):(\d+)@(\S+)")
 
 
 def marker(aggregate_type: str, aggregate_id: str | int, source: str) -> str:
@@ -204,3 +208,38 @@ def request_id(event_id: uuid.UUID | str, operation: str, body: Any = None, gene
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
     name = f"{event_id}:{operation}:{digest}" + (f":{generation}" if generation else "")
     return str(uuid.uuid5(REQUESTID_NAMESPACE, name))
+
+
+# Where TimeTracker's own QuickBooks connector left the QBO id of what it created (timetracker-model.md §3):
+# ``integration_metadata["quickbooks"][<key>]`` through get/set_integration_ref, or ``["quickbooks_id"]`` as the
+# connector's own code writes it.
+LEGACY_ID_KEYS = {"invoice": ("invoice_id", "id"), "expense": ("purchase_id", "expense_id", "id")}
+
+
+def legacy_qbo_id(aggregate_type: str, payload: dict[str, Any]) -> str | None:
+    """The QBO id TimeTracker's old connector recorded for this record, if any."""
+    meta = payload.get("integration_metadata")
+    if not isinstance(meta, dict) or aggregate_type not in LEGACY_ID_KEYS:
+        return None
+    section = meta.get("quickbooks")
+    candidates: list[Any] = []
+    if isinstance(section, dict):
+        candidates += [section.get(k) for k in LEGACY_ID_KEYS[aggregate_type]]
+    candidates.append(meta.get("quickbooks_id"))
+    found = next((c for c in candidates if isinstance(c, (str, int)) and str(c).strip()), None)
+    return None if found is None else str(found).strip()
+
+
+def legacy_match(candidates: list[dict[str, Any]], totals: set[Decimal], *, lone: bool = False
+                 ) -> dict[str, Any] | None:
+    """The one QBO entity among ``candidates`` that the old connector made for a record, never one ttsync wrote
+    (it carries a marker). One of the totals it could have sent (it left tax out) decides. With ``lone`` (the
+    candidates already share the customer and the date), a single candidate is taken when no total fits: the
+    record changed since. Otherwise None: a guess never merges two records; ttsync creates, and reconcile
+    reports the twin."""
+    unmarked = [c for c in candidates if "ttsync:" not in (c.get("PrivateNote") or "")]
+    wanted = {t.quantize(CENT) for t in totals}
+    fits = [c for c in unmarked if Decimal(str(c.get("TotalAmt", "0"))).quantize(CENT) in wanted]
+    if len(fits) == 1:
+        return fits[0]
+    return unmarked[0] if lone and not fits and len(unmarked) == 1 else None

@@ -3,7 +3,9 @@
 - Fatal (reconnect needed): stop consuming; commit nothing.
 - Permanent (bad event, missing mapping, QBO validation Fault, or an unexpected exception): dead-letter now.
 - State database unavailable: back off in place until it is back (never forwarded, never dead-lettered).
-- Dependency not ready (a payment before its invoice): straight to the retry topics.
+- Dependency not ready (a payment before its invoice): straight to the retry topics, and once through them it
+  keeps waiting in the last one, up to ``dependency_wait_max_s`` since it first failed: in a backfill through
+  QBO's rate limit the invoice may be hours of work away, and that is no reason to dead-letter its payment.
 - Retryable: back off in place a few times (a 429 waits its Retry-After), then forward to the retry topics
   with growing delays (the main topic keeps flowing), then dead-letter when the last tier fails too.
 """
@@ -40,11 +42,12 @@ class RetryPolicy:
     backoff_max_s: float = 10.0
     max_throttle_wait_s: float = 120.0
     topic_delays_s: tuple[int, ...] = (10, 60, 300)
+    dependency_wait_max_s: float = 6 * 3600.0
 
     def next_step(self, error: BaseException, attempt: int, tier: int | None,
-                  rng: random.Random | None = None) -> Step:
+                  rng: random.Random | None = None, failing_for_s: float = 0.0) -> Step:
         """``attempt``: failures so far for this record in this consumer (1 = first); ``tier``: the retry
-        tier the record came from (None = the main topic)."""
+        tier the record came from (None = the main topic); ``failing_for_s``: since its first failure."""
         if isinstance(error, FatalError):
             return Step(StepKind.STOP, reason=str(error))
         if not (isinstance(error, SyncError) and error.retryable):
@@ -67,6 +70,12 @@ class RetryPolicy:
         next_tier = 0 if tier is None else tier + 1
         if next_tier < len(self.topic_delays_s):
             return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[next_tier]), next_tier)
+        last = len(self.topic_delays_s) - 1
+        if isinstance(error, DependencyNotReady) and last >= 0 and failing_for_s < self.dependency_wait_max_s:
+            return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[last]), last,
+                        reason=f"still waiting for its dependency after {failing_for_s:.0f}s")
+        if isinstance(error, DependencyNotReady):
+            return Step(StepKind.DEAD_LETTER, reason=f"dependency not ready after {failing_for_s:.0f}s: {error}")
         return Step(StepKind.DEAD_LETTER, reason=f"retries exhausted: {error}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select
+from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -42,6 +42,12 @@ class StateStore:
     def mapped(self, aggregate_type: str, aggregate_id: str) -> Mapped | None:
         with self.engine.connect() as conn:
             return _to_mapped(conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first())
+
+    def all_mapped(self) -> dict[str, Mapped]:
+        """The whole entity map of this realm, keyed "type:id" (reconcile reads it once)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(entity_map).where(entity_map.c.realm_id == self.realm_id)).all()
+        return {f"{r.aggregate_type}:{r.aggregate_id}": m for r in rows if (m := _to_mapped(r)) is not None}
 
     def lookup(self, event_id: Any, aggregate_type: str, aggregate_id: str) -> tuple[bool, Mapped | None]:
         """(already processed?, what the entity map holds) in one round trip to the pool."""
@@ -105,6 +111,14 @@ class StateStore:
             values["customer_ref"] = customer_ref
         with self.engine.begin() as conn:
             self._upsert(conn, aggregate_type, aggregate_id, values, version=version)
+
+    def forget(self, aggregate_type: str, aggregate_id: str, *, status: str = "deleted") -> None:
+        """The mapped QBO entity is gone (deleted by hand, or removed by reconcile): the next event creates
+        anew. ``last_version`` stays, so older events are still skipped."""
+        with self.engine.begin() as conn:
+            conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(
+                qbo_id=None, sync_token=None, qbo_status=status, pending_requestid=None, pending_since=None,
+                updated_at=_now()))
 
     # -- resolved references (customers, items, vendors, accounts) and operator overrides --------------
 

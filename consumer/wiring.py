@@ -72,10 +72,11 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
         payment_sync=frozenset(settings.payment_sync_statuses),
         sync_clients=settings.sync_clients,
     )
-    applier = EventApplier(client, store, resolver, policy, options)
+    applier = EventApplier(client, store, resolver, policy, options, adopt_legacy=settings.adopt_legacy)
     retry = RetryPolicy(inplace_attempts=settings.retry_inplace_attempts, backoff_base_s=settings.retry_backoff_s,
                         backoff_max_s=settings.retry_backoff_max_s,
-                        topic_delays_s=tuple(settings.retry_topic_delays_s))
+                        topic_delays_s=tuple(settings.retry_topic_delays_s),
+                        dependency_wait_max_s=settings.dependency_wait_max_hours * 3600)
     return ConsumerParts(engine, tokens, client, store, applier, retry)
 
 

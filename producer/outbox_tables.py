@@ -77,3 +77,16 @@ aggregate_versions = Table(
     Column("aggregateid", String(255), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
+
+snapshot_progress = Table(
+    "ttsync_snapshot_progress",
+    TTSYNC_METADATA,
+    Column("run_id", String(64), primary_key=True, comment="one `ttsync capture snapshot` run"),
+    Column("aggregatetype", String(255), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=True, comment="records changed since (None: all)"),
+    Column("last_id", BigInteger, nullable=False, server_default=text("0"), comment="highest id enqueued"),
+    Column("enqueued", BigInteger, nullable=False, server_default=text("0")),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)

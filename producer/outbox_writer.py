@@ -82,9 +82,12 @@ def write_event(
     source: str,
     headers: dict[str, Any] | None = None,
     event_type: str | None = None,
+    version: int | None = None,
 ) -> uuid.UUID:
-    """Insert one outbox row for the aggregate with the next version; returns the event id."""
-    version = next_version(conn, aggregate_type, aggregate_id)
+    """Insert one outbox row for the aggregate with the next version (or ``version``, already taken with
+    ``next_version`` by a caller that had to lock it before reading the state); returns the event id."""
+    if version is None:
+        version = next_version(conn, aggregate_type, aggregate_id)
     event_id = uuid.uuid4()
     now = dt.datetime.now(dt.UTC)
     envelope = build_envelope(

@@ -82,7 +82,10 @@ class BucketLeases:
     def close(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.close()  # ends the session: PostgreSQL drops every lock it held
+                # Not close(): that would hand the session back to the pool with its advisory locks still held,
+                # and the next relay in this process (or this one, reconnecting) could never take those buckets.
+                # invalidate() closes the DBAPI connection: the session ends, PostgreSQL drops every lock.
+                self._conn.invalidate()
             except Exception as exc:  # noqa: BLE001 - the session is gone either way
                 log.debug("lease_close_failed", error=repr(exc))
         self._conn = None

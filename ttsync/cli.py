@@ -290,6 +290,143 @@ def capture_status(as_json: JsonOpt = False) -> None:
         console.print("\n".join(names) or "no capture triggers installed")
 
 
+def _parse_date(value: str | None, option: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        err_console.print(f"[red]{option}[/]: not an ISO date or timestamp: {value!r}")
+        raise typer.Exit(EXIT_USAGE) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@capture_app.command("snapshot")
+def capture_snapshot(
+    since: Annotated[str | None, typer.Option(help="Only records created or changed since (ISO date).")] = None,
+    types: Annotated[str, typer.Option(help="Comma-separated record types.")] = "client,invoice,expense,payment",
+    dry_run: Annotated[bool, typer.Option(help="Count what would be enqueued; write nothing.")] = False,
+    rate: Annotated[float | None, typer.Option(help="At most this many records per second.")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Record ids read per query.")] = 500,
+    restart: Annotated[bool, typer.Option(help="Abandon an unfinished run with other options.")] = False,
+    source: Annotated[str | None, typer.Option(help="Instance name put in every event.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue one snapshot event per existing record (initial backfill). Resumes an unfinished run."""
+    from producer.database import make_engine
+    from producer.outbox_snapshot import SnapshotConflict, SnapshotReport, parse_types, run_snapshot
+
+    settings = _settings()
+    try:
+        wanted = parse_types(types)
+    except ValueError as exc:
+        err_console.print(f"[red]--types[/]: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    log = structlog.get_logger("ttsync.snapshot")
+    stop = threading.Event()
+
+    def _graceful(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name, action="stopping after this record")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+
+    def progress(r: SnapshotReport) -> None:
+        eta = r.eta_s
+        log.info("progress", enqueued=r.enqueued, total=r.total, records_per_s=round(r.rate, 1),
+                 eta_s=None if eta is None else round(eta, 1))
+
+    try:
+        report = run_snapshot(make_engine(settings.database_url), types=wanted, since=_parse_date(since, "--since"),
+                              source=source or settings.source, chunk_size=chunk_size, max_rate=rate,
+                              dry_run=dry_run, restart=restart, on_progress=progress, should_stop=stop.is_set)
+    except SnapshotConflict as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        verb = "would enqueue" if dry_run else ("resumed, enqueued" if report.resumed else "enqueued")
+        per_type = ", ".join(f"{t.aggregate_type} {t.total if dry_run else t.enqueued}" for t in report.types)
+        console.print(f"snapshot {report.run_id}: {verb} {report.total if dry_run else report.enqueued} "
+                      f"record(s) ({per_type}) in {report.elapsed_s:.1f}s")
+    finished = dry_run or all(t.finished for t in report.types)
+    raise typer.Exit(EXIT_OK if finished else EXIT_FAILED)
+
+
+@app.command()
+def reconcile(
+    since: Annotated[str | None, typer.Option(help="Only records created or changed since (ISO date).")] = None,
+    types: Annotated[str, typer.Option(help="Comma-separated record types.")] = "client,invoice,expense,payment",
+    fix: Annotated[bool, typer.Option(help="Repair the drift: enqueue events for what TimeTracker holds, "
+                                           "remove QBO's extras and duplicates.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows shown in the table (all are in --json).")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare TimeTracker with QBO: missing, different, extra, duplicate. Exit 1 when drift is found."""
+    from consumer.reconcile import ReconcileReport, judge, load_qbo, load_timetracker, repair
+    from consumer.reconcile import existing_ids as still_there
+    from consumer.wiring import build_parts
+    from producer.database import make_engine
+    from producer.outbox_snapshot import parse_types
+
+    settings = _settings()
+    try:
+        wanted = parse_types(types)
+    except ValueError as exc:
+        err_console.print(f"[red]--types[/]: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    after = _parse_date(since, "--since")
+    log = structlog.get_logger("ttsync.reconcile")
+    timetracker = make_engine(settings.database_url)
+    from consumer.errors import FatalError, SyncError
+    from consumer.lifecycle import QBO_ENTITY
+
+    report = ReconcileReport()
+    try:
+        parts = build_parts(settings)
+        records = load_timetracker(timetracker, wanted, after)
+        for t in wanted:
+            report.checked[t] = sum(1 for k in records if k.startswith(f"{t}:"))
+        log.info("progress", step="timetracker_loaded", records=len(records))
+        qbo: dict[str, list[dict[str, Any]]] = {}
+        for t in wanted:
+            qbo[QBO_ENTITY[t]] = load_qbo(parts.client, QBO_ENTITY[t])
+            report.qbo_entities[QBO_ENTITY[t]] = len(qbo[QBO_ENTITY[t]])
+            log.info("progress", step="qbo_loaded", entity=QBO_ENTITY[t], entities=len(qbo[QBO_ENTITY[t]]))
+        report.drift = judge(records, qbo, parts.store.all_mapped(), parts.applier.policy, settings.source,
+                             still_in_timetracker=lambda t, ids: still_there(timetracker, t, ids))
+        if fix and report.drift:
+            repair(report.drift, timetracker=timetracker, client=parts.client, store=parts.store,
+                   source=settings.source)
+    except FatalError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_RECONNECT) from exc
+    except SyncError as exc:
+        err_console.print(f"[red]reconcile stopped: {type(exc).__name__}: {exc}[/]")
+        raise typer.Exit(EXIT_FAILED) from exc
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        counts = report.counts()
+        checked = ", ".join(f"{t} {n}" for t, n in report.checked.items())
+        console.print(f"checked {checked}; drift: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                                                       or "none"))
+        if report.drift:
+            table = Table(title="drift" + (" (repaired)" if fix else ""))
+            for col in ("kind", "record", "QBO", "detail") + (("fix",) if fix else ()):
+                table.add_column(col)
+            for d in report.drift[:limit]:
+                row = [d.kind, f"{d.aggregate_type} {d.aggregate_id}", f"{d.qbo_entity} {','.join(d.qbo_ids)}",
+                       d.detail[:100]]
+                table.add_row(*row, *((d.fixed or "",) if fix else ()))
+            console.print(table)
+            if len(report.drift) > limit:
+                console.print(f"... and {len(report.drift) - limit} more (--json lists all)")
+    raise typer.Exit(EXIT_FAILED if report.drift else EXIT_OK)
+
+
 # --- relay and outbox -------------------------------------------------------------------------------
 
 

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     auto_create_items: bool = Field(default=False, description="Create the invoice-line item when missing")
     auto_create_accounts: bool = Field(default=False, description="Create expense accounts (else dead-letter)")
     sync_clients: bool = Field(default=True, description="Create/update a QBO customer for every client")
+    adopt_legacy: bool = Field(default=True, description="Before creating a record that predates ttsync, look "
+                               "for the entity TimeTracker's old connector made (one QBO query per such create)")
     invoice_sync_statuses: list[str] = Field(default_factory=lambda: ["issued", "sent", "paid", "overdue"],
                                              description="Invoice statuses that exist in QBO, JSON list")
     expense_sync_statuses: list[str] = Field(default_factory=lambda: ["approved", "reimbursed"],
@@ -94,6 +96,9 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest in-place backoff")
     retry_topic_delays_s: list[int] = Field(default_factory=lambda: [10, 60, 300],
                                             description="Delays of the retry topics, JSON list")
+    dependency_wait_max_hours: float = Field(
+        default=6.0, ge=0, description="A payment whose invoice is not in QBO yet keeps waiting in the last retry "
+        "topic this long before it is dead-lettered (a backfill at QBO's rate limit can take hours)")
     consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
     consumer_unjoined_exit_s: float = Field(
         default=120.0, ge=0,

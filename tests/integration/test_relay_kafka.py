@@ -236,3 +236,19 @@ def test_broker_outage_of_10s_drains_afterwards(pg_engine: Engine, topic_prefix:
                               timeout_s=60)
         assert {headers_to_dict(r.headers)["id"] for r in records} == expected
         assert relay.stats.failed > 0  # it did see the outage
+
+
+def test_a_relay_that_lets_go_of_its_buckets_frees_them_for_the_next_one_in_the_same_process(
+        pg_engine: Engine) -> None:
+    from producer.relay_buckets import BucketLeases
+
+    first = BucketLeases(pg_engine, 16)
+    assert len(first.refresh(rebalance=False, force=True)) == 16
+    first.close()  # the session must end: a pooled connection would keep its advisory locks
+    other_work = pg_engine.connect()  # whatever the pool hands out next belongs to someone else now
+    second = BucketLeases(pg_engine, 16)
+    try:
+        assert len(second.refresh(rebalance=False, force=True)) == 16
+    finally:
+        second.close()
+        other_work.close()

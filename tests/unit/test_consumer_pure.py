@@ -197,7 +197,12 @@ def test_retry_policy() -> None:
     step = policy.next_step(err, 3, None)
     assert step.kind is StepKind.RETRY_TOPIC and step.tier == 0 and step.delay_s == 10
     assert policy.next_step(err, 3, 0).tier == 1
-    assert policy.next_step(DependencyNotReady("d"), 3, 1).kind is StepKind.DEAD_LETTER
+    assert policy.next_step(err, 3, 1).kind is StepKind.DEAD_LETTER  # through every tier
+    waiting = policy.next_step(DependencyNotReady("d"), 1, 1, failing_for_s=600)
+    assert waiting.kind is StepKind.RETRY_TOPIC and waiting.tier == 1 and waiting.delay_s == 60  # keeps waiting
+    assert policy.next_step(DependencyNotReady("d"), 1, 1, failing_for_s=6 * 3600 + 1).kind is StepKind.DEAD_LETTER
+    assert RetryPolicy(topic_delays_s=(10,), dependency_wait_max_s=0).next_step(
+        DependencyNotReady("d"), 1, 0).kind is StepKind.DEAD_LETTER
     first = policy.next_step(DependencyNotReady("payment before its invoice"), 1, None)
     assert first.kind is StepKind.RETRY_TOPIC and first.tier == 0  # no in-place wait: it would block the invoice
     throttled = policy.next_step(QboThrottled("429", retry_after_s=7), 4, None)
@@ -366,3 +371,29 @@ def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_cons
     worker._last_records_at = time.monotonic() - quiet
     worker._refetch_when_idle(False)  # caught up: nothing to do
     assert worker._stuck == {}
+
+
+def test_the_old_connectors_qbo_id_is_read_where_timetracker_keeps_it() -> None:
+    from consumer.mapping import legacy_qbo_id
+
+    assert legacy_qbo_id("invoice", {"integration_metadata": {"quickbooks": {"invoice_id": "77"}}}) == "77"
+    assert legacy_qbo_id("expense", {"integration_metadata": {"quickbooks": {"purchase_id": 12}}}) == "12"
+    assert legacy_qbo_id("invoice", {"integration_metadata": {"quickbooks_id": "9"}}) == "9"  # the connector's own
+    assert legacy_qbo_id("invoice", {"integration_metadata": {"quickbooks": {"invoice_id": " "}}}) is None
+    assert legacy_qbo_id("invoice", {"integration_metadata": None}) is None
+    assert legacy_qbo_id("payment", {"integration_metadata": {"quickbooks": {"id": "3"}}}) is None  # never synced
+
+
+def test_a_guess_at_the_old_connectors_entity_never_merges_two_records() -> None:
+    from consumer.mapping import legacy_match
+
+    old = {"Id": "1", "TotalAmt": 300.75, "PrivateNote": None}
+    ours = {"Id": "2", "TotalAmt": 300.75, "PrivateNote": "ttsync:invoice:5@tt"}
+    other = {"Id": "3", "TotalAmt": 120.00}
+    totals = {Decimal("300.75"), Decimal("330.83")}
+    assert legacy_match([old, ours, other], totals) == old  # the amount decides; ttsync's own never counts
+    assert legacy_match([ours], totals) is None
+    assert legacy_match([{**old, "TotalAmt": 999}], totals, lone=True)["Id"] == "1"  # changed, alone: taken
+    assert legacy_match([{**old, "TotalAmt": 999}], totals) is None  # only the date in common: too weak
+    assert legacy_match([{**old, "TotalAmt": 999}, other], totals) is None  # changed and not alone: create
+    assert legacy_match([old, {**old, "Id": "4"}], totals) is None  # two fit: no guess

@@ -1,0 +1,244 @@
+"""Adopting ttsync on a live TimeTracker: snapshot (backfill), taking over from the old connector, reconcile.
+
+Real PostgreSQL, real broker, the sandbox; the snapshot runs as `ttsync capture snapshot` and is killed -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import Engine, text
+
+from consumer import dlq_tools
+from producer.outbox_snapshot import run_snapshot
+from schemas.contract import dlq_topic
+from tests.backfill_data import Seeded, seed_old_connector, seed_timetracker
+from tests.chaos.invariant import MARKER, check
+from tests.pipeline import REALM, Pipeline, start_sandbox, wait_until
+
+ENTITIES = ("Customer", "Invoice", "Purchase", "Payment")
+
+
+@pytest.fixture
+def fast_pipeline(pg_engine: Engine, pg_database: str, kafka_bootstrap: str, topic_prefix: str,
+                  group_id: str) -> Iterator[Pipeline]:
+    """The pipeline with capture triggers, and a sandbox whose limits let a 5,000-record backfill drain in
+    minutes (QBO's own 500/min would take an hour; the rate limiter is exercised elsewhere)."""
+    from producer.trigger_capture import install_triggers
+
+    with pg_engine.begin() as conn:
+        install_triggers(conn, source="tt-test")
+    sandbox = start_sandbox(requests_per_minute=60000, concurrent_requests=20, batch_requests_per_minute=6000)
+    token = requests.post(f"{sandbox.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
+    pipe = Pipeline(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id, sandbox,
+                    overrides={"qbo_requests_per_minute": 50000, "qbo_batch_requests_per_minute": 5000,
+                               "retry_topic_delays_s": [2, 10, 30]},
+                    refresh_token=token["refresh_token"])
+    pipe.create_topics()
+    try:
+        yield pipe
+    finally:
+        sandbox.stop()
+
+
+def _outbox_count(engine: Engine, where: str = "TRUE") -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT COUNT(*) FROM ttsync_outbox WHERE {where}")).scalar_one())
+
+
+def _drain(pipe: Pipeline, events: int, timeout_s: float) -> None:
+    """Relay what the outbox holds, then consume until ``events`` records have an outcome."""
+    pipe.relay()
+    pipe.consume_until(lambda s: s.applied + s.skipped + s.duplicates + s.dead_lettered >= events, timeout_s)
+
+
+def _live(pipe: Pipeline) -> dict[str, list[dict[str, Any]]]:
+    entities = pipe.admin(f"realms/{REALM}/entities")
+    return {k: entities.get(k, []) for k in ENTITIES}
+
+
+def _dead_letters(pipe: Pipeline) -> list[tuple[str, str | None]]:
+    return [(d.event_type, d.key) for _, d in dlq_tools.scan(pipe.bootstrap, dlq_topic(pipe.prefix), timeout_s=5)]
+
+
+def _by_marker(live: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[str]]:
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, rows in live.items():
+        for row in rows:
+            m = MARKER.search((row.get("Notes") if name == "Customer" else row.get("PrivateNote")) or "")
+            if m:
+                found.setdefault((m.group(1), m.group(2)), []).append(str(row["Id"]))
+    return found
+
+
+def _edit_while_running(engine: Engine, ids: list[int], stop: threading.Event, edited: dict[int, int]) -> None:
+    """TimeTracker keeps working: notes and line prices of sent invoices change, with capture on."""
+    rng = random.Random(11)
+    while not stop.is_set():
+        iid = rng.choice(ids)
+        with engine.begin() as conn:
+            n = edited.get(iid, 0) + 1
+            conn.execute(text("UPDATE invoice_items SET unit_price = unit_price + 1, "
+                              "total_amount = (unit_price + 1) * quantity WHERE invoice_id = :i"), {"i": iid})
+            conn.execute(text("UPDATE invoices SET notes = :n, subtotal = (SELECT SUM(total_amount) FROM "
+                              "invoice_items WHERE invoice_id = :i), updated_at = now() WHERE id = :i"),
+                         {"i": iid, "n": f"edit {n} during the snapshot"})
+            edited[iid] = n
+        time.sleep(0.01)
+
+
+def _snapshot_process(pipe: Pipeline, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ttsync", "capture", "snapshot", "--source", "tt-test", *args],
+                            env=pipe.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_a_backfill_of_5000_records_lands_each_once_adopting_the_old_connectors_entities(
+        fast_pipeline: Pipeline) -> None:
+    pipe = fast_pipeline
+    seeded: Seeded = seed_timetracker(pipe.engine, clients=200, invoices=2300, expenses=2040)
+    assert seeded.records == 5000
+    seed_old_connector(pipe.engine, pipe.admin, REALM, seeded)
+    legacy_before = {k: len(v) for k, v in _live(pipe).items()}
+    assert _outbox_count(pipe.engine) == 0  # existing records: capture alone would never send them
+
+    # 1. The snapshot is killed -9 part way (a crash, not a graceful stop), then resumed while TimeTracker works.
+    proc = _snapshot_process(pipe, "--rate", "1000", "--chunk-size", "200")
+    wait_until(lambda: _outbox_count(pipe.engine) >= 1200 or proc.poll() is not None, 60, "the snapshot to start")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    first = _outbox_count(pipe.engine)
+    assert 0 < first < seeded.records, f"the kill came too late to test a resume ({first} enqueued)"
+
+    sent = [i for i, s in seeded.invoices.items() if s == "sent"]
+    stop, edited = threading.Event(), {}
+    editor = threading.Thread(target=_edit_while_running, args=(pipe.engine, sent, stop, edited))
+    editor.start()
+    try:
+        report = run_snapshot(pipe.engine, source="tt-test", max_rate=1500, chunk_size=200)
+    finally:
+        stop.set()
+        editor.join(30)
+    assert report.resumed and all(t.finished for t in report.types)
+    assert report.enqueued == seeded.records
+    assert edited, "no edit raced the snapshot"
+    with pipe.engine.connect() as conn:
+        twice = conn.execute(text("SELECT aggregatetype, aggregateid FROM ttsync_outbox WHERE type LIKE '%.snapshot' "
+                                  "GROUP BY 1, 2 HAVING COUNT(*) > 1")).all()
+    assert twice == [], f"enqueued twice after the resume: {twice[:5]}"
+    assert _outbox_count(pipe.engine, "type LIKE '%.snapshot'") == seeded.records
+
+    # 2. Everything reaches QBO once: adopted where the old connector made it, created otherwise.
+    _drain(pipe, _outbox_count(pipe.engine), timeout_s=600)
+    live = _live(pipe)
+    verdict = check(pipe.engine, live, _dead_letters(pipe), pipe.writes_per_requestid())
+    assert verdict.ok, f"{verdict.lost} lost, {verdict.duplicated} duplicated: {verdict.problems[:10]}"
+    markers = _by_marker(live)
+    for (kind, rid), qid in seeded.legacy.items():
+        assert markers.get((kind, str(rid))) == [qid], f"{kind} {rid}: old connector's {qid} not adopted"
+    unowned = [(n, r["Id"]) for n in ("Invoice", "Purchase") for r in live[n] if not MARKER.search(
+        r.get("PrivateNote") or "")]
+    assert unowned == [], f"entities left beside their adopted twin: {unowned[:5]}"
+    assert len(live["Customer"]) == legacy_before["Customer"]  # every client was already a customer by name
+    counts = {k: len(v) for k, v in live.items()}
+
+    # 3. A second snapshot enqueues everything again and creates nothing new in QBO.
+    again = run_snapshot(pipe.engine, source="tt-test")
+    assert not again.resumed and again.enqueued == seeded.records
+    _drain(pipe, again.enqueued, timeout_s=600)
+    assert {k: len(v) for k, v in _live(pipe).items()} == counts
+    verdict = check(pipe.engine, _live(pipe), _dead_letters(pipe), pipe.writes_per_requestid())
+    assert verdict.ok, verdict.problems[:10]
+
+
+def _reconcile(pipe: Pipeline, *args: str) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run([sys.executable, "-m", "ttsync", "reconcile", "--json", *args],
+                          env=pipe.env(), capture_output=True, timeout=300)
+    assert done.returncode in (0, 1), done.stderr.decode()[-2000:]
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_reconcile_finds_each_kind_of_drift_and_fix_repairs_it(fast_pipeline: Pipeline) -> None:
+    pipe = fast_pipeline
+    seeded = seed_timetracker(pipe.engine, clients=6, invoices=40, expenses=28)
+    report = run_snapshot(pipe.engine, source="tt-test")
+    _drain(pipe, report.enqueued, timeout_s=120)
+    code, clean = _reconcile(pipe)
+    assert code == 0 and clean["drift"] == [], clean["drift"][:5]
+    assert clean["checked"]["invoice"] == 40
+
+    live = _live(pipe)
+    markers = _by_marker(live)
+    invoice = {str(r["Id"]): r for r in live["Invoice"]}
+    purchases = {str(r["Id"]): r for r in live["Purchase"]}
+    sent = sorted((i for i, s in seeded.invoices.items() if s == "sent"))
+    approved = sorted(e for e, s in seeded.expenses.items() if s == "approved")
+    rejected = next(e for e, s in seeded.expenses.items() if s == "rejected")
+
+    # Plant one of each: deleted by hand (missing), amount changed by hand (different), a second copy
+    # (duplicate), an entity for a record TimeTracker rejected (extra) and one for a record it deleted (extra).
+    missing_id = sent[0]
+    qid = markers[("invoice", str(missing_id))][0]
+    _qbo_write(pipe, "invoice", {"Id": qid, "SyncToken": invoice[qid]["SyncToken"]}, operation="delete")
+    different_id = approved[0]
+    pid = markers[("expense", str(different_id))][0]
+    _qbo_write(pipe, "purchase", {"Id": pid, "SyncToken": purchases[pid]["SyncToken"], "sparse": True,
+                                  "TotalAmt": 1.0, "Line": [{**purchases[pid]["Line"][0], "Amount": 1.0}]})
+    duplicate_id = sent[1]
+    copy = {k: v for k, v in invoice[markers[("invoice", str(duplicate_id))][0]].items()
+            if k in ("CustomerRef", "Line", "TxnDate", "PrivateNote", "DocNumber")}
+    copy["Line"] = [ln for ln in copy["Line"] if ln["DetailType"] == "SalesItemLineDetail"]
+    dup_qid = str(pipe.admin(f"realms/{REALM}/seed", {"Invoice": [copy]})["Invoice"][0])
+    extra_body = {k: v for k, v in purchases[pid].items() if k in ("PaymentType", "AccountRef", "Line", "TxnDate")}
+    extra_body["PrivateNote"] = f"ttsync:expense:{rejected}@{pipe.settings().source}"
+    extra_qid = str(pipe.admin(f"realms/{REALM}/seed", {"Purchase": [extra_body]})["Purchase"][0])
+    gone_id = approved[1]
+    with pipe.engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))  # deleted without an event
+        conn.execute(text("DELETE FROM expenses WHERE id = :i"), {"i": gone_id})
+    gone_qid = markers[("expense", str(gone_id))][0]
+
+    code, found = _reconcile(pipe)
+    assert code == 1
+    kinds = {(d["kind"], d["aggregate_type"], d["aggregate_id"]) for d in found["drift"]}
+    assert kinds == {("missing", "invoice", str(missing_id)), ("different", "expense", str(different_id)),
+                     ("duplicate", "invoice", str(duplicate_id)), ("extra", "expense", str(rejected)),
+                     ("extra", "expense", str(gone_id))}, found["drift"]
+    by_kind = {(d["kind"], d["aggregate_id"]): d for d in found["drift"]}
+    assert "amount 1.00" in by_kind[("different", str(different_id))]["detail"]
+    assert dup_qid in by_kind[("duplicate", str(duplicate_id))]["qbo_ids"]
+    assert by_kind[("extra", str(rejected))]["qbo_ids"] == [extra_qid]
+    assert by_kind[("extra", str(gone_id))]["qbo_ids"] == [gone_qid]
+
+    before = _outbox_count(pipe.engine)
+    code, fixed = _reconcile(pipe, "--fix")
+    assert code == 1 and all(d["fixed"] and not d["fixed"].startswith("not fixed") for d in fixed["drift"]), \
+        fixed["drift"]
+    enqueued = _outbox_count(pipe.engine) - before
+    assert enqueued == 2  # missing + different go through the consumer; extras and the duplicate are removed
+    _drain(pipe, enqueued, timeout_s=120)
+    code, after = _reconcile(pipe)
+    assert code == 0 and after["drift"] == [], after["drift"]
+    assert pipe.writes_per_requestid() and max(pipe.writes_per_requestid().values()) == 1
+
+
+def _qbo_write(pipe: Pipeline, resource: str, body: dict[str, Any], operation: str | None = None) -> None:
+    """A change someone made by hand in QBO, through the API like any other client."""
+    from consumer.wiring import build_parts
+
+    parts = build_parts(pipe.settings())
+    params = {"operation": operation} if operation else None
+    parts.client.request("POST", resource, params=params, json_body=body, requestid=os.urandom(8).hex(),
+                         entity=resource.capitalize(), operation=operation or "update")

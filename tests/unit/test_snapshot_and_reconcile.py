@@ -1,0 +1,146 @@
+"""`capture snapshot` on SQLite (no concurrency needed) and reconcile's judging, which is pure."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+from consumer.lifecycle import Mapped, SyncPolicy
+from consumer.reconcile import judge
+from producer.outbox_snapshot import SnapshotConflict, parse_types, run_snapshot
+from producer.outbox_tables import outbox
+from tests.timetracker_data import base_rows, new_expense, new_invoice, new_payment
+
+
+def _seed(engine: Engine) -> None:
+    with Session(engine) as s:
+        user, client, project = base_rows(s)
+        for n in range(5):
+            inv = new_invoice(s, user, client, project, number=f"S-{n}", status="sent")
+            s.flush()
+            if n == 0:
+                new_payment(s, inv)
+        for _ in range(3):
+            new_expense(s, user, status="approved")
+        s.commit()
+
+
+def _snapshot_rows(engine: Engine) -> list[tuple[str, str, int, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(outbox.c.aggregatetype, outbox.c.aggregateid,
+                                                      outbox.c.aggregate_version, outbox.c.type)
+                                               .order_by(outbox.c.seq))]
+
+
+def test_a_snapshot_enqueues_each_record_once_parents_first(sqlite_engine: Engine) -> None:
+    _seed(sqlite_engine)
+    dry = run_snapshot(sqlite_engine, dry_run=True)
+    assert dry.total == 1 + 5 + 3 + 1 and _snapshot_rows(sqlite_engine) == []
+    report = run_snapshot(sqlite_engine, source="tt-test")
+    rows = _snapshot_rows(sqlite_engine)
+    assert report.enqueued == len(rows) == 10 and not report.resumed
+    assert [r[0] for r in rows] == ["client"] + ["invoice"] * 5 + ["expense"] * 3 + ["payment"]
+    assert {r[3] for r in rows} == {"client.snapshot", "invoice.snapshot", "expense.snapshot", "payment.snapshot"}
+    with sqlite_engine.connect() as conn:
+        payload = conn.execute(select(outbox.c.payload).where(outbox.c.aggregatetype == "invoice")).scalars().first()
+    assert len(payload["payload"]["items"]) == 2 and payload["source"] == "tt-test"
+    again = run_snapshot(sqlite_engine)  # a second run: every record once more, at a newer version
+    assert again.enqueued == 10 and not again.resumed
+    assert {r[2] for r in _snapshot_rows(sqlite_engine)[10:]} == {2}
+
+
+def test_a_stopped_snapshot_resumes_where_it_stopped(sqlite_engine: Engine) -> None:
+    _seed(sqlite_engine)
+    calls = {"n": 0}
+
+    def stop_after_first_chunk() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2  # client chunk, first invoice chunk, then stop
+
+    first = run_snapshot(sqlite_engine, chunk_size=2, should_stop=stop_after_first_chunk)
+    assert 0 < first.enqueued < 10 and not all(t.finished for t in first.types)
+    with pytest.raises(SnapshotConflict, match="unfinished"):
+        run_snapshot(sqlite_engine, types=["invoice"])
+    rest = run_snapshot(sqlite_engine, chunk_size=2)
+    assert rest.resumed and rest.run_id == first.run_id and rest.enqueued == 10
+    keys = [(r[0], r[1]) for r in _snapshot_rows(sqlite_engine)]
+    assert len(keys) == len(set(keys)) == 10
+
+
+def test_since_and_types_narrow_the_snapshot(sqlite_engine: Engine) -> None:
+    _seed(sqlite_engine)
+    with sqlite_engine.begin() as conn:
+        conn.execute(text("UPDATE invoices SET updated_at = '2020-01-01 00:00:00', created_at = '2020-01-01 00:00:00'"
+                          " WHERE invoice_number IN ('S-0', 'S-1')"))
+    report = run_snapshot(sqlite_engine, types=parse_types("invoice"), since=dt.datetime(2024, 1, 1))
+    assert report.enqueued == 3
+    with pytest.raises(ValueError, match="unknown record type"):
+        parse_types("invoice,timesheet")
+
+
+# -- reconcile's judgement -----------------------------------------------------------------------------
+
+POLICY = SyncPolicy()
+
+
+def _invoice(status: str, items: tuple[str, ...] = ("10.00", "20.00"), number: str = "INV-1", client: int = 1,
+             **extra: Any) -> dict[str, Any]:
+    return {"id": 1, "status": status, "invoice_number": number, "client_id": client,
+            "items": [{"total_amount": a} for a in items], **extra}
+
+
+def _qbo_invoice(qid: str, note: str, amounts: tuple[float, ...] = (10.0, 20.0), number: str = "INV-1",
+                 customer: str = "7", **extra: Any) -> dict[str, Any]:
+    return {"Id": qid, "PrivateNote": note, "DocNumber": number, "CustomerRef": {"value": customer},
+            "Line": [{"Amount": a, "DetailType": "SalesItemLineDetail"} for a in amounts], **extra}
+
+
+def test_reconcile_tells_missing_different_extra_and_duplicate_apart() -> None:
+    mark = "ttsync:invoice:{}@tt"
+    records = {
+        "invoice:1": _invoice("sent"),  # fine
+        "invoice:2": _invoice("sent", number="INV-2"),  # missing
+        "invoice:3": _invoice("sent", number="INV-3"),  # a line differs
+        "invoice:4": _invoice("draft", number="INV-4"),  # must not be in QBO, is
+        "invoice:5": _invoice("sent", number="INV-5"),  # twice in QBO
+        "invoice:6": _invoice("cancelled", number="INV-6"),  # voided: fine
+        "invoice:8": _invoice("sent", number="INV-8", integration_metadata={"quickbooks": {"invoice_id": "80"}}),
+        "client:1": {"id": 1, "status": "active", "email": "a@x.com"},
+    }
+    qbo = {"Invoice": [
+        _qbo_invoice("10", mark.format(1)),
+        _qbo_invoice("30", mark.format(3), amounts=(10.0, 25.0), number="INV-3"),
+        _qbo_invoice("40", mark.format(4), number="INV-4"),
+        _qbo_invoice("50", mark.format(5), number="INV-5"), _qbo_invoice("51", mark.format(5), number="INV-5"),
+        _qbo_invoice("60", "Voided - " + mark.format(6), number="INV-6", Voided=True),
+        _qbo_invoice("70", mark.format(7), number="INV-7"),  # TimeTracker deleted invoice 7
+        _qbo_invoice("80", "", number="INV-8"),  # the old connector's, id stored: belongs to invoice 8
+        _qbo_invoice("90", "ttsync:invoice:9@another-instance"),  # not ours to judge
+    ], "Customer": [{"Id": "7", "Notes": "ttsync:client:1@tt", "PrimaryEmailAddr": {"Address": "b@x.com"}}]}
+    mapped = {"client:1": Mapped("Customer", "7", "0", 1)}
+    drift = judge(records, qbo, mapped, POLICY, "tt", still_in_timetracker=lambda _t, _ids: set())
+    found = {(d.kind, d.aggregate_type, d.aggregate_id): d for d in drift}
+    assert set(found) == {("missing", "invoice", "2"), ("different", "invoice", "3"), ("extra", "invoice", "4"),
+                          ("duplicate", "invoice", "5"), ("extra", "invoice", "7"), ("different", "client", "1")}
+    assert "lines ['10.00', '25.00']" in found[("different", "invoice", "3")].detail
+    assert found[("duplicate", "invoice", "5")].qbo_ids == ["50", "51"]
+    assert "e-mail 'b@x.com'" in found[("different", "client", "1")].detail
+
+
+def test_reconcile_reads_a_record_outside_since_as_kept_not_gone() -> None:
+    qbo = {"Invoice": [_qbo_invoice("70", "ttsync:invoice:7@tt")]}
+    drift = judge({}, qbo, {}, POLICY, "tt", still_in_timetracker=lambda _t, ids: set(ids))
+    assert drift == []
+
+
+def test_reconcile_sees_a_wrong_customer_and_a_live_invoice_that_must_be_voided() -> None:
+    records = {"invoice:1": _invoice("sent", client=2), "invoice:2": _invoice("cancelled", number="INV-2")}
+    qbo = {"Invoice": [_qbo_invoice("10", "ttsync:invoice:1@tt", customer="7"),
+                       _qbo_invoice("20", "ttsync:invoice:2@tt", number="INV-2")]}
+    drift = judge(records, qbo, {"client:2": Mapped("Customer", "8", "0", 1)}, POLICY, "tt")
+    details = {d.aggregate_id: d.detail for d in drift}
+    assert "customer 7" in details["1"] and "must be voided" in details["2"]
