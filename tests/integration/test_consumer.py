@@ -420,3 +420,52 @@ def test_a_batch_whose_answer_is_lost_is_recovered_without_duplicates(pipeline: 
     assert docs == sorted(f"INV-L{i}" for i in range(40))  # each once, although answers were lost
     assert pipeline.admin("stats")["injected"]["timeout"] > 0
     assert len(pipeline.qbo("Customer")) == 1
+
+
+def test_a_paused_partition_is_fetched_again_after_its_resume(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """What a retry topic does with a record not due yet: pause, seek back, resume later. kafka-python 3.0.12
+    parks the paused partition's in-line records and, once another partition's batch was read in between,
+    never hands them back nor fetches the partition again; release_parked_records undoes that."""
+    import time
+
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from consumer.group_consumer import release_parked_records
+    from producer.kafka_publisher import ensure_topics
+
+    waiting, other = f"{topic_prefix}.payment.retry.60s", f"{topic_prefix}.invoice"
+    ensure_topics(kafka_bootstrap, [waiting, other], 1, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(50):
+        producer.send(waiting, b"due later %d" % i)
+    producer.flush()
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                             max_poll_records=5, auto_offset_reset="earliest")
+    tp, tp_other = TopicPartition(waiting, 0), TopicPartition(other, 0)
+    try:
+        consumer.assign([tp, tp_other])
+        first: dict = {}
+        deadline = time.monotonic() + 30
+        while not first and time.monotonic() < deadline:
+            first = consumer.poll(500)
+        assert list(first) == [tp] and len(first[tp]) == 5  # 45 more stay in line
+        consumer.pause(tp)
+        consumer.seek(tp, 0)
+        for i in range(3):
+            producer.send(other, b"meanwhile %d" % i)
+        producer.flush()
+        seen_other = 0
+        deadline = time.monotonic() + 30
+        while seen_other < 3 and time.monotonic() < deadline:
+            seen_other += sum(len(v) for v in consumer.poll(200).values())
+        assert seen_other == 3
+        consumer.resume(tp)
+        got = 0
+        deadline = time.monotonic() + 20
+        while got < 50 and time.monotonic() < deadline:
+            release_parked_records(consumer)  # as GroupConsumer.run does before every poll
+            got += len(consumer.poll(200).get(tp, []))
+        assert got == 50, f"the resumed partition gave {got} of its 50 records"
+    finally:
+        consumer.close()
+        producer.close()
