@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -92,7 +93,23 @@ def throughput(db_url: str, bootstrap: str, events: int, pad: int) -> dict:
             "relay_eps": events / relay_s, "ratio": bare_s / relay_s}
 
 
-def latency(db_url: str, bootstrap: str, rate: int, seconds: float, writers: int = 2) -> dict:
+def start_ttsync_relay(db_url: str, bootstrap: str, prefix: str) -> Callable[[], None]:
+    """The relay as it runs in production: `ttsync relay`, a process of its own. Returns its stopper."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttsync", "relay", "--no-create-topics"],
+        env={**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+             "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_LOG_LEVEL": "WARNING", "TTSYNC_LOG_FORMAT": "json"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def stop() -> None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return stop
+
+
+def latency(db_url: str, bootstrap: str, rate: int, seconds: float, writers: int = 2,
+            start_relay: Callable[[str, str, str], Callable[[], None]] = start_ttsync_relay) -> dict:
     engine = make_engine(db_url, pool_size=4)
     prefix = f"lat{uuid.uuid4().hex[:6]}"
     topic = topic_for("client", prefix)
@@ -100,13 +117,7 @@ def latency(db_url: str, bootstrap: str, rate: int, seconds: float, writers: int
     # LogAppendTime: the record's timestamp is when the broker appended it, i.e. when it is "in Kafka".
     admin.create_topics([NewTopic(topic, 3, 1, topic_configs={"message.timestamp.type": "LogAppendTime"})])
     admin.close()
-    # The relay runs as it does in production: `ttsync relay`, a process of its own.
-    relay_proc = subprocess.Popen(
-        [sys.executable, "-m", "ttsync", "relay", "--no-create-topics"],
-        env={**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-             "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_LOG_LEVEL": "WARNING", "TTSYNC_LOG_FORMAT": "json"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    stop_relay = start_relay(db_url, bootstrap, prefix)
 
     committed_at: dict[str, float] = {}
     received: dict[str, float] = {}
@@ -141,8 +152,7 @@ def latency(db_url: str, bootstrap: str, rate: int, seconds: float, writers: int
         p.join(30)
     achieved = n_total / (max(committed_at.values()) - started)
     consumer_thread.join()
-    relay_proc.send_signal(signal.SIGTERM)
-    relay_proc.wait(30)
+    stop_relay()
     engine.dispose()
     lat_ms = [(received[k] - committed_at[k]) * 1000 for k in committed_at if k in received]
     return {"rate_target": rate, "rate_achieved": achieved, "events": n_total, "received": len(lat_ms),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from producer.outbox_tables import outbox
 
@@ -61,3 +61,33 @@ def outbox_status(engine: Engine, *, rate_window_s: int = 300, failing_limit: in
 
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def replication_slot(engine: Engine, slot: str) -> dict[str, Any] | None:
+    """The Debezium relay's position: its slot on this database, and how many WAL bytes it has not confirmed
+    (what is still in flight once Debezium relays the outbox; rows are not marked published then)."""
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT active, confirmed_flush_lsn::text, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes "
+            "FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}).first()
+    if row is None:
+        return None
+    return {"slot": slot, "active": bool(row[0]), "confirmed_flush_lsn": row[1], "lag_bytes": int(row[2] or 0)}
+
+
+def purge(engine: Engine, older_than: dt.timedelta, *, include_unpublished: bool = False, chunk: int = 5000) -> int:
+    """Delete outbox rows older than ``older_than``: published ones, and with ``include_unpublished`` every row
+    (once Debezium relays the outbox it reads inserts from the WAL, which its slot keeps until it has confirmed
+    them, so deleting a row it has not streamed yet loses nothing)."""
+    cutoff = dt.datetime.now(dt.UTC) - older_than
+    which = "occurred_at < :cutoff" if include_unpublished else \
+        "published_at IS NOT NULL AND published_at < :cutoff"
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = conn.execute(text(f"DELETE FROM ttsync_outbox WHERE id IN (SELECT id FROM ttsync_outbox "
+                                        f"WHERE {which} LIMIT :n)"), {"cutoff": cutoff, "n": chunk}).rowcount
+        total += deleted
+        if deleted < chunk:
+            return total

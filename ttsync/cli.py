@@ -771,14 +771,21 @@ def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | N
 @outbox_app.command("status")
 def outbox_status_cmd(
     as_json: JsonOpt = False,
-    check: Annotated[bool, typer.Option(help="Exit 1 when rows keep failing.")] = False,
+    check: Annotated[bool, typer.Option(help="Exit 1 when rows keep failing (or the slot is not active).")] = False,
+    slot: Annotated[str | None, typer.Option(help="Also show this Debezium replication slot (its unconfirmed "
+                                                  "WAL is what is in flight when Debezium relays).")] = None,
 ) -> None:
     """Backlog, oldest unpublished age, publish rate, rows that keep failing."""
     from producer.database import make_engine
-    from producer.outbox_status import outbox_status
+    from producer.outbox_status import outbox_status, replication_slot
 
     settings = _settings()
-    status = outbox_status(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    status = outbox_status(engine)
+    slot_ok = True
+    if slot:
+        status["replication_slot"] = replication_slot(engine, slot)
+        slot_ok = bool(status["replication_slot"] and status["replication_slot"]["active"])
     if as_json:
         _emit_json(status)
     else:
@@ -797,7 +804,32 @@ def outbox_status_cmd(
         for row in status["failing_rows"]:
             console.print(f"[red]{row['type']} {row['aggregate_id']}[/] attempts={row['attempts']} "
                           f"next={row['next_attempt_at']} error={row['last_error']}")
-    raise typer.Exit(EXIT_FAILED if check and status["failing"] else EXIT_OK)
+        if slot:
+            info = status["replication_slot"]
+            console.print(f"slot {slot}: " + ("[red]does not exist[/]" if info is None else
+                                              f"{'active' if info['active'] else '[red]inactive[/]'}, "
+                                              f"{info['lag_bytes']:,} WAL bytes not confirmed"))
+    raise typer.Exit(EXIT_FAILED if check and (status["failing"] or not slot_ok) else EXIT_OK)
+
+
+@outbox_app.command("purge")
+def outbox_purge_cmd(
+    older_than_hours: Annotated[float, typer.Option(help="Delete rows older than this.")] = 72.0,
+    include_unpublished: Annotated[bool, typer.Option(
+        help="Also rows never marked published: only once Debezium relays the outbox (it reads the WAL).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old outbox rows. `ttsync relay` does this itself; with the Debezium relay, run it from cron."""
+    from producer.database import make_engine
+    from producer.outbox_status import purge
+
+    settings = _settings()
+    deleted = purge(make_engine(settings.database_url), dt.timedelta(hours=older_than_hours),
+                    include_unpublished=include_unpublished)
+    if as_json:
+        _emit_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {deleted} outbox row(s) older than {older_than_hours:g} h")
 
 
 # --- sandbox ----------------------------------------------------------------------------------------

@@ -100,6 +100,8 @@ class ChaosRun:
     procs: list[Proc] = field(default_factory=list)
     junk_injected: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    debezium_slot: str | None = None  # set when Debezium relays the outbox (see _slot_backlog)
+    wal_target: str | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         level = os.environ.get("TTSYNC_CHAOS_LOG_LEVEL", "info")
@@ -134,12 +136,28 @@ class ChaosRun:
     # -- observing -------------------------------------------------------------------------------------
 
     def backlog(self) -> int:
+        if self.debezium_slot is not None:
+            return self._slot_backlog()
         try:
             with Session(self.pipe.engine) as s:
                 return int(s.scalar(select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None)))
                            or 0)
         except (sa_exc.OperationalError, sa_exc.InterfaceError):
             return -1
+
+    def _slot_backlog(self) -> int:
+        """With Debezium relaying, outbox rows are never marked published: what is in flight is the WAL between
+        the slot's confirmed position and the last commit (``wal_target``, taken once the workload ended)."""
+        if self.wal_target is None:
+            return 1
+        try:
+            with self.pipe.engine.connect() as conn:
+                behind = conn.execute(text(
+                    "SELECT pg_wal_lsn_diff(CAST(:target AS pg_lsn), confirmed_flush_lsn) FROM pg_replication_slots "
+                    "WHERE slot_name = :slot"), {"target": self.wal_target, "slot": self.debezium_slot}).scalar()
+        except (sa_exc.OperationalError, sa_exc.InterfaceError):
+            return -1
+        return 1 if behind is None or behind > 0 else 0
 
     def group_lag(self) -> int:
         try:

@@ -77,3 +77,26 @@ def test_dockerfile_installs_every_package_and_runs_unprivileged() -> None:
     for package in ("schemas", "producer", "consumer", "ttsync"):
         assert f"COPY {package} {package}" in dockerfile
     assert 'ENTRYPOINT ["ttsync"]' in dockerfile and "USER 10001" in dockerfile
+
+
+def test_the_debezium_connector_writes_the_records_our_relay_writes() -> None:
+    import json
+
+    from producer.debezium_config import connector_config
+
+    cfg = connector_config("postgresql+psycopg://tt:s3cret@db.example:6543/timetracker", "acme")
+    assert (cfg["database.hostname"], cfg["database.port"], cfg["database.user"], cfg["database.dbname"]) == (
+        "db.example", "6543", "tt", "timetracker")
+    assert cfg["table.include.list"] == "public.ttsync_outbox" and cfg["plugin.name"] == "pgoutput"
+    assert cfg["transforms.outbox.route.topic.replacement"] == "acme.${routedByValue}"  # as topic_for()
+    assert cfg["transforms.outbox.table.field.event.key"] == "aggregateid"
+    assert cfg["transforms.outbox.table.field.event.id"] == "id"  # header "id", as the relay's
+    assert "aggregate_version:header:aggregateVersion" in cfg["transforms.outbox.table.fields.additional.placement"]
+    assert cfg["value.converter"].endswith("StringConverter")  # the envelope, byte for byte
+    assert connector_config("postgresql://u:p@h/d", "x", password_file="/s/p.properties")["database.password"] \
+        == "${file:/s/p.properties:password}"
+    shipped = json.loads((ROOT / "deploy" / "debezium" / "ttsync-outbox-connector.json").read_text())["config"]
+    assert shipped["database.password"].startswith("${file:")  # no secret in the repository's example
+    assert {k: v for k, v in shipped.items() if not k.startswith("database.")} == \
+        {k: v for k, v in connector_config("postgresql://u@h/d", "timetracker").items()
+         if not k.startswith("database.")}

@@ -144,3 +144,20 @@ def test_reconcile_sees_a_wrong_customer_and_a_live_invoice_that_must_be_voided(
     drift = judge(records, qbo, {"client:2": Mapped("Customer", "8", "0", 1)}, POLICY, "tt")
     details = {d.aggregate_id: d.detail for d in drift}
     assert "customer 7" in details["1"] and "must be voided" in details["2"]
+
+
+def test_outbox_purge_keeps_unpublished_rows_unless_debezium_relays(sqlite_engine: Engine) -> None:
+    from sqlalchemy import update
+
+    from producer.outbox_status import purge
+
+    _seed(sqlite_engine)
+    run_snapshot(sqlite_engine)  # ten rows, none published
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=100)
+    with sqlite_engine.begin() as conn:
+        conn.execute(update(outbox).values(occurred_at=old))
+        conn.execute(update(outbox).where(outbox.c.aggregatetype == "invoice").values(published_at=old))
+    assert purge(sqlite_engine, dt.timedelta(hours=72)) == 5  # the published invoices only
+    assert len(_snapshot_rows(sqlite_engine)) == 5
+    assert purge(sqlite_engine, dt.timedelta(hours=72), include_unpublished=True) == 5
+    assert _snapshot_rows(sqlite_engine) == []

@@ -1,0 +1,59 @@
+"""Put the ttsync outbox connector into a Kafka Connect worker (PUT of its config: idempotent) and wait until
+its task runs. Used by deploy/local/connect.sh register; the same config is in ttsync-outbox-connector.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from producer.debezium_config import connector_config
+
+
+def _call(method: str, url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rest", default="http://127.0.0.1:8083")
+    parser.add_argument("--name", default="ttsync-outbox")
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--topic-prefix", default="timetracker")
+    parser.add_argument("--slot", default="ttsync_outbox")
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+    config = connector_config(args.database_url, args.topic_prefix, slot=args.slot)
+    _call("PUT", f"{args.rest}/connectors/{args.name}/config", config)
+    deadline = time.monotonic() + args.timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            state = _call("GET", f"{args.rest}/connectors/{args.name}/status")
+        except urllib.error.HTTPError:
+            state = {}
+        tasks = state.get("tasks") or []
+        if tasks and all(t.get("state") == "RUNNING" for t in tasks) and \
+                (state.get("connector") or {}).get("state") == "RUNNING":
+            print(f"connector {args.name} running ({len(tasks)} task)")
+            return 0
+        failed = [t for t in tasks if t.get("state") == "FAILED"]
+        if failed:
+            print(f"connector {args.name} task failed:\n{failed[0].get('trace', '')[:3000]}", file=sys.stderr)
+            return 1
+        time.sleep(1)
+    print(f"connector {args.name} not running after {args.timeout:.0f}s: {json.dumps(state)[:2000]}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Kafka Connect (distributed mode, one worker) with the Debezium PostgreSQL connector, from Maven Central jars,
+# relaying ttsync's outbox through Debezium's Outbox Event Router (deploy/debezium/).
+#
+#   deploy/local/connect.sh start|stop|status|register|unregister
+#
+# Environment:
+#   CONNECT_PORT              REST port on 127.0.0.1 (default 8083)
+#   KAFKA_BOOTSTRAP           broker (default 127.0.0.1:9092)
+#   CONNECT_GROUP             worker group and prefix of its internal topics (default ttsync-connect-<port>)
+#   CONNECT_STATE_DIR         pid file, worker config and log (default <repo>/.local/connect-<port>)
+#   TTSYNC_CACHE_DIR          where the jars are cached (default ~/.cache/ttsync); reused when present
+#   CONNECT_HEAP_OPTS         JVM heap (default -Xms256m -Xmx512m)
+#   TTSYNC_DATABASE_URL       the TimeTracker database holding ttsync_outbox (register)
+#   TTSYNC_TOPIC_PREFIX       topics are <prefix>.<aggregate type>, as with `ttsync relay` (default timetracker)
+#   DEBEZIUM_SLOT             replication slot and publication name (default ttsync_outbox)
+#   DEBEZIUM_CONNECTOR        connector name (default ttsync-outbox)
+#
+# `start` runs the worker (idempotent) and waits for its REST API; `register` puts the outbox connector in
+# (idempotent: PUT of its config) and waits until its task runs. `stop` ends only the worker it started.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+POM="$REPO/deploy/debezium/connect-pom.xml"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
+DEBEZIUM_VERSION="$(sed -n 's:.*<debezium.version>\(.*\)</debezium.version>.*:\1:p' "$POM")"
+PORT="${CONNECT_PORT:-8083}"
+BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+GROUP="${CONNECT_GROUP:-ttsync-connect-$PORT}"
+STATE_DIR="${CONNECT_STATE_DIR:-$REPO/.local/connect-$PORT}"
+CACHE_DIR="${TTSYNC_CACHE_DIR:-$HOME/.cache/ttsync}"
+LIBS="$CACHE_DIR/connect-$KAFKA_VERSION-debezium-$DEBEZIUM_VERSION/libs"
+PID_FILE="$STATE_DIR/worker.pid"
+LOG_FILE="$STATE_DIR/worker.log"
+TIMEOUT="${CONNECT_START_TIMEOUT:-120}"
+REST="http://127.0.0.1:$PORT"
+CONNECTOR="${DEBEZIUM_CONNECTOR:-ttsync-outbox}"
+
+log() { echo "[connect.sh] $*" >&2; }
+
+running_pid() {
+  [[ -f "$PID_FILE" ]] || return 1
+  local pid
+  pid="$(cat "$PID_FILE")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  grep -q "ConnectDistributed" "/proc/$pid/cmdline" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+fetch_jars() {
+  if [[ -f "$LIBS/.complete" ]]; then return 0; fi
+  command -v java >/dev/null || { log "java not found (install openjdk-17-jre-headless)"; exit 1; }
+  if ! command -v mvn >/dev/null; then
+    log "maven not found; installing it with apt"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null
+  fi
+  log "fetching Kafka Connect $KAFKA_VERSION and Debezium $DEBEZIUM_VERSION jars into $LIBS"
+  rm -rf "$LIBS" && mkdir -p "$LIBS"
+  mvn -q -B -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
+  touch "$LIBS/.complete"
+}
+
+write_config() {
+  mkdir -p "$STATE_DIR"
+  cat >"$STATE_DIR/worker.properties" <<CFG
+bootstrap.servers=$BOOTSTRAP
+group.id=$GROUP
+listeners=http://127.0.0.1:$PORT
+rest.advertised.host.name=127.0.0.1
+rest.advertised.port=$PORT
+config.storage.topic=$GROUP-configs
+offset.storage.topic=$GROUP-offsets
+status.storage.topic=$GROUP-status
+config.storage.replication.factor=1
+offset.storage.replication.factor=1
+status.storage.replication.factor=1
+offset.storage.partitions=1
+status.storage.partitions=1
+# The outbox row's payload column is already the event envelope (JSON text) and its aggregateid the key: both
+# go to Kafka as they are, byte for byte what 'ttsync relay' sends.
+key.converter=org.apache.kafka.connect.storage.StringConverter
+value.converter=org.apache.kafka.connect.storage.StringConverter
+header.converter=org.apache.kafka.connect.storage.StringConverter
+offset.flush.interval.ms=1000
+producer.max.request.size=8388608
+producer.enable.idempotence=true
+producer.acks=all
+plugin.discovery=only_scan
+CFG
+}
+
+rest_up() { python3 - "$REST" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/connectors", timeout=3).read()
+PY
+}
+
+start() {
+  local pid
+  if pid="$(running_pid)"; then
+    log "worker already running (pid $pid) from $STATE_DIR"
+    echo "$REST"
+    return 0
+  fi
+  fetch_jars
+  write_config
+  local started=$SECONDS
+  # shellcheck disable=SC2086
+  setsid nohup java ${CONNECT_HEAP_OPTS:--Xms256m -Xmx512m} -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn \
+    -Dorg.slf4j.simpleLogger.log.org.reflections=error \
+    -cp "$LIBS/*" org.apache.kafka.connect.cli.ConnectDistributed "$STATE_DIR/worker.properties" \
+    >>"$LOG_FILE" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$PID_FILE"
+  local deadline=$((SECONDS + TIMEOUT))
+  until rest_up; do
+    if ! kill -0 "$pid" 2>/dev/null || ((SECONDS > deadline)); then
+      log "worker did not come up; last log lines:"; tail -n 40 "$LOG_FILE" >&2 || true
+      kill "$pid" 2>/dev/null || true
+      rm -f "$PID_FILE"
+      exit 1
+    fi
+    sleep 1
+  done
+  log "worker pid $pid ready in $((SECONDS - started))s; log: $LOG_FILE"
+  echo "$REST"
+}
+
+register() {
+  rest_up || { log "no worker answers on $REST (run: $0 start)"; exit 1; }
+  python3 "$REPO/deploy/debezium/register.py" --rest "$REST" --name "$CONNECTOR" \
+    --database-url "${TTSYNC_DATABASE_URL:?TTSYNC_DATABASE_URL is not set}" \
+    --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" --slot "${DEBEZIUM_SLOT:-ttsync_outbox}"
+}
+
+unregister() {
+  python3 - "$REST" "$CONNECTOR" <<'PY'
+import sys, urllib.error, urllib.request
+req = urllib.request.Request(f"{sys.argv[1]}/connectors/{sys.argv[2]}", method="DELETE")
+try:
+    urllib.request.urlopen(req, timeout=10)
+    print(f"connector {sys.argv[2]} removed")
+except urllib.error.HTTPError as exc:
+    if exc.code != 404:
+        raise
+    print(f"no connector {sys.argv[2]}")
+PY
+}
+
+stop() {
+  local pid
+  if ! pid="$(running_pid)"; then
+    log "no worker running from $STATE_DIR"
+    rm -f "$PID_FILE"
+    return 0
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$PID_FILE"
+  log "worker $pid stopped"
+}
+
+status() {
+  local pid
+  if pid="$(running_pid)"; then
+    echo "running pid=$pid rest=$REST state=$STATE_DIR"
+  else
+    echo "stopped state=$STATE_DIR"
+    return 3
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  register) register ;;
+  unregister) unregister ;;
+  restart) stop; start ;;
+  *) echo "usage: $0 start|stop|status|register|unregister|restart" >&2; exit 2 ;;
+esac
