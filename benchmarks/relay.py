@@ -167,6 +167,10 @@ def _writer(db_url: str, index: int, writers: int, n_total: int, rate: int, star
     from sqlalchemy.engine import make_url
 
     conn = psycopg.connect(make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False))
+    # Commits as production makes them: the local cluster runs with synchronous_commit=off, whose WAL reaches
+    # the disk (and a logical-replication client such as Debezium) only at the next WAL-writer round, 200 ms.
+    conn.execute("SET synchronous_commit = on")
+    conn.commit()
     out: dict[str, float] = {}
     for i in range(index, n_total, writers):
         delay = started + i / rate - time.time()
