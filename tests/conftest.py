@@ -71,22 +71,10 @@ def make_unique() -> Callable[[str], str]:
 @pytest.fixture
 def pipeline(pg_engine: Engine, pg_database: str, kafka_bootstrap: str, topic_prefix: str,
              group_id: str) -> Iterator[Any]:
-    import requests
+    from tests.pipeline import pipeline_on
 
-    from producer.trigger_capture import install_triggers
-    from tests.pipeline import REALM, Pipeline, start_sandbox
-
-    with pg_engine.begin() as conn:
-        install_triggers(conn, source="tt-test")
-    sandbox = start_sandbox(requests_per_minute=6000, concurrent_requests=20)
-    token = requests.post(f"{sandbox.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
-    pipe = Pipeline(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id, sandbox,
-                    refresh_token=token["refresh_token"])
-    pipe.create_topics()
-    try:
+    with pipeline_on(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id) as pipe:
         yield pipe
-    finally:
-        sandbox.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

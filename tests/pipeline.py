@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,3 +118,22 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 
 def start_sandbox(**config: Any) -> SandboxServer:
     return SandboxServer(SandboxConfig(port=0, **config)).start()
+
+
+@contextmanager
+def pipeline_on(engine: Engine, db_url: str, bootstrap: str, prefix: str, group: str, *,
+                sandbox: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Iterator[Pipeline]:
+    """Capture triggers on the database, a sandbox (``sandbox``: its config), a refresh token, the topics."""
+    from producer.trigger_capture import install_triggers
+
+    with engine.begin() as conn:
+        install_triggers(conn, source="tt-test")
+    server = start_sandbox(**{"requests_per_minute": 6000, "concurrent_requests": 20, **(sandbox or {})})
+    token = requests.post(f"{server.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
+    pipe = Pipeline(engine, db_url, bootstrap, prefix, group, server, overrides=dict(overrides or {}),
+                    refresh_token=token["refresh_token"])
+    pipe.create_topics()
+    try:
+        yield pipe
+    finally:
+        server.stop()

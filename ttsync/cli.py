@@ -290,6 +290,20 @@ def capture_status(as_json: JsonOpt = False) -> None:
         console.print("\n".join(names) or "no capture triggers installed")
 
 
+SinceDateOpt = Annotated[str | None, typer.Option(help="Only records created or changed since (ISO date).")]
+TypesOpt = Annotated[str, typer.Option(help="Comma-separated record types.")]
+
+
+def _record_types(value: str) -> list[str]:
+    from producer.outbox_snapshot import parse_types
+
+    try:
+        return parse_types(value)
+    except ValueError as exc:
+        err_console.print(f"[red]--types[/]: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
 def _parse_date(value: str | None, option: str) -> dt.datetime | None:
     if value is None:
         return None
@@ -303,8 +317,8 @@ def _parse_date(value: str | None, option: str) -> dt.datetime | None:
 
 @capture_app.command("snapshot")
 def capture_snapshot(
-    since: Annotated[str | None, typer.Option(help="Only records created or changed since (ISO date).")] = None,
-    types: Annotated[str, typer.Option(help="Comma-separated record types.")] = "client,invoice,expense,payment",
+    since: SinceDateOpt = None,
+    types: TypesOpt = "client,invoice,expense,payment",
     dry_run: Annotated[bool, typer.Option(help="Count what would be enqueued; write nothing.")] = False,
     rate: Annotated[float | None, typer.Option(help="At most this many records per second.")] = None,
     chunk_size: Annotated[int, typer.Option(help="Record ids read per query.")] = 500,
@@ -314,14 +328,10 @@ def capture_snapshot(
 ) -> None:
     """Enqueue one snapshot event per existing record (initial backfill). Resumes an unfinished run."""
     from producer.database import make_engine
-    from producer.outbox_snapshot import SnapshotConflict, SnapshotReport, parse_types, run_snapshot
+    from producer.outbox_snapshot import SnapshotConflict, SnapshotReport, run_snapshot
 
     settings = _settings()
-    try:
-        wanted = parse_types(types)
-    except ValueError as exc:
-        err_console.print(f"[red]--types[/]: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    wanted = _record_types(types)
     log = structlog.get_logger("ttsync.snapshot")
     stop = threading.Event()
 
@@ -357,8 +367,8 @@ def capture_snapshot(
 
 @app.command()
 def reconcile(
-    since: Annotated[str | None, typer.Option(help="Only records created or changed since (ISO date).")] = None,
-    types: Annotated[str, typer.Option(help="Comma-separated record types.")] = "client,invoice,expense,payment",
+    since: SinceDateOpt = None,
+    types: TypesOpt = "client,invoice,expense,payment",
     fix: Annotated[bool, typer.Option(help="Repair the drift: enqueue events for what TimeTracker holds, "
                                            "remove QBO's extras and duplicates.")] = False,
     limit: Annotated[int, typer.Option(help="Rows shown in the table (all are in --json).")] = 50,
@@ -369,14 +379,9 @@ def reconcile(
     from consumer.reconcile import existing_ids as still_there
     from consumer.wiring import build_parts
     from producer.database import make_engine
-    from producer.outbox_snapshot import parse_types
 
     settings = _settings()
-    try:
-        wanted = parse_types(types)
-    except ValueError as exc:
-        err_console.print(f"[red]--types[/]: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    wanted = _record_types(types)
     after = _parse_date(since, "--since")
     log = structlog.get_logger("ttsync.reconcile")
     timetracker = make_engine(settings.database_url)

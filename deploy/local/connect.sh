@@ -37,29 +37,12 @@ TIMEOUT="${CONNECT_START_TIMEOUT:-120}"
 REST="http://127.0.0.1:$PORT"
 CONNECTOR="${DEBEZIUM_CONNECTOR:-ttsync-outbox}"
 
+PROCESS_MARK="ConnectDistributed"
+
 log() { echo "[connect.sh] $*" >&2; }
 
-running_pid() {
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  grep -q "ConnectDistributed" "/proc/$pid/cmdline" 2>/dev/null || return 1
-  echo "$pid"
-}
-
-fetch_jars() {
-  if [[ -f "$LIBS/.complete" ]]; then return 0; fi
-  command -v java >/dev/null || { log "java not found (install openjdk-17-jre-headless)"; exit 1; }
-  if ! command -v mvn >/dev/null; then
-    log "maven not found; installing it with apt"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null
-  fi
-  log "fetching Kafka Connect $KAFKA_VERSION and Debezium $DEBEZIUM_VERSION jars into $LIBS"
-  rm -rf "$LIBS" && mkdir -p "$LIBS"
-  mvn -q -B -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
-  touch "$LIBS/.complete"
-}
+# shellcheck source=deploy/local/jvm_service.sh
+source "$HERE/jvm_service.sh"
 
 write_config() {
   mkdir -p "$STATE_DIR"
@@ -98,12 +81,12 @@ PY
 
 start() {
   local pid
-  if pid="$(running_pid)"; then
+  if pid="$(jvm_running_pid)"; then
     log "worker already running (pid $pid) from $STATE_DIR"
     echo "$REST"
     return 0
   fi
-  fetch_jars
+  jvm_fetch_jars
   write_config
   local started=$SECONDS
   # shellcheck disable=SC2086
@@ -150,32 +133,9 @@ except urllib.error.HTTPError as exc:
 PY
 }
 
-stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    log "no worker running from $STATE_DIR"
-    rm -f "$PID_FILE"
-    return 0
-  fi
-  kill -TERM "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$PID_FILE"
-  log "worker $pid stopped"
-}
+stop() { jvm_stop worker; }
 
-status() {
-  local pid
-  if pid="$(running_pid)"; then
-    echo "running pid=$pid rest=$REST state=$STATE_DIR"
-  else
-    echo "stopped state=$STATE_DIR"
-    return 3
-  fi
-}
+status() { jvm_status "rest=$REST state=$STATE_DIR"; }
 
 case "${1:-}" in
   start) start ;;

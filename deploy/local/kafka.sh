@@ -28,33 +28,15 @@ LOG_FILE="$STATE_DIR/broker.log"
 TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 BOOTSTRAP="127.0.0.1:$PORT"
 
+POM="$HERE/kafka-pom.xml"
+PROCESS_MARK="kafka.Kafka"
+
 log() { echo "[kafka.sh] $*" >&2; }
 
-running_pid() {
-  # Prints the recorded pid when that process is alive and is our broker (not a recycled pid).
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  grep -q "kafka.Kafka" "/proc/$pid/cmdline" 2>/dev/null || return 1
-  echo "$pid"
-}
+# shellcheck source=deploy/local/jvm_service.sh
+source "$HERE/jvm_service.sh"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-fetch_jars() {
-  if [[ -f "$LIBS/.complete" ]]; then return 0; fi
-  command -v java >/dev/null || { log "java not found (install openjdk-17-jre-headless)"; exit 1; }
-  if ! command -v mvn >/dev/null; then
-    log "maven not found; installing it with apt"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null
-  fi
-  log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS"
-  rm -rf "$LIBS" && mkdir -p "$LIBS"
-  mvn -q -B -f "$HERE/kafka-pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
-  touch "$LIBS/.complete"
-}
 
 write_config() {
   mkdir -p "$STATE_DIR/data"
@@ -103,7 +85,7 @@ wait_ready() {
 
 start() {
   local pid
-  if pid="$(running_pid)"; then
+  if pid="$(jvm_running_pid)"; then
     log "broker already running (pid $pid) from $STATE_DIR"
     wait_ready "$pid"
     echo "$BOOTSTRAP"
@@ -113,7 +95,7 @@ start() {
     log "port $PORT or $CONTROLLER_PORT is taken by another process; set KAFKA_PORT to a free port"
     exit 1
   fi
-  fetch_jars
+  jvm_fetch_jars
   mkdir -p "$STATE_DIR"
   if [[ ! -f "$STATE_DIR/data/meta.properties" ]]; then
     write_config
@@ -151,35 +133,9 @@ while True:
   echo "$BOOTSTRAP"
 }
 
-stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    log "no broker running from $STATE_DIR"
-    rm -f "$PID_FILE"
-    return 0
-  fi
-  kill -TERM "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "broker $pid ignored SIGTERM for 30s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$PID_FILE"
-  log "broker $pid stopped"
-}
+stop() { jvm_stop broker; }
 
-status() {
-  local pid
-  if pid="$(running_pid)"; then
-    echo "running pid=$pid bootstrap=$BOOTSTRAP state=$STATE_DIR"
-  else
-    echo "stopped state=$STATE_DIR"
-    return 3
-  fi
-}
+status() { jvm_status "bootstrap=$BOOTSTRAP state=$STATE_DIR"; }
 
 case "${1:-}" in
   start) start ;;

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import Engine, text
 
 from consumer import dlq_tools
@@ -25,7 +24,7 @@ from producer.outbox_snapshot import run_snapshot
 from schemas.contract import dlq_topic
 from tests.backfill_data import Seeded, seed_old_connector, seed_timetracker
 from tests.chaos.invariant import MARKER, check
-from tests.pipeline import REALM, Pipeline, start_sandbox, wait_until
+from tests.pipeline import REALM, Pipeline, pipeline_on, wait_until
 
 ENTITIES = ("Customer", "Invoice", "Purchase", "Payment")
 
@@ -33,23 +32,13 @@ ENTITIES = ("Customer", "Invoice", "Purchase", "Payment")
 @pytest.fixture
 def fast_pipeline(pg_engine: Engine, pg_database: str, kafka_bootstrap: str, topic_prefix: str,
                   group_id: str) -> Iterator[Pipeline]:
-    """The pipeline with capture triggers, and a sandbox whose limits let a 5,000-record backfill drain in
-    minutes (QBO's own 500/min would take an hour; the rate limiter is exercised elsewhere)."""
-    from producer.trigger_capture import install_triggers
-
-    with pg_engine.begin() as conn:
-        install_triggers(conn, source="tt-test")
-    sandbox = start_sandbox(requests_per_minute=60000, concurrent_requests=20, batch_requests_per_minute=6000)
-    token = requests.post(f"{sandbox.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
-    pipe = Pipeline(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id, sandbox,
-                    overrides={"qbo_requests_per_minute": 50000, "qbo_batch_requests_per_minute": 5000,
-                               "retry_topic_delays_s": [2, 10, 30]},
-                    refresh_token=token["refresh_token"])
-    pipe.create_topics()
-    try:
+    """The pipeline with a sandbox whose limits let a 5,000-record backfill drain in minutes (QBO's own
+    500/min would take an hour; benchmarks.backfill measures that, the rate limiter is tested elsewhere)."""
+    with pipeline_on(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id,
+                     sandbox={"requests_per_minute": 60000, "batch_requests_per_minute": 6000},
+                     overrides={"qbo_requests_per_minute": 50000, "qbo_batch_requests_per_minute": 5000,
+                                "retry_topic_delays_s": [2, 10, 30]}) as pipe:
         yield pipe
-    finally:
-        sandbox.stop()
 
 
 def _outbox_count(engine: Engine, where: str = "TRUE") -> int:

@@ -20,7 +20,8 @@ def ttsync(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
 
 
 @pytest.mark.parametrize("command", [[], ["doctor"], ["db", "upgrade"], ["capture", "install"], ["relay"],
-                                     ["outbox", "status"], ["schemas", "export"]])
+                                     ["outbox", "status"], ["outbox", "purge"], ["schemas", "export"],
+                                     ["capture", "snapshot"], ["reconcile"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = ttsync(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -120,3 +121,31 @@ def test_the_readme_first_command_runs_the_demo_to_a_green_end(kafka_bootstrap: 
     assert report["qbo"]["Invoice"] == 4 and report["qbo"]["Purchase"] == 3 and report["qbo"]["Customer"] == 5
     assert report["dead_letters_left"] == {"malformed_event": 1}
     assert report["seconds"] < 120
+
+
+def test_capture_snapshot_on_sqlite_dry_run_then_run_then_bad_options(tmp_path: Path) -> None:
+    env = {"TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'tt.sqlite3'}"}
+    assert ttsync("db", "upgrade", "--timetracker-schema", env=env).returncode == 0
+    from sqlalchemy.orm import Session
+
+    from producer.database import make_engine
+    from tests.timetracker_data import base_rows, new_invoice
+
+    engine = make_engine(env["TTSYNC_DATABASE_URL"])
+    with Session(engine) as s:
+        user, client, project = base_rows(s)
+        new_invoice(s, user, client, project, number="C-1", status="sent")
+        s.commit()
+    engine.dispose()
+    dry = ttsync("capture", "snapshot", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["total"] == 2 and json.loads(dry.stdout)["enqueued"] == 0
+    run = ttsync("capture", "snapshot", "--json", "--types", "invoice", env=env)
+    assert run.returncode == 0 and json.loads(run.stdout)["enqueued"] == 1, run.stderr
+    assert ttsync("outbox", "status", "--json", env=env).stdout.count('"backlog": 1') == 1
+    bad_type = ttsync("capture", "snapshot", "--types", "invoice,timesheet", env=env)
+    assert bad_type.returncode == 2 and "timesheet" in bad_type.stderr
+    bad_date = ttsync("capture", "snapshot", "--since", "last tuesday", env=env)
+    assert bad_date.returncode == 2 and "--since" in bad_date.stderr
+    purge = ttsync("outbox", "purge", "--older-than-hours", "0", "--include-unpublished", "--json", env=env)
+    assert purge.returncode == 0 and json.loads(purge.stdout)["deleted"] == 1, purge.stderr
