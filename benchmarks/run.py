@@ -30,6 +30,8 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("lag", "benchmarks.lag", [], ["--partitions", "30", "--runs", "2"]),
     ("pipeline", "benchmarks.pipeline", [],
      ["--rate", "10", "--seconds", "5", "--backlog", "20000", "--consume-seconds", "10"]),
+    ("debezium", "benchmarks.debezium", [], ["--events", "2000", "--seconds", "5", "--rate", "100"]),
+    ("backfill", "benchmarks.backfill", [], ["--records", "500", "--drain-records", "100"]),
 ]
 
 
@@ -72,6 +74,18 @@ FIGURES: list[Figure] = [
     ("pipeline", "relay draining the backlog: rows, events/s",
      lambda d: (_get(d, "memory", "backlog"), _get(d, "memory", "relay_eps")), "{0:,} at {1:,.0f}/s"),
     ("pipeline", "relay peak RSS draining it", lambda d: (_get(d, "memory", "relay_peak_rss_mb"),), "{0:.0f} MB"),
+    ("debezium", "backlog events/s: ttsync relay / Debezium",
+     lambda d: (_get(d, "relay", "relay_eps"), _get(d, "debezium", "debezium_eps")), "{0:,.0f} / {1:,.0f}"),
+    ("debezium", "commit-to-Kafka p50/p99: relay, Debezium",
+     lambda d: (_get(d, "latency_relay", "p50_ms"), _get(d, "latency_relay", "p99_ms"),
+                _get(d, "latency_debezium", "p50_ms"), _get(d, "latency_debezium", "p99_ms")),
+     "{0:.0f}/{1:.0f} ms, {2:.0f}/{3:.0f} ms"),
+    ("backfill", "snapshot records/s (PostgreSQL COPY, one-row INSERT tx)",
+     lambda d: (_get(d, "snapshot", "per_s"), _get(d, "ceiling", "copy_per_s"), _get(d, "ceiling", "insert_tx_per_s")),
+     "{0:,.0f} ({1:,.0f}, {2:,.0f})"),
+    ("backfill", "backfill drain at QBO's limits, with / without adoption lookup",
+     lambda d: (_get(d, "drain_adopt", "seconds") / 60, _get(d, "drain_no_adopt", "seconds") / 60,
+                _get(d, "drain_adopt", "events")), "{0:.1f} / {1:.1f} min for {2:,} records"),
     ("pipeline", "consumer peak RSS in it (first half / whole)",
      lambda d: (_get(d, "memory", "consumer_peak_rss_mb_first_half"), _get(d, "memory", "consumer_peak_rss_mb")),
      "{0:.0f} / {1:.0f} MB"),
