@@ -170,7 +170,7 @@ class EventApplier:
             # TimeTracker's connector sent no DocNumber and no tax: same customer, date and one of the totals.
             rows = self.client.query(f"SELECT * FROM Invoice WHERE CustomerRef = {quote(customer)} "
                                      f"AND TxnDate = {quote(body['TxnDate'])}", "Invoice")
-            return legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True)
+            return self._legacy_pick(event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True))
 
         try:
             return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer, legacy=legacy)
@@ -203,7 +203,8 @@ class EventApplier:
 
         def legacy() -> dict[str, Any] | None:
             rows = self.client.query(f"SELECT * FROM Purchase WHERE TxnDate = {quote(body['TxnDate'])}", "Purchase")
-            return legacy_match(rows, {exp.amount, exp.amount + (exp.tax_amount or 0)})
+            return self._legacy_pick(event, "Purchase",
+                                     *legacy_match(rows, {exp.amount, exp.amount + (exp.tax_amount or 0)}))
 
         return self._upsert(event, "Purchase", body, decision, mapped, find, legacy=legacy)
 
@@ -324,6 +325,14 @@ class EventApplier:
         if legacy is not None and self.adopt_legacy and (event.action == "snapshot" or _predates_ttsync(event)):
             return legacy()
         return None
+
+    def _legacy_pick(self, event: EventEnvelope, entity: str, found: dict[str, Any] | None,
+                     ambiguous: list[str]) -> dict[str, Any] | None:
+        if ambiguous:
+            # ttsync creates its own; the old one stays in QBO unmarked, where reconcile cannot tie it to a record.
+            log.warning("legacy_match_ambiguous", entity=entity, aggregate_id=event.aggregate_id,
+                        candidates=ambiguous, action="creating; check these QBO entities for a twin")
+        return found
 
     def _adopt_and_update(self, event: EventEnvelope, entity: str, existing: dict[str, Any], body: dict[str, Any],
                           customer_ref: str | None) -> Outcome:

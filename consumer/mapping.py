@@ -231,15 +231,19 @@ def legacy_qbo_id(aggregate_type: str, payload: dict[str, Any]) -> str | None:
 
 
 def legacy_match(candidates: list[dict[str, Any]], totals: set[Decimal], *, lone: bool = False
-                 ) -> dict[str, Any] | None:
-    """The one QBO entity among ``candidates`` that the old connector made for a record, never one ttsync wrote
-    (it carries a marker). One of the totals it could have sent (it left tax out) decides. With ``lone`` (the
-    candidates already share the customer and the date), a single candidate is taken when no total fits: the
-    record changed since. Otherwise None: a guess never merges two records; ttsync creates, and reconcile
-    reports the twin."""
+                 ) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the one QBO entity among ``candidates`` that the old connector made for a record, the ids it could not
+    choose between). Never one ttsync wrote (it carries a marker). One of the totals the connector could have
+    sent (it left tax out) decides. With ``lone`` (the candidates already share the customer and the date), a
+    single candidate is taken when no total fits: the record changed since. A guess never merges two records:
+    when several fit, nothing is taken and their ids come back for the operator."""
     unmarked = [c for c in candidates if "ttsync:" not in (c.get("PrivateNote") or "")]
     wanted = {t.quantize(CENT) for t in totals}
     fits = [c for c in unmarked if Decimal(str(c.get("TotalAmt", "0"))).quantize(CENT) in wanted]
     if len(fits) == 1:
-        return fits[0]
-    return unmarked[0] if lone and not fits and len(unmarked) == 1 else None
+        return fits[0], []
+    if len(fits) > 1:
+        return None, [str(c.get("Id")) for c in fits]
+    if lone and len(unmarked) == 1:
+        return unmarked[0], []
+    return None, [str(c.get("Id")) for c in unmarked] if lone else []

@@ -391,9 +391,10 @@ def test_a_guess_at_the_old_connectors_entity_never_merges_two_records() -> None
     ours = {"Id": "2", "TotalAmt": 300.75, "PrivateNote": "ttsync:invoice:5@tt"}
     other = {"Id": "3", "TotalAmt": 120.00}
     totals = {Decimal("300.75"), Decimal("330.83")}
-    assert legacy_match([old, ours, other], totals) == old  # the amount decides; ttsync's own never counts
-    assert legacy_match([ours], totals) is None
-    assert legacy_match([{**old, "TotalAmt": 999}], totals, lone=True)["Id"] == "1"  # changed, alone: taken
-    assert legacy_match([{**old, "TotalAmt": 999}], totals) is None  # only the date in common: too weak
-    assert legacy_match([{**old, "TotalAmt": 999}, other], totals) is None  # changed and not alone: create
-    assert legacy_match([old, {**old, "Id": "4"}], totals) is None  # two fit: no guess
+    assert legacy_match([old, ours, other], totals) == (old, [])  # the amount decides; ttsync's own never counts
+    assert legacy_match([ours], totals) == (None, [])
+    changed = {**old, "TotalAmt": 999}
+    assert legacy_match([changed], totals, lone=True) == (changed, [])  # changed since, but alone: taken
+    assert legacy_match([changed], totals) == (None, [])  # only the date in common: too weak, and no twin to name
+    assert legacy_match([changed, other], totals, lone=True) == (None, ["1", "3"])  # changed, not alone: create
+    assert legacy_match([old, {**old, "Id": "4"}], totals) == (None, ["1", "4"])  # two fit: no guess
