@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from consumer.state_tables import entity_map, oauth_tokens
 from producer.timetracker_schema import Client, Expense, Invoice, Payment
-from tests.pipeline import Pipeline
+from tests.pipeline import Pipeline, wait_until
 from tests.timetracker_data import base_rows, new_expense, new_invoice, new_payment
 
 pytestmark = pytest.mark.integration
@@ -330,13 +330,18 @@ def test_two_consumers_in_one_group_share_partitions_and_apply_each_event_once(p
     import threading
 
     _invoices(pipeline, 24, prefix="INV-G")
-    pipeline.relay()
     workers = [pipeline.consumer(), pipeline.consumer()]
     threads = [threading.Thread(target=w.run, kwargs={"max_seconds": 90,
                                                        "until": lambda s: len(pipeline.qbo("Invoice")) >= 24})
                for w in workers]
     for t in threads:
         t.start()
+    # Both members own partitions before the first event arrives: otherwise the first to join may apply the
+    # whole stream (through the batch endpoint, in a second) before the second is in the group.
+    invoice_topic = f"{pipeline.prefix}.invoice"
+    wait_until(lambda: all(any(tp.topic == invoice_topic for tp in w.consumer.assignment()) for w in workers), 60,
+               "both consumers to own invoice partitions")
+    pipeline.relay()
     for t in threads:
         t.join(120)
     for w in workers:

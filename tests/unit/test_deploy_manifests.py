@@ -100,3 +100,18 @@ def test_the_debezium_connector_writes_the_records_our_relay_writes() -> None:
     assert {k: v for k, v in shipped.items() if not k.startswith("database.")} == \
         {k: v for k, v in connector_config("postgresql://u@h/d", "timetracker").items()
          if not k.startswith("database.")}
+
+
+def test_the_strimzi_connector_carries_the_same_config() -> None:
+    import yaml
+
+    from producer.debezium_config import connector_config
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "debezium" / "strimzi.yaml").read_text()))
+    connector = next(d for d in docs if d["kind"] == "KafkaConnector")
+    want = connector_config("postgresql://u@h/d", "timetracker")
+    assert connector["spec"]["class"] == want["connector.class"]
+    assert {k: v for k, v in connector["spec"]["config"].items() if not k.startswith("database.")} == \
+        {k: v for k, v in want.items() if not k.startswith("database.") and k not in ("connector.class", "tasks.max")}
+    connect = next(d for d in docs if d["kind"] == "KafkaConnect")
+    assert connect["spec"]["build"]["plugins"][0]["artifacts"][0]["version"] == "3.6.1.Final"
