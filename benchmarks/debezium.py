@@ -23,12 +23,12 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
-from sqlalchemy import text
 
 from benchmarks._env import kafka_bootstrap, postgres_url, print_table, scratch_database
 from benchmarks.relay import SEED_SQL, latency
 from benchmarks.relay import throughput as relay_throughput
 from producer.database import make_engine
+from producer.outbox_status import drop_replication_slot, replication_slot
 from schemas import topic_for
 from ttsync.logging_setup import configure_logging
 
@@ -55,29 +55,15 @@ class Worker:
         self.sh("register", **env)
         engine = make_engine(db_url)
         deadline = time.monotonic() + 60
-        while True:
-            with engine.connect() as conn:
-                if conn.execute(text("SELECT active FROM pg_replication_slots WHERE slot_name = :s"),
-                                {"s": slot}).scalar():
-                    break
+        while not (replication_slot(engine, slot) or {}).get("active"):
             if time.monotonic() > deadline:
                 raise RuntimeError("Debezium never took its replication slot")
             time.sleep(0.2)
 
         def stop() -> None:
             self.sh("unregister", **env)
-            end = time.monotonic() + 60
-            while time.monotonic() < end:
-                with engine.connect() as conn:
-                    active = conn.execute(text("SELECT active FROM pg_replication_slots WHERE slot_name = :s"),
-                                          {"s": slot}).scalar()
-                    if active is None:
-                        break
-                    if not active:
-                        conn.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
-                        conn.commit()
-                        break
-                time.sleep(0.5)
+            if not drop_replication_slot(engine, slot):
+                raise RuntimeError(f"slot {slot} still held by Kafka Connect")
             engine.dispose()
         return stop
 

@@ -29,7 +29,7 @@ from consumer.mapping import CENT, MARKER_RE, legacy_qbo_id, request_id
 from consumer.qbo_client import QboClient
 from consumer.state_store import StateStore
 from producer.aggregate_snapshots import AGGREGATES, snapshot
-from producer.outbox_writer import next_version, write_event
+from producer.outbox_snapshot import enqueue_snapshot
 
 log = structlog.get_logger("ttsync.reconcile")
 
@@ -283,13 +283,11 @@ def _enqueue(d: Drift, timetracker: Engine, client: QboClient, store: StateStore
         store.adopt(d.aggregate_type, agg_id, client.read(d.qbo_entity, d.qbo_ids[0]),
                     version=current.last_version if current else 0)
     with timetracker.begin() as conn:
-        version = next_version(conn, d.aggregate_type, d.aggregate_id or "")
-        state = snapshot(conn, d.aggregate_type, d.aggregate_id or "")
-        if state is None:
-            d.fixed = "not fixed: the record is gone from TimeTracker"
-            return
-        event_id = write_event(conn, aggregate_type=d.aggregate_type, aggregate_id=d.aggregate_id or "",
-                               action="snapshot", payload=state, source=source, version=version)
+        enqueued = enqueue_snapshot(conn, d.aggregate_type, agg_id, source)
+    if enqueued is None:
+        d.fixed = "not fixed: the record is gone from TimeTracker"
+        return
+    event_id, version = enqueued
     d.fixed = f"enqueued {d.aggregate_type}.snapshot v{version} ({event_id})"
 
 

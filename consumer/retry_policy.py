@@ -70,11 +70,11 @@ class RetryPolicy:
         next_tier = 0 if tier is None else tier + 1
         if next_tier < len(self.topic_delays_s):
             return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[next_tier]), next_tier)
-        last = len(self.topic_delays_s) - 1
-        if isinstance(error, DependencyNotReady) and last >= 0 and failing_for_s < self.dependency_wait_max_s:
-            return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[last]), last,
-                        reason=f"still waiting for its dependency after {failing_for_s:.0f}s")
         if isinstance(error, DependencyNotReady):
+            last = len(self.topic_delays_s) - 1
+            if last >= 0 and failing_for_s < self.dependency_wait_max_s:
+                return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[last]), last,
+                            reason=f"still waiting for its dependency after {failing_for_s:.0f}s")
             return Step(StepKind.DEAD_LETTER, reason=f"dependency not ready after {failing_for_s:.0f}s: {error}")
         return Step(StepKind.DEAD_LETTER, reason=f"retries exhausted: {error}")
 

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.engine import make_url
 
 from producer.kafka_publisher import OutRecord, RecordPublisher
+from producer.outbox_status import purge as purge_outbox
 from producer.relay_buckets import BucketLeases, bucket_of_sql
 from producer.trigger_capture import NOTIFY_CHANNEL
 from schemas.contract import SCHEMA_VERSION, Header, topic_for
@@ -269,20 +270,7 @@ class OutboxRelay:
 
     def purge(self) -> int:
         """Delete published rows older than the retention period, in chunks."""
-        cutoff = _utcnow() - self.retention
-        total = 0
-        while True:
-            with self.engine.begin() as conn:
-                deleted = conn.execute(
-                    text(
-                        "DELETE FROM ttsync_outbox WHERE id IN (SELECT id FROM ttsync_outbox "
-                        "WHERE published_at IS NOT NULL AND published_at < :cutoff LIMIT 5000)"
-                    ),
-                    {"cutoff": cutoff},
-                ).rowcount
-            total += deleted
-            if deleted < 5000:
-                break
+        total = purge_outbox(self.engine, self.retention)
         if total:
             log.info("outbox_purged", rows=total, older_than=str(self.retention))
         self.stats.purged += total

@@ -129,18 +129,27 @@ def _same_since(a: dt.datetime | None, b: dt.datetime | None) -> bool:
     return a.replace(tzinfo=a.tzinfo or dt.UTC) == b.replace(tzinfo=b.tzinfo or dt.UTC)
 
 
+def enqueue_snapshot(conn: Connection, aggregate_type: str, record_id: str | int, source: str
+                     ) -> tuple[uuid.UUID, int] | None:
+    """One record's current state as a ``<type>.snapshot`` event, in the caller's transaction: the version
+    first (it waits for a racing writer), then the state. (event id, version), or None when the record is gone
+    (its delete event went out live; the version gap this leaves is harmless)."""
+    version = next_version(conn, aggregate_type, str(record_id))
+    state = snapshot(conn, aggregate_type, record_id)
+    if state is None:
+        return None
+    event_id = write_event(conn, aggregate_type=aggregate_type, aggregate_id=str(record_id), action="snapshot",
+                           payload=state, source=source, version=version)
+    return event_id, version
+
+
 def _enqueue_one(conn: Connection, run_id: str, aggregate_type: str, record_id: int, source: str) -> bool:
-    """One record, in the caller's transaction: version first (waits for a racing writer), then its state."""
+    """One record and the run's progress, in the caller's transaction."""
     if conn.dialect.name == "postgresql":
         # The progress row commits with the event, so a crash loses at most this transaction: durable enough,
         # and it spares one WAL flush per record.
         conn.execute(text("SET LOCAL synchronous_commit = off"))
-    version = next_version(conn, aggregate_type, str(record_id))
-    state = snapshot(conn, aggregate_type, record_id)
-    wrote = state is not None  # deleted meanwhile: its delete event went out live; the version gap is harmless
-    if wrote:
-        write_event(conn, aggregate_type=aggregate_type, aggregate_id=str(record_id), action="snapshot",
-                    payload=state or {}, source=source, version=version)
+    wrote = enqueue_snapshot(conn, aggregate_type, record_id, source) is not None
     now = dt.datetime.now(dt.UTC)
     conn.execute(update(snapshot_progress)
                  .where(and_(snapshot_progress.c.run_id == run_id, snapshot_progress.c.aggregatetype == aggregate_type))

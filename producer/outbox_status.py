@@ -1,8 +1,10 @@
-"""``ttsync outbox status``: backlog, oldest unpublished age, publish rate, rows that keep failing."""
+"""The outbox seen from outside: ``ttsync outbox status`` (backlog, oldest unpublished age, publish rate, rows
+that keep failing, a Debezium slot's position) and its housekeeping (``purge``, dropping a Debezium slot)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text
@@ -91,3 +93,20 @@ def purge(engine: Engine, older_than: dt.timedelta, *, include_unpublished: bool
         total += deleted
         if deleted < chunk:
             return total
+
+
+def drop_replication_slot(engine: Engine, slot: str, timeout_s: float = 60.0) -> bool:
+    """Drop a Debezium slot once its connector has let go of it (an abandoned slot keeps WAL without limit, and
+    its database cannot be dropped). True when the slot is gone, False when it stayed active for ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = replication_slot(engine, slot)
+        if info is None:
+            return True
+        if not info["active"]:
+            with engine.begin() as conn:
+                conn.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)

@@ -375,6 +375,8 @@ def reconcile(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare TimeTracker with QBO: missing, different, extra, duplicate. Exit 1 when drift is found."""
+    from consumer.errors import FatalError, SyncError
+    from consumer.lifecycle import QBO_ENTITY
     from consumer.reconcile import ReconcileReport, judge, load_qbo, load_timetracker, repair
     from consumer.reconcile import existing_ids as still_there
     from consumer.wiring import build_parts
@@ -385,9 +387,6 @@ def reconcile(
     after = _parse_date(since, "--since")
     log = structlog.get_logger("ttsync.reconcile")
     timetracker = make_engine(settings.database_url)
-    from consumer.errors import FatalError, SyncError
-    from consumer.lifecycle import QBO_ENTITY
-
     report = ReconcileReport()
     try:
         parts = build_parts(settings)
@@ -606,13 +605,7 @@ def _dlq_filter(event_type: str | None, aggregate: str | None, error: str | None
                 until: str | None) -> Any:
     from consumer.dlq_tools import DlqFilter
 
-    def when(value: str | None) -> dt.datetime | None:
-        if value is None:
-            return None
-        parsed = dt.datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-    return DlqFilter(event_type, aggregate, error, when(since), when(until))
+    return DlqFilter(event_type, aggregate, error, _parse_date(since, "--since"), _parse_date(until, "--until"))
 
 
 TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. expense or invoice.updated.")]

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from producer.outbox_status import drop_replication_slot, replication_slot
 from schemas.codec import headers_to_dict
 from schemas.contract import topic_for
 from tests.chaos.conftest import MakeRun
-from tests.chaos.harness import ChaosRun, changes_per_scenario
+from tests.chaos.harness import changes_per_scenario
 from tests.chaos.report import record
-from tests.chaos.test_chaos import wait_progress
+from tests.chaos.test_chaos import running, wait_progress
 from tests.chaos.workload import Workload
 from tests.kafka_helpers import read_topics
 
@@ -72,28 +73,6 @@ def connect_worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactor
         worker.run("stop")
 
 
-def _slot_active(run: ChaosRun, slot: str) -> bool:
-    with run.pipe.engine.connect() as conn:
-        return bool(conn.execute(text("SELECT active FROM pg_replication_slots WHERE slot_name = :s"),
-                                 {"s": slot}).scalar())
-
-
-def _drop_slot(run: ChaosRun, slot: str) -> None:
-    """The scratch database cannot be dropped while a replication slot points at it."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with run.pipe.engine.connect() as conn:
-            row = conn.execute(text("SELECT active FROM pg_replication_slots WHERE slot_name = :s"),
-                               {"s": slot}).first()
-            if row is None:
-                return
-            if not row[0]:
-                conn.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
-                conn.commit()
-                return
-        time.sleep(0.5)
-
-
 def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_connect(
         make_run: MakeRun, connect_worker: ConnectWorker) -> None:
     started = time.monotonic()
@@ -113,7 +92,7 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
             connect_worker.run("register", **env)
             run.debezium_slot = slot
             deadline = time.monotonic() + 60
-            while not _slot_active(run, slot):
+            while not (replication_slot(run.pipe.engine, slot) or {}).get("active"):
                 assert time.monotonic() < deadline, "Debezium never took its replication slot"
                 time.sleep(0.2)
             with run.pipe.engine.connect() as conn:
@@ -157,8 +136,6 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
         finally:
             subprocess.run(["bash", str(CONNECT), "unregister"], env={**connect_worker.env, **env},
                            capture_output=True, timeout=60)
-            _drop_slot(run, slot)
+            # The scratch database cannot be dropped while a replication slot points at it.
+            assert drop_replication_slot(run.pipe.engine, slot), f"slot {slot} still held by Kafka Connect"
 
-
-def running(workload: Workload) -> bool:
-    return workload.progress < 1 and workload.error is None
