@@ -18,6 +18,7 @@ import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -39,7 +40,10 @@ from consumer.mapping import (
     payment_request,
     payment_type,
     purchase_request,
+    readable_state,
     request_id,
+    settlement_marker,
+    settlement_request,
 )
 from consumer.qbo_client import DuplicateRequestId, QboClient, quote
 from consumer.references import ReferenceResolver
@@ -139,9 +143,11 @@ class EventApplier:
             return Outcome("duplicate", reason="event already processed")
         decision = decide(event, mapped, self.policy)
         if decision.action is Action.SKIP:
+            log.info("event_skipped", event_id=str(event.event_id), event_type=event.event_type,
+                     aggregate_id=event.aggregate_id, version=event.aggregate_version, reason=decision.reason)
             self.store.record(event, "skipped")
             return Outcome("skipped", mapped.qbo_id if mapped else None, decision.reason)
-        state = event.state()
+        state = readable_state(event.aggregate_type, event.payload, self.options)
         handler: Callable[..., Outcome] = getattr(self, f"_{event.aggregate_type}")
         outcome = handler(event, state, decision, mapped)
         if isinstance(outcome, PlannedWrite):
@@ -157,7 +163,8 @@ class EventApplier:
         if decision.action in (Action.VOID, Action.DELETE):
             assert mapped is not None
             return self._void_or_delete(event, "Invoice", mapped, decision.action)
-        customer = self.resolver.customer(inv.client_id, inv.client, inv.client_name, inv.client_email)
+        customer = self.resolver.customer(inv.client_id, inv.client, inv.client_name, inv.client_email,
+                                          currency=inv.currency_code)
         body = invoice_request(inv, InvoiceRefs(customer, self.resolver.item()), self.options)
         mark = marker("invoice", inv.id, self.options.source)
 
@@ -173,7 +180,13 @@ class EventApplier:
             return self._legacy_pick(event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True))
 
         try:
-            return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer, legacy=legacy)
+            if inv.unrecorded_payment == 0:
+                self._settle(event, inv, customer)  # undo a "mark as paid" first: it may hold the total down
+            outcome = self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer,
+                                   legacy=legacy)
+            if isinstance(outcome, Outcome) and outcome.qbo_id and inv.unrecorded_payment > 0:
+                self._settle(event, inv, customer, outcome.qbo_id)
+            return outcome
         except QboValidationFault as fault:
             # A payment (another aggregate, another partition) was applied against a later version of this
             # invoice, and this older, smaller one no longer fits under it. The later version is normally right
@@ -189,7 +202,7 @@ class EventApplier:
             assert mapped is not None
             return self._void_or_delete(event, "Purchase", mapped, Action.DELETE)
         refs = PurchaseRefs(
-            paying_account_id=self.resolver.paying_account(payment_type(exp, self.options)),
+            paying_account_id=self.resolver.paying_account(payment_type(exp, self.options), exp.payment_method),
             expense_account_id=self.resolver.expense_account(exp.category),
             vendor_id=self.resolver.vendor(exp.vendor),
         )
@@ -245,7 +258,8 @@ class EventApplier:
                                                   {"Active": False}, "deactivate")
             self.store.record(event, "deactivated", qbo=result, status="inactive")
             return Outcome("deactivated", result["Id"])
-        body = customer_request(client, self.options)
+        currency = self.options.default_currency if decision.action is Action.CREATE else None
+        body = customer_request(client, self.options, currency=currency)
 
         def find() -> dict[str, Any] | None:
             rows = self.client.query(f"SELECT * FROM Customer WHERE DisplayName = {quote(body['DisplayName'])}",
@@ -253,6 +267,54 @@ class EventApplier:
             return rows[0] if rows else None
 
         return self._upsert(event, "Customer", body, decision, mapped, find)
+
+    def _settle(self, event: EventEnvelope, inv: InvoiceState, customer: str, invoice_qbo_id: str | None = None
+                ) -> None:
+        """Keep QBO's Balance at TimeTracker's ``total_amount - amount_paid`` when part of ``amount_paid`` has no
+        payment row ("mark as paid"): one Payment per invoice, the *settlement*, holds that part. Created,
+        changed with the amount, voided when the part goes back to zero (a refund, or the status undone).
+        Written with requestids derived from the invoice event, so a redelivery changes nothing."""
+        want = inv.unrecorded_payment
+        held = self.store.mapped(SETTLEMENT, str(inv.id))
+        active = held is not None and held.in_qbo and held.qbo_status == "active"
+        if want == 0:
+            if active:
+                assert held is not None
+                self._void_or_delete(event, "Payment", held, Action.VOID, record_as=SETTLEMENT)
+                log.info("settlement_voided", invoice_id=inv.id, qbo_id=held.qbo_id)
+            return
+        if invoice_qbo_id is None:
+            return
+        ceiling = inv.total_amount - (inv.payments_completed or Decimal("0"))
+        if want > ceiling:
+            log.warning("settlement_capped", invoice_id=inv.id, amount_paid=str(inv.amount_paid),
+                        capped_to=str(ceiling), reason="QBO cannot hold an invoice paid above its total")
+            want = max(Decimal("0"), ceiling)
+        body = settlement_request(inv, want, customer, invoice_qbo_id, self.options)
+        if active:
+            assert held is not None and held.qbo_id
+            result = self._write_with_fresh_token(event, "Payment", held.qbo_id, held.sync_token, body, "settle")
+        else:
+            mark = settlement_marker(inv.id, self.options.source)
+            found = None
+            if held is not None and held.pending_requestid:
+                rows = self.client.query(f"SELECT * FROM Payment WHERE CustomerRef = {quote(customer)} "
+                                         f"AND TxnDate = {quote(body['TxnDate'])}", "Payment")
+                found = next((r for r in rows if mark in (r.get("PrivateNote") or "")
+                              and not r.get("Voided")), None)
+            if found is not None:
+                result = self._write_with_fresh_token(event, "Payment", str(found["Id"]), str(found["SyncToken"]),
+                                                      body, "settle")
+            else:
+                rid = self._rid(event, "settle:create", body)
+                self.store.mark_pending(SETTLEMENT, str(inv.id), rid)
+                try:
+                    result = self.client.create("Payment", body, rid)
+                except DuplicateRequestId:
+                    raise QboUnavailable(f"settlement of invoice {inv.id}: requestid {rid} seen, payment not found "
+                                         "yet") from None
+        self.store.adopt(SETTLEMENT, str(inv.id), result, customer_ref=customer)
+        log.info("settlement_written", invoice_id=inv.id, amount=str(want), qbo_id=result.get("Id"))
 
     # -- the write patterns --------------------------------------------------------------------------
 
@@ -356,7 +418,8 @@ class EventApplier:
                 return self.client.read(entity, qbo_id)  # this very write was applied before
         raise StaleSyncToken(f"{entity} {qbo_id} kept changing under us ({self.stale_retries} re-reads)")
 
-    def _void_or_delete(self, event: EventEnvelope, entity: str, mapped: Mapped, action: Action) -> Outcome:
+    def _void_or_delete(self, event: EventEnvelope, entity: str, mapped: Mapped, action: Action, *,
+                        record_as: str | None = None) -> Outcome:
         qbo_id = mapped.qbo_id or ""
         token = mapped.sync_token or self.client.read(entity, qbo_id)["SyncToken"]
         verb = "voided" if action is Action.VOID else "deleted"
@@ -380,11 +443,15 @@ class EventApplier:
                 raise
         else:
             raise StaleSyncToken(f"{entity} {qbo_id} kept changing under us")
-        self.store.record(event, verb, qbo={"Id": qbo_id, "SyncToken": result.get("SyncToken", token)},
-                          status=verb)
+        done = {"Id": qbo_id, "SyncToken": result.get("SyncToken", token)}
+        if record_as is not None:  # a write beside the event's own (the settlement): the event is not done yet
+            self.store.forget(record_as, event.aggregate_id, status=verb)
+            return Outcome(verb, qbo_id)
+        self.store.record(event, verb, qbo=done, status=verb)
         return Outcome(verb, qbo_id)
 
 
+SETTLEMENT = "settlement"  # entity-map type of the Payment that stands for amount_paid without payment rows
 LEGACY_AGE = dt.timedelta(days=1)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
 
 from schemas.events import EventEnvelope
 
@@ -42,6 +44,9 @@ class SyncPolicy:
 
     invoice_sync: frozenset[str] = field(default_factory=lambda: frozenset({"issued", "sent", "paid", "overdue"}))
     invoice_void: frozenset[str] = field(default_factory=lambda: frozenset({"cancelled", "void"}))
+    # TimeTracker's daily job (check_overdue_invoices) sets 'overdue' on drafts as well as on sent invoices:
+    # an invoice in these statuses enters QBO only with a sign that it left the house (see ``was_issued``).
+    invoice_sync_if_issued: frozenset[str] = field(default_factory=lambda: frozenset({"overdue"}))
     expense_sync: frozenset[str] = field(default_factory=lambda: frozenset({"approved", "reimbursed"}))
     expense_delete: frozenset[str] = field(default_factory=lambda: frozenset({"rejected"}))
     payment_sync: frozenset[str] = field(default_factory=lambda: frozenset({"completed"}))
@@ -58,6 +63,18 @@ class Decision:
 QBO_ENTITY = {"invoice": "Invoice", "expense": "Purchase", "payment": "Payment", "client": "Customer"}
 
 
+def was_issued(payload: dict[str, Any]) -> bool:
+    """Whether an invoice that is not in QBO shows it was ever issued: money received against it, an e-mail
+    that sent it, or an id TimeTracker's old QuickBooks connector (which synced sent invoices only) left."""
+    try:
+        paid = Decimal(str(payload.get("amount_paid") or "0"))
+    except ArithmeticError:
+        paid = Decimal("0")
+    meta = payload.get("integration_metadata")
+    legacy = isinstance(meta, dict) and bool(meta.get("quickbooks") or meta.get("quickbooks_id"))
+    return paid > 0 or int(payload.get("emails_sent") or 0) > 0 or legacy
+
+
 def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> Decision:
     if mapped is not None and mapped.last_version >= event.aggregate_version:
         return Decision(Action.SKIP, f"version {event.aggregate_version} is not newer than {mapped.last_version}")
@@ -70,6 +87,10 @@ def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> D
     upsert = Decision(Action.UPDATE if in_qbo else Action.CREATE, f"status {status}")
     voided = mapped is not None and mapped.qbo_status == "voided"
     if event.aggregate_type == "invoice":
+        if status in policy.invoice_sync and status in policy.invoice_sync_if_issued and not in_qbo \
+                and not was_issued(event.payload):
+            return Decision(Action.SKIP, f"status {status} without ever being issued, sent or paid: TimeTracker's "
+                            "daily job marks unsent drafts overdue too; it enters QBO once it is sent or paid")
         if status in policy.invoice_sync:
             return Decision(Action.SKIP, "voided in QBO, which is final") if voided else upsert
         if status in policy.invoice_void:

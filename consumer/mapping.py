@@ -4,6 +4,7 @@ options), no I/O. The resolver (references.py) finds the ids; the applier (appli
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 import uuid
@@ -12,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from consumer.errors import MappingError
-from schemas.events import ClientState, ExpenseState, InvoiceState, PaymentState
+from schemas.events import PAYLOAD_MODELS, ClientState, ExpenseState, InvoiceState, PaymentState
 
 CENT = Decimal("0.01")
 DOC_NUMBER_MAX = 21
@@ -26,8 +27,15 @@ class MappingOptions:
     multicurrency: bool = True
     payment_types: dict[str, str] = field(default_factory=lambda: {
         "card": "CreditCard", "credit_card": "CreditCard", "creditcard": "CreditCard", "company_card": "CreditCard",
-        "cash": "Cash", "check": "Check", "cheque": "Check", "bank_transfer": "Cash", "transfer": "Cash"})
+        "cash": "Cash", "check": "Check", "cheque": "Check", "bank_transfer": "Cash", "transfer": "Cash",
+        "debit_card": "Cash", "paypal": "Cash", "other": "Cash"})
     default_payment_type: str = "Cash"
+    # TimeTracker's web forms pass text through bleach, which stores "&" as "&amp;" (its REST API does not):
+    # names and free text are decoded before they reach QBO.
+    decode_html: bool = True
+    # The currency of a customer made from a client event, before any invoice says otherwise: TimeTracker's
+    # Settings.currency (EUR unless changed there).
+    default_currency: str = "EUR"
 
 
 @dataclass(frozen=True)
@@ -85,20 +93,71 @@ def expense_doc_number(expense_id: int) -> str:
     return f"TT-EXP-{expense_id}"
 
 
+def _decode(value: Any) -> Any:
+    if isinstance(value, str):
+        return html.unescape(value) if "&" in value else value
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def readable_state(aggregate_type: str, payload: dict[str, Any], opts: MappingOptions
+                   ) -> InvoiceState | ExpenseState | PaymentState | ClientState:
+    """The event's payload as its aggregate's model, with HTML entities decoded in every text (bleach's
+    ``&amp;``, ``&#39;``, ``&quot;``) unless ``opts.decode_html`` is off. Raises pydantic.ValidationError."""
+    model = PAYLOAD_MODELS[aggregate_type]
+    return model.model_validate(_decode(payload) if opts.decode_html else payload)  # type: ignore[return-value]
+
+
+def _sales_line(amount: Decimal, description: str | None, item_id: str,
+                qty: Decimal | None = None, unit_price: Decimal | None = None) -> dict[str, Any]:
+    detail: dict[str, Any] = {"ItemRef": {"value": item_id}}
+    amount = amount.quantize(CENT, rounding=ROUND_HALF_UP)
+    # QBO checks Amount == Qty * UnitPrice (6070): send both only when TimeTracker's numbers agree.
+    if qty is not None and unit_price is not None \
+            and (qty * unit_price).quantize(CENT, rounding=ROUND_HALF_UP) == amount:
+        detail["Qty"] = _money(qty)
+        detail["UnitPrice"] = _money(unit_price)
+    return {"DetailType": "SalesItemLineDetail", "Amount": _money(amount), "Description": _text(description),
+            "SalesItemLineDetail": detail}
+
+
+def invoice_lines(inv: InvoiceState, item_id: str) -> list[dict[str, Any]]:
+    """TimeTracker's ``Invoice.calculate_totals()`` bills items, extra goods and linked expenses (amount plus
+    tax): each becomes a line, in that order, so that QBO's subtotal is TimeTracker's."""
+    lines = [_sales_line(i.total_amount, i.description, item_id, i.quantity, i.unit_price) for i in inv.items]
+    lines += [_sales_line(g.total_amount, " - ".join(p for p in (g.name, g.description) if p), item_id,
+                          g.quantity, g.unit_price) for g in inv.extra_goods]
+    lines += [_sales_line(e.total_amount, " - ".join(p for p in (f"Expense: {e.title}", e.description) if p),
+                          item_id) for e in inv.expenses]
+    return lines
+
+
+def check_invoice_totals(inv: InvoiceState) -> None:
+    """QBO computes TotalAmt from the lines and the tax; it can only equal TimeTracker's total when TimeTracker's
+    stored totals agree with its own lines. An invoice that was never recalculated is refused with the figures."""
+    parts = [i.total_amount for i in inv.items] + [g.total_amount for g in inv.extra_goods] + \
+        [e.total_amount for e in inv.expenses]
+    if not parts:
+        raise MappingError(
+            f"invoice {inv.invoice_number} has no lines (no items, extra goods or linked expenses; total "
+            f"{inv.total_amount}): QuickBooks cannot hold an invoice without lines. Add a line in TimeTracker or "
+            "cancel the invoice, then replay this dead letter", code="invoice_without_lines")
+    lines = sum((p.quantize(CENT, rounding=ROUND_HALF_UP) for p in parts), Decimal("0"))
+    tax = (inv.tax_amount or Decimal("0")).quantize(CENT, rounding=ROUND_HALF_UP)
+    if lines != inv.subtotal.quantize(CENT) or lines + tax != inv.total_amount.quantize(CENT):
+        raise MappingError(
+            f"invoice {inv.invoice_number}: TimeTracker shows subtotal {inv.subtotal} and total {inv.total_amount}, "
+            f"but its items, extra goods and linked expenses add up to {lines} (+ tax {tax} = {lines + tax}). "
+            "Open and save the invoice in TimeTracker so it recalculates, then replay this dead letter",
+            code="invoice_totals_inconsistent")
+
+
 def invoice_request(inv: InvoiceState, refs: InvoiceRefs, opts: MappingOptions) -> dict[str, Any]:
-    if not inv.items:
-        raise MappingError(f"invoice {inv.invoice_number} has no items; QBO needs at least one line",
-                           code="invoice_without_lines")
-    lines = []
-    for item in inv.items:
-        detail: dict[str, Any] = {"ItemRef": {"value": refs.item_id}}
-        amount = item.total_amount.quantize(CENT, rounding=ROUND_HALF_UP)
-        # QBO checks Amount == Qty * UnitPrice (6070): send both only when TimeTracker's numbers agree.
-        if (item.quantity * item.unit_price).quantize(CENT, rounding=ROUND_HALF_UP) == amount:
-            detail["Qty"] = _money(item.quantity)
-            detail["UnitPrice"] = _money(item.unit_price)
-        lines.append({"DetailType": "SalesItemLineDetail", "Amount": _money(amount),
-                      "Description": _text(item.description), "SalesItemLineDetail": detail})
+    check_invoice_totals(inv)
+    lines = invoice_lines(inv, refs.item_id)
     body: dict[str, Any] = {
         "CustomerRef": {"value": refs.customer_id},
         "DocNumber": _doc_number(inv.invoice_number, "invoice number"),
@@ -172,7 +231,36 @@ def payment_request(pay: PaymentState, refs: PaymentRefs, opts: MappingOptions) 
     return body
 
 
-def customer_request(client: ClientState, opts: MappingOptions, display_name: str | None = None) -> dict[str, Any]:
+def settlement_marker(invoice_id: int, source: str) -> str:
+    """The settlement Payment's marker: not a TimeTracker record of its own, so not ``MARKER_RE``'s."""
+    return f"ttsync:settlement:{invoice_id}@{source}"
+
+
+def settlement_request(inv: InvoiceState, amount: Decimal, customer_id: str, invoice_qbo_id: str,
+                       opts: MappingOptions) -> dict[str, Any]:
+    """The Payment that holds what TimeTracker counts as paid without a payment row (status menu "mark as
+    paid": amount_paid = total, no row), so that QBO's Balance equals total_amount - amount_paid."""
+    paid_on = inv.payment_date or (inv.updated_at.date() if inv.updated_at else inv.issue_date)
+    value = _money(amount)
+    body: dict[str, Any] = {
+        "CustomerRef": {"value": customer_id},
+        "TotalAmt": value,
+        "TxnDate": paid_on.isoformat(),
+        "Line": [{"Amount": value, "LinkedTxn": [{"TxnId": invoice_qbo_id, "TxnType": "Invoice"}]}],
+        "PrivateNote": _note(settlement_marker(inv.id, opts.source),
+                             f"marked paid in TimeTracker without a payment record ({inv.invoice_number})"),
+    }
+    if inv.payment_reference:
+        body["PaymentRefNum"] = inv.payment_reference[:DOC_NUMBER_MAX]
+    if opts.multicurrency and inv.currency_code:
+        body["CurrencyRef"] = {"value": inv.currency_code.upper()}
+    return body
+
+
+def customer_request(client: ClientState, opts: MappingOptions, display_name: str | None = None,
+                     currency: str | None = None) -> dict[str, Any]:
+    """A customer's body. ``currency`` (the first invoice's, else ``opts.default_currency``) is sent on create
+    only: in a multicurrency company a customer's currency is fixed, and its invoices must be in it."""
     body: dict[str, Any] = {
         "DisplayName": _text(display_name or client.name, 500),
         "CompanyName": _text(client.name, 100),
@@ -191,6 +279,8 @@ def customer_request(client: ClientState, opts: MappingOptions, display_name: st
     if client.address:
         lines = [ln.strip() for ln in client.address.splitlines() if ln.strip()][:5]
         body["BillAddr"] = {f"Line{i + 1}": ln[:500] for i, ln in enumerate(lines)}
+    if currency and opts.multicurrency:
+        body["CurrencyRef"] = {"value": currency.upper()}
     return body
 
 

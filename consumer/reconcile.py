@@ -14,6 +14,7 @@ the drift found:
 from __future__ import annotations
 
 import datetime as dt
+import html
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,12 +25,14 @@ import structlog
 from sqlalchemy import Engine, text
 
 from consumer.errors import QboValidationFault
-from consumer.lifecycle import QBO_ENTITY, Mapped, SyncPolicy
-from consumer.mapping import CENT, MARKER_RE, legacy_qbo_id, request_id
+from consumer.lifecycle import QBO_ENTITY, Mapped, SyncPolicy, was_issued
+from consumer.mapping import CENT, MARKER_RE, invoice_lines, legacy_qbo_id, request_id
 from consumer.qbo_client import QboClient
+from consumer.references import EXPENSE_ACCOUNT_TYPES, PAYING_ACCOUNT_TYPES
 from consumer.state_store import StateStore
 from producer.aggregate_snapshots import AGGREGATES, snapshot
 from producer.outbox_snapshot import enqueue_snapshot
+from schemas.events import InvoiceState
 
 log = structlog.get_logger("ttsync.reconcile")
 
@@ -84,6 +87,14 @@ def load_timetracker(engine: Engine, types: Iterable[str], since: dt.datetime | 
     return out
 
 
+def expense_values_in_use(engine: Engine) -> tuple[list[str], list[str]]:
+    """The expense categories and payment methods TimeTracker's data holds (for ``ttsync map check``)."""
+    with engine.connect() as conn:
+        categories = [r[0] for r in conn.execute(text("SELECT DISTINCT category FROM expenses")) if r[0]]
+        methods = [r[0] for r in conn.execute(text("SELECT DISTINCT payment_method FROM expenses")) if r[0]]
+    return sorted(categories), sorted(methods)
+
+
 def existing_ids(engine: Engine, aggregate_type: str, ids: Iterable[str]) -> set[str]:
     """Which of these ids TimeTracker still has (an extra's record may be outside --since, not gone)."""
     wanted = [int(i) for i in ids if i.isdigit()]
@@ -114,6 +125,8 @@ def expected(aggregate_type: str, state: dict[str, Any], policy: SyncPolicy) -> 
     """Where the record belongs in QBO under the sync policy (the same statuses lifecycle.decide uses)."""
     status = str(state.get("status", "")).lower()
     if aggregate_type == "invoice":
+        if status in policy.invoice_sync and status in policy.invoice_sync_if_issued and not was_issued(state):
+            return "any"  # a draft the daily job made overdue: out of QBO, unless it was synced when sent
         return "present" if status in policy.invoice_sync else "voided" if status in policy.invoice_void else "absent"
     if aggregate_type == "expense":
         return "present" if status in policy.expense_sync else "absent"
@@ -133,17 +146,24 @@ def is_voided(entity: dict[str, Any]) -> bool:
 
 
 def differences(aggregate_type: str, state: dict[str, Any], entity: dict[str, Any],
-                customer_ref: str | None) -> list[str]:
-    """What differs between a record and its QBO entity: amount, lines, status, customer."""
+                customer_ref: str | None, accounts: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """What differs between a record and its QBO entity, as an accountant compares them: totals, balances,
+    lines, accounts and their types, names (after decoding TimeTracker's HTML entities), status, customer."""
     diffs: list[str] = []
     if is_voided(entity):
         return ["voided in QBO, active in TimeTracker"]
     if aggregate_type == "invoice":
-        want = sorted(_money(i.get("total_amount")) for i in state.get("items") or [])
+        want = sorted(_money(ln["Amount"]) for ln in invoice_lines(_invoice_state(state), "-"))
         got = sorted(_money(ln.get("Amount")) for ln in entity.get("Line", [])
                      if ln.get("DetailType") == "SalesItemLineDetail")
         if want != got:
             diffs.append(f"lines {[str(g) for g in got]}, TimeTracker has {[str(w) for w in want]}")
+        total = _money(state.get("total_amount"))
+        if _money(entity.get("TotalAmt")) != total:
+            diffs.append(f"total {_money(entity.get('TotalAmt'))}, TimeTracker has {total}")
+        balance = total - _money(state.get("amount_paid"))
+        if _money(entity.get("Balance")) != balance:
+            diffs.append(f"balance {_money(entity.get('Balance'))}, TimeTracker has {balance}")
         if entity.get("DocNumber") != state.get("invoice_number"):
             diffs.append(f"DocNumber {entity.get('DocNumber')!r}, TimeTracker has {state.get('invoice_number')!r}")
         got_customer = (entity.get("CustomerRef") or {}).get("value")
@@ -153,6 +173,8 @@ def differences(aggregate_type: str, state: dict[str, Any], entity: dict[str, An
         want_total = _money(state.get("amount")) + _money(state.get("tax_amount"))
         if _money(entity.get("TotalAmt")) != want_total:
             diffs.append(f"amount {_money(entity.get('TotalAmt'))}, TimeTracker has {want_total}")
+        if accounts is not None:
+            diffs += _account_type_differences(entity, accounts)
     elif aggregate_type == "payment":
         if _money(entity.get("TotalAmt")) != _money(state.get("amount")):
             diffs.append(f"amount {_money(entity.get('TotalAmt'))}, TimeTracker has {_money(state.get('amount'))}")
@@ -160,7 +182,29 @@ def differences(aggregate_type: str, state: dict[str, Any], entity: dict[str, An
         email = (entity.get("PrimaryEmailAddr") or {}).get("Address")
         if (email or None) != (state.get("email") or None):
             diffs.append(f"e-mail {email!r}, TimeTracker has {state.get('email')!r}")
+        name = html.unescape(str(state.get("name") or ""))
+        if entity.get("DisplayName") not in (name, f"{name} (customer)"):
+            diffs.append(f"name {entity.get('DisplayName')!r}, TimeTracker has {name!r}")
     return diffs
+
+
+def _invoice_state(state: dict[str, Any]) -> InvoiceState:
+    return InvoiceState.model_validate(state)
+
+
+def _account_type_differences(purchase: dict[str, Any], accounts: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    paying = accounts.get(str((purchase.get("AccountRef") or {}).get("value")))
+    wanted = PAYING_ACCOUNT_TYPES.get(str(purchase.get("PaymentType")), frozenset())
+    if paying is not None and paying.get("AccountType") not in wanted:
+        out.append(f"paid from {paying.get('Name')!r}, a {paying.get('AccountType')} account")
+    for line in purchase.get("Line") or []:
+        ref = ((line.get("AccountBasedExpenseLineDetail") or {}).get("AccountRef") or {}).get("value")
+        booked = accounts.get(str(ref))
+        if booked is not None and booked.get("AccountType") not in EXPENSE_ACCOUNT_TYPES:
+            out.append(f"booked to {booked.get('Name')!r}, a {booked.get('AccountType')} account, not an expense "
+                       "account")
+    return out
 
 
 def _note(entity_name: str, entity: dict[str, Any]) -> str:
@@ -189,6 +233,7 @@ def judge(records: dict[str, dict[str, Any]], qbo: dict[str, list[dict[str, Any]
         if legacy and (QBO_ENTITY[t], legacy) in by_id:
             owners[key].add((QBO_ENTITY[t], legacy))
 
+    accounts = {str(a["Id"]): a for a in qbo["Account"]} if "Account" in qbo else None
     drift: list[Drift] = []
     for key, state in records.items():
         t, rid = key.split(":")
@@ -209,7 +254,7 @@ def judge(records: dict[str, dict[str, Any]], qbo: dict[str, list[dict[str, Any]
                 continue
             entity = live[0] if live else found[0]
             client_map = mapped.get(f"client:{state.get('client_id')}") if t == "invoice" else None
-            diffs = differences(t, state, entity, client_map.qbo_id if client_map else None)
+            diffs = differences(t, state, entity, client_map.qbo_id if client_map else None, accounts)
             if diffs:
                 drift.append(Drift("different", t, rid, name, [str(entity["Id"])], "; ".join(diffs)))
         elif want == "absent" and live:

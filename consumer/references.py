@@ -23,6 +23,37 @@ log = structlog.get_logger("ttsync.resolve")
 OVERRIDE_KINDS = {"expense-account": "expense_account", "item": "item", "vendor": "vendor",
                   "paying-account": "paying_account", "customer": "customer"}
 
+# What an expense line may be booked to, and what may pay for a purchase of each QBO PaymentType.
+EXPENSE_ACCOUNT_TYPES = frozenset({"Expense", "Other Expense", "Cost of Goods Sold"})
+PAYING_ACCOUNT_TYPES = {"Cash": frozenset({"Bank"}), "Check": frozenset({"Bank"}),
+                        "CreditCard": frozenset({"Credit Card"})}
+
+# TimeTracker's fixed lists (Expense.get_expense_categories(), the expense form's payment methods).
+TIMETRACKER_CATEGORIES = ("travel", "meals", "accommodation", "supplies", "software", "equipment", "services",
+                          "marketing", "training", "other")
+TIMETRACKER_PAYMENT_METHODS = ("cash", "credit_card", "debit_card", "bank_transfer", "company_card", "paypal",
+                               "other")
+# Defaults for every category, named as in QBO's standard US chart of accounts (all Expense accounts).
+DEFAULT_EXPENSE_ACCOUNTS = {
+    "travel": "Travel", "meals": "Meals and Entertainment", "accommodation": "Travel",
+    "supplies": "Office Supplies", "software": "Software", "equipment": "Office Expenses",
+    "services": "Legal & Professional Fees", "marketing": "Advertising", "training": "Dues & Subscriptions",
+    "other": "Uncategorized Expense",
+}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What one mapping resolves to in QBO, for ``ttsync map check``."""
+
+    kind: str
+    key: str
+    wanted: str | None
+    qbo_id: str | None = None
+    name: str | None = None
+    account_type: str | None = None
+    problem: str | None = None
+
 
 @dataclass(frozen=True)
 class ResolverConfig:
@@ -30,7 +61,8 @@ class ResolverConfig:
     bank_account: str = "Checking"
     credit_card_account: str = "Visa"
     deposit_account: str | None = None
-    expense_accounts: dict[str, str] = field(default_factory=dict)  # category -> account name or id
+    expense_accounts: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EXPENSE_ACCOUNTS))
+    paying_accounts: dict[str, str] = field(default_factory=dict)  # payment method -> account name or id
     auto_create_customers: bool = True
     auto_create_vendors: bool = True
     auto_create_items: bool = False
@@ -61,8 +93,19 @@ class ReferenceResolver:
         rows = [r for r in self.store.refs(f"override:{kind}") if r["key"] == key.lower()]
         return rows[0]["name"] if rows else None
 
+    def account_entity(self, name_or_id: str) -> dict[str, Any] | None:
+        """An account by id (digits) or by name, as QBO has it (with its AccountType), or None."""
+        if name_or_id.isdigit():
+            try:
+                return self.client.read("Account", name_or_id)
+            except QboValidationFault as fault:
+                if fault.code in ("610", "2030", "2500"):
+                    return None
+                raise
+        return self._find("Account", "Name", name_or_id)
+
     def account(self, name_or_id: str) -> str | None:
-        """An account by id (digits) or by name."""
+        """An account's id by id (digits) or by name, whatever its type (deposit accounts)."""
         if name_or_id.isdigit():
             return name_or_id
         cached = self._cached("account", name_or_id)
@@ -71,22 +114,46 @@ class ReferenceResolver:
         found = self._find("Account", "Name", name_or_id)
         return self._remember("account", name_or_id, found["Id"], found["Name"]) if found else None
 
+    def _typed_account(self, cache_kind: str, key: str, wanted: str, types: frozenset[str], what: str) -> str:
+        """``wanted`` (name or id) if QBO has it with one of ``types``; remembered under (cache_kind, key) only
+        once checked, so a mapping to an Income account can never slip through a cache."""
+        key = f"{key}->{wanted.strip().lower()}"  # a changed mapping misses the cache
+        cached = self._cached(cache_kind, key)
+        if cached:
+            return cached
+        found = self.account_entity(wanted)
+        if found is None:
+            raise MissingMapping(f"{what} is mapped to account {wanted!r}, which QBO does not have: `ttsync map set "
+                                 "...` it to one that exists (`ttsync map check` lists them all)",
+                                 code="missing_account")
+        if found.get("AccountType") not in types:
+            raise MissingMapping(f"{what} is mapped to account {found.get('Name')!r} (id {found['Id']}), a "
+                                 f"{found.get('AccountType')} account; it must be {' or '.join(sorted(types))}",
+                                 code="wrong_account_type")
+        return self._remember(cache_kind, key, str(found["Id"]), str(found.get("Name")))
+
     # -- accounts ----------------------------------------------------------------------------------------
 
-    def expense_account(self, category: str) -> str:
+    def expense_account_wanted(self, category: str) -> str | None:
         key = category.strip().lower()
-        wanted = self._override("expense_account", key) or self.config.expense_accounts.get(key) \
+        return self._override("expense_account", key) or self.config.expense_accounts.get(key) \
             or self.config.expense_accounts.get(category)
+
+    def expense_account(self, category: str) -> str:
+        """The account an expense line of this category is booked to: only ever an expense-type account."""
+        key = category.strip().lower()
+        wanted = self.expense_account_wanted(category)
         if wanted:
-            found = self.account(wanted)
+            return self._typed_account("expense_account", key, wanted, EXPENSE_ACCOUNT_TYPES,
+                                       f"expense category {category!r}")
+        for candidate in dict.fromkeys([category.strip(), category.strip().title()]):
+            found = self._find("Account", "Name", candidate)
             if found is None:
-                raise MissingMapping(f"expense category {category!r} is mapped to account {wanted!r}, which QBO "
-                                     "does not have", code="missing_account")
-            return found
-        for candidate in dict.fromkeys([category, category.strip().title()]):
-            found = self.account(candidate)
-            if found:
-                return found
+                continue
+            if found.get("AccountType") in EXPENSE_ACCOUNT_TYPES:
+                return self._remember("expense_account", key, str(found["Id"]), str(found["Name"]))
+            log.warning("account_by_name_wrong_type", category=category, account=found.get("Name"),
+                        account_type=found.get("AccountType"), reason="not an expense account; not used")
         if self.config.auto_create_accounts:
             name = category.strip().title()
             created = self.client.create("Account", {"Name": name, "AccountType": "Expense"},
@@ -98,14 +165,20 @@ class ReferenceResolver:
             f"{key!r} <account>` or TTSYNC_EXPENSE_ACCOUNT_MAP) or allow TTSYNC_AUTO_CREATE_ACCOUNTS",
             code="missing_account")
 
-    def paying_account(self, payment_type: str) -> str:
-        name = self._override("paying_account", payment_type) or (
-            self.config.credit_card_account if payment_type == "CreditCard" else self.config.bank_account)
-        found = self.account(name)
-        if found is None:
-            raise MissingMapping(f"no QBO account {name!r} to pay {payment_type} expenses from",
-                                 code="missing_account")
-        return found
+    def paying_account_wanted(self, payment_type: str, method: str | None = None) -> str:
+        key = (method or "").strip().lower()
+        return (self._override("paying_account", key) if key else None) \
+            or self.config.paying_accounts.get(key) \
+            or self._override("paying_account", payment_type) \
+            or (self.config.credit_card_account if payment_type == "CreditCard" else self.config.bank_account)
+
+    def paying_account(self, payment_type: str, method: str | None = None) -> str:
+        """The account a purchase is paid from: per TimeTracker payment method when mapped, else per QBO
+        PaymentType; a Bank account for Cash/Check, a Credit Card account for CreditCard."""
+        wanted = self.paying_account_wanted(payment_type, method)
+        label = f"payment method {method!r} ({payment_type})" if method else f"payment type {payment_type}"
+        return self._typed_account(f"paying_account:{payment_type}", (method or payment_type).strip().lower(),
+                                   wanted, PAYING_ACCOUNT_TYPES[payment_type], label)
 
     def deposit_account(self) -> str | None:
         if not self.config.deposit_account:
@@ -114,6 +187,41 @@ class ReferenceResolver:
         if found is None:
             raise MissingMapping(f"no QBO deposit account {self.config.deposit_account!r}", code="missing_account")
         return found
+
+    # -- preflight ---------------------------------------------------------------------------------------
+
+    def preflight(self, categories: list[str], methods: list[str]) -> list[Resolution]:
+        """What every expense category and payment method (TimeTracker's fixed lists, those in its data, and
+        every configured mapping) resolves to in QBO, with a problem where one is missing or of the wrong type.
+        Reads only: nothing is created, nothing cached."""
+        cats = dict.fromkeys([*TIMETRACKER_CATEGORIES, *(c.strip().lower() for c in categories if c),
+                              *self.config.expense_accounts,
+                              *(r["key"] for r in self.store.refs("override:expense_account"))])
+        out = [self._check(f"expense-account {c}", c, self.expense_account_wanted(c) or c.strip().title(),
+                           EXPENSE_ACCOUNT_TYPES) for c in cats]
+        meths = dict.fromkeys([*TIMETRACKER_PAYMENT_METHODS, *(m.strip().lower() for m in methods if m),
+                               *self.config.paying_accounts])
+        for m in meths:
+            ptype = self.options.payment_types.get(m.replace("-", "_").replace(" ", "_"),
+                                                   self.options.default_payment_type)
+            out.append(self._check(f"paying-account {m} ({ptype})", m, self.paying_account_wanted(ptype, m),
+                                   PAYING_ACCOUNT_TYPES[ptype]))
+        if self.config.deposit_account:
+            out.append(self._check("deposit-account", "payments", self.config.deposit_account, None))
+        item = self._override("item", "default") or self.config.default_item
+        found = self._find("Item", "Name", item) if not item.isdigit() else {"Id": item, "Name": item}
+        out.append(Resolution("item", "default", item, found and str(found["Id"]), found and found.get("Name"),
+                              None, None if found or self.config.auto_create_items else "QBO has no such item"))
+        return out
+
+    def _check(self, kind: str, key: str, wanted: str, types: frozenset[str] | None) -> Resolution:
+        found = self.account_entity(wanted)
+        if found is None:
+            return Resolution(kind, key, wanted, problem="QBO has no such account")
+        atype = found.get("AccountType")
+        problem = None if types is None or atype in types else \
+            f"a {atype} account; must be {' or '.join(sorted(types))}"
+        return Resolution(kind, key, wanted, str(found["Id"]), found.get("Name"), atype, problem)
 
     # -- items and vendors -------------------------------------------------------------------------------
 
@@ -170,7 +278,8 @@ class ReferenceResolver:
 
     # -- customers ---------------------------------------------------------------------------------------
 
-    def customer(self, client_id: int, client: ClientState | None, name: str, email: str | None) -> str:
+    def customer(self, client_id: int, client: ClientState | None, name: str, email: str | None,
+                 currency: str | None = None) -> str:
         """The QBO customer of a TimeTracker client, created from its state when it is not in QBO yet."""
         override = self._override("customer", str(client_id))
         if override:
@@ -182,7 +291,8 @@ class ReferenceResolver:
         found = self._find("Customer", "DisplayName", state.name)
         if found is None and self.config.auto_create_customers:
             for display in (state.name, f"{state.name} (customer)"):
-                body = customer_request(state, self.options, display_name=display)
+                body = customer_request(state, self.options, display_name=display,
+                                        currency=currency or self.options.default_currency)
                 try:
                     found = self.client.create("Customer", body, request_id(f"client:{client_id}", "create", body))
                     break

@@ -14,7 +14,7 @@ from consumer.lifecycle import SyncPolicy
 from consumer.mapping import MappingOptions
 from consumer.qbo_client import QboClient
 from consumer.rate_limit import make_rate_limiter
-from consumer.references import ReferenceResolver, ResolverConfig
+from consumer.references import DEFAULT_EXPENSE_ACCOUNTS, ReferenceResolver, ResolverConfig
 from consumer.retry_policy import RetryPolicy
 from consumer.state_store import StateStore
 from consumer.token_store import TokenStore, make_cipher
@@ -58,11 +58,14 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
     store = StateStore(engine, settings.qbo_realm_id, settings.group_id)
     defaults = MappingOptions()
     options = MappingOptions(source=settings.source, multicurrency=settings.qbo_multicurrency,
-                             payment_types={**defaults.payment_types, **settings.payment_method_map})
+                             payment_types={**defaults.payment_types, **settings.payment_method_map},
+                             decode_html=settings.decode_html, default_currency=settings.default_currency.upper())
     resolver = ReferenceResolver(client, store, ResolverConfig(
         default_item=settings.qbo_default_item, bank_account=settings.qbo_bank_account,
         credit_card_account=settings.qbo_credit_card_account, deposit_account=settings.qbo_deposit_account,
-        expense_accounts={k.lower(): v for k, v in settings.expense_account_map.items()},
+        expense_accounts={**DEFAULT_EXPENSE_ACCOUNTS,
+                          **{k.lower(): v for k, v in settings.expense_account_map.items()}},
+        paying_accounts={k.lower(): v for k, v in settings.paying_account_map.items()},
         auto_create_customers=settings.auto_create_customers, auto_create_vendors=settings.auto_create_vendors,
         auto_create_items=settings.auto_create_items, auto_create_accounts=settings.auto_create_accounts,
     ), options)

@@ -56,12 +56,26 @@ class Lookup:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """A sum or count over the rows of another table that point at the root (the invoice's completed
+    payments), flattened into the root as money (sum) or an integer (count)."""
+
+    name: str
+    table: str
+    fk: str
+    function: Literal["sum", "count"]
+    column: str = "id"
+    where: str = "TRUE"  # a fixed SQL condition on that table's columns, never built from data
+
+
+@dataclass(frozen=True)
 class Aggregate:
     type: str
     root: Columns
     children: tuple[Child, ...] = ()
     embeds: tuple[Embed, ...] = ()
     lookups: tuple[Lookup, ...] = ()
+    tallies: tuple[Tally, ...] = ()
     # TimeTracker table -> column holding this aggregate's id, for every table whose change is a change of
     # this aggregate.
     touched_by: dict[str, str] = field(default_factory=dict)
@@ -90,7 +104,25 @@ INVOICE = Columns(
         ("due_date", "date"), ("status", "text"), ("subtotal", "money"), ("tax_rate", "money"),
         ("tax_amount", "money"), ("total_amount", "money"), ("currency_code", "text"), ("notes", "text"),
         ("terms", "text"), ("amount_paid", "money"), ("payment_status", "text"),
+        ("payment_date", "date"), ("payment_reference", "text"),
         ("integration_metadata", "json"), ("created_at", "ts"), ("updated_at", "ts"),
+    ),
+)
+# TimeTracker's Invoice.calculate_totals() adds these to the items: extra goods linked to the invoice and
+# every expense linked to it (amount + tax). Only the columns that shape the invoice, so that an expense's
+# approval does not look like a change of its invoice.
+EXTRA_GOOD = Columns(
+    "extra_goods",
+    (
+        ("id", "int"), ("invoice_id", "int"), ("name", "text"), ("description", "text"), ("category", "text"),
+        ("quantity", "money"), ("unit_price", "money"), ("total_amount", "money"), ("sku", "text"),
+    ),
+)
+LINKED_EXPENSE = Columns(
+    "expenses",
+    (
+        ("id", "int"), ("invoice_id", "int"), ("title", "text"), ("description", "text"), ("category", "text"),
+        ("amount", "money"), ("tax_amount", "money"), ("expense_date", "date"),
     ),
 )
 EXPENSE = Columns(
@@ -119,9 +151,20 @@ AGGREGATES: dict[str, Aggregate] = {
     "invoice": Aggregate(
         "invoice",
         INVOICE,
-        children=(Child("items", INVOICE_ITEM, "invoice_id"),),
+        children=(
+            Child("items", INVOICE_ITEM, "invoice_id"),
+            Child("extra_goods", EXTRA_GOOD, "invoice_id"),
+            Child("expenses", LINKED_EXPENSE, "invoice_id"),
+        ),
         embeds=(Embed("client", CLIENT, "client_id"),),
-        touched_by={"invoices": "id", "invoice_items": "invoice_id"},
+        tallies=(
+            # What payment rows account for of amount_paid ("mark as paid" writes none), and whether it was
+            # ever e-mailed (a draft turned overdue by the daily job never was).
+            Tally("payments_completed", "payments", "invoice_id", "sum", "amount", "t.\"status\" = 'completed'"),
+            Tally("emails_sent", "invoice_emails", "invoice_id", "count"),
+        ),
+        touched_by={"invoices": "id", "invoice_items": "invoice_id", "extra_goods": "invoice_id",
+                    "expenses": "invoice_id", "payments": "invoice_id"},
     ),
     "expense": Aggregate("expense", EXPENSE, touched_by={"expenses": "id"}),
     "payment": Aggregate(
@@ -194,7 +237,16 @@ def snapshot(conn: Connection, aggregate_type: str, aggregate_id: str | int) -> 
                 text(f'SELECT "{lookup.column}" FROM "{lookup.table}" WHERE "id" = :id'), {"id": ref}
             ).scalar()
         state[lookup.name] = value
+    for tally in agg.tallies:
+        value = conn.execute(text(_tally_sql(tally, ":id")), {"id": int(aggregate_id)}).scalar()
+        state[tally.name] = _encode("money", value or 0) if tally.function == "sum" else int(value or 0)
     return state
+
+
+def _tally_sql(tally: Tally, ref: str) -> str:
+    column = "*" if tally.function == "count" else f't."{tally.column}"'
+    return (f'SELECT {tally.function.upper()}({column}) FROM "{tally.table}" t '
+            f'WHERE t."{tally.fk}" = {ref} AND ({tally.where})')
 
 
 # --- PostgreSQL side ----------------------------------------------------------------------------------
@@ -220,6 +272,9 @@ def _pg_object(cols: Columns, alias: str) -> str:
     return " || ".join(f"jsonb_build_object({', '.join(chunk)})" for chunk in chunks)
 
 
+ROOT_ID = 'r."id"'
+
+
 def snapshot_function_sql(agg: Aggregate) -> str:
     """``ttsync_snapshot_<type>(id bigint) RETURNS jsonb``, the trigger-side twin of ``snapshot()``."""
     parts = [_pg_object(agg.root, "r")]
@@ -238,6 +293,11 @@ def snapshot_function_sql(agg: Aggregate) -> str:
             f"jsonb_build_object('{lookup.name}', (SELECT l.\"{lookup.column}\" FROM \"{lookup.table}\" l "
             f'WHERE l."id" = r."{lookup.root_fk}"))'
         )
+    for tally in agg.tallies:
+        value = f"({_tally_sql(tally, ROOT_ID)})"
+        # Money as Python prints it (scale 2, "0.00" when none), counts as JSON numbers.
+        value = f"COALESCE({value}, 0)::numeric(14,2)::text" if tally.function == "sum" else value
+        parts.append(f"jsonb_build_object('{tally.name}', {value})")
     body = " || ".join(parts)
     return (
         f"CREATE OR REPLACE FUNCTION ttsync_snapshot_{agg.type}(p_id bigint) RETURNS jsonb\n"

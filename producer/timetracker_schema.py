@@ -82,7 +82,8 @@ class Invoice(TimeTrackerBase):
     __tablename__ = "invoices"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     invoice_number: Mapped[str] = mapped_column(String(50), unique=True, nullable=False)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), nullable=False)
+    # Nullable in the migrated schema (tests/fixtures/timetracker_5_10_0_schema.sql), whatever the model says.
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
     client_name: Mapped[str] = mapped_column(String(200), nullable=False)
     client_email: Mapped[str | None] = mapped_column(String(200))
     client_address: Mapped[str | None] = mapped_column(Text)
@@ -113,6 +114,9 @@ class Invoice(TimeTrackerBase):
         back_populates="invoice", cascade="all, delete-orphan", order_by="InvoiceItem.id"
     )
     payments: Mapped[list[Payment]] = relationship(back_populates="invoice", cascade="all, delete-orphan")
+    extra_goods: Mapped[list[ExtraGood]] = relationship(
+        back_populates="invoice", cascade="all, delete-orphan", order_by="ExtraGood.id"
+    )
     client: Mapped[Client] = relationship()
 
 
@@ -131,6 +135,44 @@ class InvoiceItem(TimeTrackerBase):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_utcnow, nullable=False)
 
     invoice: Mapped[Invoice] = relationship(back_populates="items")
+
+
+class ExtraGood(TimeTrackerBase):
+    """``app/models/extra_good.py``: goods billed on an invoice beside its items (in its totals)."""
+
+    __tablename__ = "extra_goods"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(50), default="product", nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("1"), nullable=False)
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False)
+    total_amount: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False)
+    currency_code: Mapped[str] = mapped_column(String(3), default="EUR", nullable=False)
+    billable: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
+    sku: Mapped[str | None] = mapped_column(String(100))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_utcnow, onupdate=_utcnow, nullable=False)
+
+    invoice: Mapped[Invoice | None] = relationship(back_populates="extra_goods")
+
+
+class InvoiceEmail(TimeTrackerBase):
+    """``app/models/invoice_email.py``: one row per e-mail that sent an invoice."""
+
+    __tablename__ = "invoice_emails"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), nullable=False)
+    recipient_email: Mapped[str] = mapped_column(String(200), nullable=False)
+    subject: Mapped[str] = mapped_column(String(500), nullable=False)
+    sent_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_utcnow, nullable=False)
+    sent_by: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), default="sent", nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_utcnow, onupdate=_utcnow, nullable=False)
 
 
 class Payment(TimeTrackerBase):

@@ -57,12 +57,44 @@ class InvoiceItemState(_State):
     created_at: dt.datetime | None = None
 
 
+class ExtraGoodState(_State):
+    """Row of ``extra_goods`` linked to the invoice: TimeTracker adds it to the invoice's subtotal."""
+
+    id: int
+    invoice_id: int
+    name: str
+    description: str | None = None
+    category: str | None = None
+    quantity: Money
+    unit_price: Money
+    total_amount: Money
+    sku: str | None = None
+
+
+class LinkedExpenseState(_State):
+    """An expense linked to the invoice (``expenses.invoice_id``): billed at its amount plus tax."""
+
+    id: int
+    invoice_id: int
+    title: str
+    description: str | None = None
+    category: str | None = None
+    amount: Money
+    tax_amount: Money | None = None
+    expense_date: dt.date | None = None
+
+    @property
+    def total_amount(self) -> Decimal:
+        return self.amount + (self.tax_amount or Decimal("0"))
+
+
 class InvoiceState(_State):
-    """Row of ``invoices`` with its items and its client."""
+    """Row of ``invoices`` with its items, extra goods, linked expenses and client; ``payments_completed`` is
+    the sum of its completed payment rows, ``emails_sent`` how often TimeTracker e-mailed it."""
 
     id: int
     invoice_number: str
-    project_id: int
+    project_id: int | None = None
     client_id: int
     client_name: str
     client_email: str | None = None
@@ -79,11 +111,25 @@ class InvoiceState(_State):
     terms: str | None = None
     amount_paid: Money | None = None
     payment_status: str | None = None
+    payment_date: dt.date | None = None
+    payment_reference: str | None = None
     integration_metadata: dict[str, Any] | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     items: tuple[InvoiceItemState, ...] = ()
+    extra_goods: tuple[ExtraGoodState, ...] = ()
+    expenses: tuple[LinkedExpenseState, ...] = ()
     client: ClientState | None = None
+    payments_completed: Money | None = None
+    emails_sent: int | None = None
+
+    @property
+    def unrecorded_payment(self) -> Decimal:
+        """What ``amount_paid`` holds beyond the completed payment rows: TimeTracker's "mark as paid" sets
+        amount_paid = total and writes no payment row. Zero when unknown (an event from before the tally)."""
+        if self.payments_completed is None:
+            return Decimal("0")
+        return max(Decimal("0"), (self.amount_paid or Decimal("0")) - self.payments_completed)
 
 
 class ExpenseState(_State):

@@ -65,6 +65,15 @@ def _emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _fail(message: str, code: int, as_json: bool) -> None:
+    """End a command in one line: an error object on stdout with --json, else a red line on stderr."""
+    if as_json:
+        _emit_json({"error": message, "exit_code": code})
+    else:
+        err_console.print(f"[red]{message}[/]")
+    raise typer.Exit(code)
+
+
 # --- doctor -----------------------------------------------------------------------------------------
 
 
@@ -399,6 +408,8 @@ def reconcile(
             qbo[QBO_ENTITY[t]] = load_qbo(parts.client, QBO_ENTITY[t])
             report.qbo_entities[QBO_ENTITY[t]] = len(qbo[QBO_ENTITY[t]])
             log.info("progress", step="qbo_loaded", entity=QBO_ENTITY[t], entities=len(qbo[QBO_ENTITY[t]]))
+        if "expense" in wanted:  # to check each purchase's accounts by type
+            qbo["Account"] = load_qbo(parts.client, "Account")
         report.drift = judge(records, qbo, parts.store.all_mapped(), parts.applier.policy, settings.source,
                              still_in_timetracker=lambda t, ids: still_there(timetracker, t, ids))
         if fix and report.drift:
@@ -694,19 +705,81 @@ def dlq_replay(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrO
 @map_app.command("set")
 def map_set(
     kind: Annotated[str, typer.Argument(help="expense-account | paying-account | item | vendor | customer")],
-    key: Annotated[str, typer.Argument(help="The TimeTracker value: a category, CreditCard/Cash/Check, "
-                                            "'default', a vendor name or a client id.")],
+    key: Annotated[str, typer.Argument(help="The TimeTracker value: a category, a payment method (cash, "
+                                            "credit_card, ...) or CreditCard/Cash/Check, 'default', a vendor name "
+                                            "or a client id.")],
     target: Annotated[str, typer.Argument(help="The QBO name or id it maps to.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Map a TimeTracker value to a QBO account/item/vendor/customer (takes effect at once; then replay)."""
-    store = _state_store()
+    """Map a TimeTracker value to a QBO account/item/vendor/customer (takes effect at once; then replay).
+    The target is checked in QBO first: it must exist, and an account must be of the right type."""
+    from consumer.wiring import build_parts
+
     kind_key = _override_kind(kind)
-    store.set_ref(f"override:{kind_key}", key.strip().lower(), target, target)
+    parts = build_parts(_settings())
+    problem = _target_problem(parts.applier.resolver, kind_key, key, target)
+    if problem:
+        _fail(f"not mapped: {kind} {key!r} -> {target!r}: {problem}", EXIT_FAILED, as_json)
+    parts.store.set_ref(f"override:{kind_key}", key.strip().lower(), target, target)
     if as_json:
         _emit_json({"kind": kind, "key": key, "target": target})
     else:
         console.print(f"{kind} {key!r} -> {target!r}")
+
+
+def _target_problem(resolver: Any, kind: str, key: str, target: str) -> str | None:
+    """Why QBO cannot take ``target`` for this mapping, or None (read-only: nothing is created)."""
+    from consumer.references import EXPENSE_ACCOUNT_TYPES, PAYING_ACCOUNT_TYPES
+
+    if kind in ("expense_account", "paying_account"):
+        if kind == "expense_account":
+            types = EXPENSE_ACCOUNT_TYPES
+        else:
+            ptype = key if key in PAYING_ACCOUNT_TYPES else resolver.options.payment_types.get(
+                key.strip().lower(), resolver.options.default_payment_type)
+            types = PAYING_ACCOUNT_TYPES[ptype]
+        found = resolver.account_entity(target)
+        if found is None:
+            return "QBO has no such account"
+        if found.get("AccountType") not in types:
+            return f"{found.get('Name')!r} is a {found.get('AccountType')} account; it must be " \
+                   f"{' or '.join(sorted(types))}"
+        return None
+    entity, field = {"item": ("Item", "Name"), "vendor": ("Vendor", "DisplayName"),
+                     "customer": ("Customer", "DisplayName")}[kind]
+    if target.isdigit():
+        try:
+            resolver.client.read(entity, target)
+        except Exception:  # noqa: BLE001 - any refusal to read it means QBO has no such entity for us
+            return f"QBO has no {entity} with id {target}"
+        return None
+    return None if resolver._find(entity, field, target) else f"QBO has no {entity} named {target!r}"
+
+
+@map_app.command("check")
+def map_check(as_json: JsonOpt = False) -> None:
+    """Preflight: every expense category and payment method (TimeTracker's, those in its data, and every
+    configured mapping) with the QBO account it resolves to. Exit 1 when one is missing or of the wrong type."""
+    from consumer.reconcile import expense_values_in_use
+    from consumer.wiring import build_parts
+    from producer.database import make_engine
+
+    settings = _settings()
+    categories, methods = expense_values_in_use(make_engine(settings.database_url))
+    rows = build_parts(settings).applier.resolver.preflight(categories, methods)
+    bad = [r for r in rows if r.problem]
+    if as_json:
+        _emit_json({"ok": not bad, "mappings": [r.__dict__ for r in rows]})
+    else:
+        table = Table(title="ttsync map check")
+        for col in ("mapping", "wanted", "QBO id", "QBO name", "type", "problem"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r.kind, r.wanted or "", r.qbo_id or "", r.name or "", r.account_type or "",
+                          f"[red]{r.problem}[/]" if r.problem else "[green]ok[/]")
+        console.print(table)
+        console.print(f"{len(bad)} problem(s)" if bad else "every mapping resolves")
+    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
 @map_app.command("unset")

@@ -102,6 +102,24 @@ def check_roundtrip(bootstrap: str) -> Check:
         admin.close()
 
 
+def check_mappings(settings: Settings) -> Check:
+    """``ttsync map check``'s preflight: every category and payment method resolves to a QBO account of the
+    right type (only with QBO credentials: it calls QBO)."""
+    started = time.monotonic()
+    from consumer.reconcile import expense_values_in_use
+    from consumer.wiring import build_parts
+
+    try:
+        categories, methods = expense_values_in_use(make_engine(settings.database_url))
+        rows = build_parts(settings).applier.resolver.preflight(categories, methods)
+    except Exception as exc:  # noqa: BLE001 - a check reports what went wrong, whatever it is
+        return Check("mappings", False, f"could not check the QBO mappings: {exc}", time.monotonic() - started)
+    bad = [f"{r.kind} -> {r.wanted}: {r.problem}" for r in rows if r.problem]
+    detail = f"{len(rows)} mappings resolve in QBO" if not bad else "; ".join(bad) + " (see `ttsync map check`)"
+    return Check("mappings", not bad, detail, time.monotonic() - started,
+                 {"problems": bad, "checked": len(rows)})
+
+
 def run_doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
     checks = [check_database(settings.database_url)]
     kafka_check, address = check_kafka(settings.kafka_bootstrap_servers, start=start_services)
@@ -110,4 +128,6 @@ def run_doctor(settings: Settings, *, start_services: bool = True) -> list[Check
         checks.append(check_roundtrip(address))
     else:
         checks.append(Check("roundtrip", False, "skipped: no broker"))
+    if settings.secret_key is not None:  # QBO credentials are set up
+        checks.append(check_mappings(settings))
     return checks

@@ -72,12 +72,19 @@ class Settings(BaseSettings):
     qbo_credit_card_account: str = Field(default="Visa", description="Account paying CreditCard expenses")
     qbo_deposit_account: str | None = Field(default=None, description="Where payments go (default Undeposited)")
     expense_account_map: dict[str, str] = Field(
-        default_factory=lambda: {"travel": "Travel", "meals": "Meals and Entertainment",
-                                 "supplies": "Office Supplies", "software": "Software",
-                                 "other": "Uncategorized Expense"},
-        description="Expense category -> QBO account (name or id), JSON")
+        default_factory=dict,
+        description="Expense category -> QBO expense account (name or id), JSON; added to the defaults for all ten "
+                    "TimeTracker categories (consumer.references.DEFAULT_EXPENSE_ACCOUNTS)")
     payment_method_map: dict[str, str] = Field(
         default_factory=dict, description="Extra expense payment_method -> Cash|Check|CreditCard, JSON")
+    paying_account_map: dict[str, str] = Field(
+        default_factory=dict, description="Expense payment_method -> QBO Bank or Credit Card account paying it "
+                                          "(name or id), JSON; unmapped methods use the bank / credit card account")
+    decode_html: bool = Field(default=True, description="Decode HTML entities (TimeTracker's forms store & as "
+                                                        "&amp;) in names and text before they reach QBO")
+    default_currency: str = Field(default="EUR", min_length=3, max_length=3,
+                                  description="Currency of customers made from a client before any invoice "
+                                              "(TimeTracker's Settings.currency)")
     auto_create_customers: bool = Field(default=True, description="Create a QBO customer not found by name")
     auto_create_vendors: bool = Field(default=True, description="Create a QBO vendor not found by name")
     auto_create_items: bool = Field(default=False, description="Create the invoice-line item when missing")

@@ -4,6 +4,7 @@ duplication or replay of an aggregate's events ends with QBO holding its latest 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -92,7 +93,10 @@ def test_any_valid_invoice_maps_to_a_request_the_sandbox_accepts(inv: dict[str, 
 def test_any_order_duplication_or_replay_ends_at_the_latest_version(versions: list[dict[str, Any]], data: Any,
                                                                     tmp_path: Any) -> None:
     number = versions[0]["invoice_number"]
-    events = [envelope({**v, "invoice_number": number}, n + 1, "created" if n == 0 else "updated")
+    # One client, one currency: QBO fixes a customer's currency, and TimeTracker bills a client in one.
+    currency = versions[0]["currency_code"]
+    events = [envelope({**v, "invoice_number": number, "currency_code": currency}, n + 1,
+                       "created" if n == 0 else "updated")
               for n, v in enumerate(versions)]
     delivered = data.draw(st.lists(st.sampled_from(events), min_size=len(events), max_size=3 * len(events)))
     delivered += events  # every version arrives at least once, some many times, in any order
@@ -106,6 +110,6 @@ def test_any_order_duplication_or_replay_ends_at_the_latest_version(versions: li
         latest = versions[-1]
         assert Decimal(str(stored[0]["TotalAmt"])) == Decimal(latest["total_amount"])
         assert [ln.get("Description") for ln in stored[0]["Line"] if ln.get("DetailType") != "SubTotalLineDetail"] \
-            == [i["description"] for i in latest["items"]]
+            == [html.unescape(i["description"]) for i in latest["items"]]
     finally:
         h.close()

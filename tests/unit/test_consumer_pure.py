@@ -105,6 +105,12 @@ def invoice(**over: Any) -> InvoiceState:
         notes="thanks", items=[{"id": 1, "invoice_id": 7, "description": "Work", "quantity": "2.00",
                                 "unit_price": "75.50", "total_amount": "151.00"}])
     data.update(over)
+    # As TimeTracker's calculate_totals() leaves them: items + extra goods + linked expenses, then tax.
+    lines = [Decimal(i["total_amount"]) for i in data["items"]] + \
+        [Decimal(g["total_amount"]) for g in data.get("extra_goods", [])] + \
+        [Decimal(e["amount"]) + Decimal(e.get("tax_amount") or "0") for e in data.get("expenses", [])]
+    data.setdefault("subtotal", str(sum(lines, Decimal("0"))))
+    data.setdefault("total_amount", str(Decimal(data["subtotal"]) + Decimal(data["tax_amount"])))
     return InvoiceState.model_validate(data)
 
 
@@ -132,8 +138,9 @@ def test_invoice_line_whose_numbers_disagree_sends_amount_only() -> None:
 def test_invoice_mapping_errors() -> None:
     with pytest.raises(MappingError, match="21-character"):
         invoice_request(invoice(invoice_number="X" * 22), InvoiceRefs("1", "2"), MappingOptions())
-    with pytest.raises(MappingError, match="no items"):
-        invoice_request(invoice(items=[]), InvoiceRefs("1", "2"), MappingOptions())
+    with pytest.raises(MappingError, match="no lines") as empty:
+        invoice_request(invoice(items=[], tax_amount="0"), InvoiceRefs("1", "2"), MappingOptions())
+    assert empty.value.code == "invoice_without_lines"
 
 
 def test_hostile_strings_are_kept_and_bounded() -> None:

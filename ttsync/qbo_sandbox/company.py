@@ -37,6 +37,10 @@ SEED_ACCOUNTS = [
     ("Office Supplies", "Expense", "OfficeGeneralAdministrativeExpenses"),
     ("Software", "Expense", "OtherMiscellaneousServiceCost"),
     ("Uncategorized Expense", "Expense", "OtherMiscellaneousServiceCost"),
+    ("Office Expenses", "Expense", "OfficeGeneralAdministrativeExpenses"),
+    ("Legal & Professional Fees", "Expense", "LegalProfessionalFees"),
+    ("Advertising", "Expense", "AdvertisingPromotional"),
+    ("Dues & Subscriptions", "Expense", "DuesSubscriptions"),
 ]
 CLASSIFICATION = {
     "Bank": "Asset", "Credit Card": "Liability", "Accounts Receivable": "Asset", "Other Current Asset": "Asset",
@@ -63,16 +67,19 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone(dt.timedelta(hours=-8))).isoformat(timespec="seconds")
 
 
-def _ref(obj: dict[str, Any], name: str) -> str | None:
-    ref = obj.get(name)
+def _ref(obj: dict[str, Any] | None, name: str) -> str | None:
+    ref = (obj or {}).get(name)
     if isinstance(ref, dict) and ref.get("value") not in (None, ""):
         return str(ref["value"])
     return None
 
 
 class Company:
-    def __init__(self, realm_id: str, *, warn_duplicate_doc_number: bool = True) -> None:
+    def __init__(self, realm_id: str, *, warn_duplicate_doc_number: bool = True, home_currency: str = "USD",
+                 multicurrency: bool = True) -> None:
         self.realm_id = realm_id
+        self.home_currency = home_currency
+        self.multicurrency = multicurrency
         self.warn_duplicate_doc_number = warn_duplicate_doc_number
         self.entities: dict[str, dict[str, dict[str, Any]]] = {e: {} for e in RESOURCES.values()}
         self.deleted: dict[str, dict[str, dict[str, Any]]] = {e: {} for e in RESOURCES.values()}
@@ -333,7 +340,27 @@ class Company:
             self._check_text(obj, f, 100)
         obj["FullyQualifiedName"] = obj["DisplayName"]
         obj.setdefault("Balance", 0)
+        # QBO: a customer's currency is set when it is created (home currency by default) and fixed after.
+        fixed = _ref(current, "CurrencyRef") if current else None
+        wanted = _ref(obj, "CurrencyRef") or fixed or self.home_currency
+        if fixed is not None and wanted != fixed:
+            raise faults.business(f"You can't change the currency of a customer ({fixed} to {wanted})")
+        self._check_currency(wanted)
+        obj["CurrencyRef"] = {"value": wanted}
         return obj
+
+    def _check_currency(self, code: str) -> None:
+        if not self.multicurrency and code != self.home_currency:
+            raise faults.business(f"Multicurrency is off: only the home currency {self.home_currency} can be used, "
+                                  f"not {code}")
+
+    def _txn_currency(self, obj: dict[str, Any], customer: dict[str, Any]) -> None:
+        """A sales transaction is in its customer's currency (QBO refuses any other)."""
+        theirs = _ref(customer, "CurrencyRef") or self.home_currency
+        wanted = _ref(obj, "CurrencyRef") or theirs
+        if wanted != theirs:
+            raise faults.business(f"The transaction currency {wanted} must be the customer's currency {theirs}")
+        obj["CurrencyRef"] = {"value": wanted}
 
     def _validate_vendor(self, obj: dict[str, Any], current: dict[str, Any] | None, _dup: bool) -> dict[str, Any]:
         if not obj.get("DisplayName") and obj.get("CompanyName"):
@@ -365,7 +392,9 @@ class Company:
 
     def _validate_invoice(self, obj: dict[str, Any], current: dict[str, Any] | None,
                           allow_dup: bool) -> dict[str, Any]:
-        self._require_ref(obj, "CustomerRef", "Customer")
+        customer = self._require_ref(obj, "CustomerRef", "Customer")
+        assert customer is not None
+        self._txn_currency(obj, customer)
         lines = obj.get("Line")
         if not isinstance(lines, list) or not lines:
             raise faults.required("Line")
@@ -410,7 +439,6 @@ class Company:
             raise faults.business(f"the invoice total {total} would be below the {paid} already paid")
         obj["TotalAmt"] = num(total)
         obj["Balance"] = num(total - paid)
-        obj.setdefault("CurrencyRef", {"value": "USD", "name": "United States Dollar"})
         obj.setdefault("TxnDate", dt.date.today().isoformat())
         if "DocNumber" not in obj:
             obj["DocNumber"] = str(1000 + len(self.entities["Invoice"]) + 1)
@@ -467,6 +495,7 @@ class Company:
     def _validate_payment(self, obj: dict[str, Any], current: dict[str, Any] | None, _dup: bool) -> dict[str, Any]:
         customer = self._require_ref(obj, "CustomerRef", "Customer")
         assert customer is not None
+        self._txn_currency(obj, customer)
         if obj.get("TotalAmt") is None:
             raise faults.required("TotalAmt")
         total = money(obj["TotalAmt"], "TotalAmt")
@@ -499,7 +528,6 @@ class Company:
         obj["TotalAmt"] = num(total)
         obj["UnappliedAmt"] = num(total - applied)
         obj.setdefault("TxnDate", dt.date.today().isoformat())
-        obj.setdefault("CurrencyRef", {"value": "USD", "name": "United States Dollar"})
         return obj
 
     # -- payments move invoice balances ------------------------------------------------------------

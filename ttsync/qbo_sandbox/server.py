@@ -59,6 +59,8 @@ class SandboxConfig:
     throttle_rate: float = 0.0  # share of API calls answered 429 regardless of the limits (a storm)
     throttle_retry_after_s: float = 0.0  # send Retry-After on 429 (Intuit does not document one: 0 = none)
     warn_duplicate_doc_number: bool = True
+    home_currency: str = "USD"  # a new company's; QBO fixes it when the company is set up
+    multicurrency: bool = True
 
     RUNTIME = ("seed", "access_token_lifetime_s", "refresh_rotation", "throttle_enabled", "requests_per_minute",
                "concurrent_requests", "batch_requests_per_minute", "duplicate_requestid_mode", "error_rate",
@@ -101,7 +103,9 @@ class SandboxState:
     def company(self, realm: str) -> Company:
         with self.lock:
             if realm not in self.companies:
-                self.companies[realm] = Company(realm, warn_duplicate_doc_number=self.config.warn_duplicate_doc_number)
+                self.companies[realm] = Company(realm, warn_duplicate_doc_number=self.config.warn_duplicate_doc_number,
+                                                home_currency=self.config.home_currency,
+                                                multicurrency=self.config.multicurrency)
             return self.companies[realm]
 
     def apply_config(self, changes: dict[str, Any]) -> SandboxConfig:
