@@ -44,6 +44,7 @@ from consumer.mapping import (
     request_id,
     settlement_marker,
     settlement_request,
+    stale_subtotal_gap,
 )
 from consumer.qbo_client import DuplicateRequestId, QboClient, quote
 from consumer.references import ReferenceResolver
@@ -166,6 +167,10 @@ class EventApplier:
         customer = self.resolver.customer(inv.client_id, inv.client, inv.client_name, inv.client_email,
                                           currency=inv.currency_code)
         body = invoice_request(inv, InvoiceRefs(customer, self.resolver.item()), self.options)
+        if gap := stale_subtotal_gap(inv):
+            log.warning("invoice_subtotal_stale", invoice_id=inv.id, invoice_number=inv.invoice_number,
+                        subtotal=str(inv.subtotal), difference=str(gap),
+                        action="an adjustment line keeps QBO at TimeTracker's total; recalculate it in TimeTracker")
         mark = marker("invoice", inv.id, self.options.source)
 
         def find() -> dict[str, Any] | None:
@@ -179,9 +184,12 @@ class EventApplier:
                                      f"AND TxnDate = {quote(body['TxnDate'])}", "Invoice")
             return self._legacy_pick(event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True))
 
+        planning = self._planning
         try:
             if inv.unrecorded_payment == 0:
                 self._settle(event, inv, customer)  # undo a "mark as paid" first: it may hold the total down
+            else:
+                self._planning = False  # the settlement needs the invoice written first: not part of a batch
             outcome = self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer,
                                    legacy=legacy)
             if isinstance(outcome, Outcome) and outcome.qbo_id and inv.unrecorded_payment > 0:
@@ -196,6 +204,8 @@ class EventApplier:
                 raise DependencyNotReady(f"invoice {inv.id} v{event.aggregate_version}: QBO holds payments above its "
                                          f"total (a newer version may follow): {fault}") from fault
             raise
+        finally:
+            self._planning = planning
 
     def _expense(self, event: EventEnvelope, exp: ExpenseState, decision: Decision, mapped: Mapped | None) -> Outcome:
         if decision.action in (Action.VOID, Action.DELETE):
@@ -258,7 +268,8 @@ class EventApplier:
                                                   {"Active": False}, "deactivate")
             self.store.record(event, "deactivated", qbo=result, status="inactive")
             return Outcome("deactivated", result["Id"])
-        currency = self.options.default_currency if decision.action is Action.CREATE else None
+        currency = (client.invoice_currency or self.options.default_currency) \
+            if decision.action is Action.CREATE else None
         body = customer_request(client, self.options, currency=currency)
 
         def find() -> dict[str, Any] | None:
@@ -407,6 +418,7 @@ class EventApplier:
     def _write_with_fresh_token(self, event: EventEnvelope, entity: str, qbo_id: str, sync_token: str | None,
                                 body: dict[str, Any], operation: str) -> dict[str, Any]:
         """A sparse update; on a stale SyncToken (5010) re-read the entity and try again."""
+        body = {k: v for k, v in body.items() if k not in CREATE_ONLY.get(entity, ())}
         token = sync_token or self.client.read(entity, qbo_id)["SyncToken"]
         for _ in range(self.stale_retries + 1):
             full = {**body, "Id": qbo_id, "SyncToken": token, "sparse": True}
@@ -451,6 +463,9 @@ class EventApplier:
         return Outcome(verb, qbo_id)
 
 
+# Fields QBO fixes at creation: a customer's currency (sending it again, even unchanged, risks a Fault when the
+# customer was made elsewhere, e.g. by a person or for an invoice in another currency).
+CREATE_ONLY = {"Customer": ("CurrencyRef",)}
 SETTLEMENT = "settlement"  # entity-map type of the Payment that stands for amount_paid without payment rows
 LEGACY_AGE = dt.timedelta(days=1)
 

@@ -126,37 +126,41 @@ def _sales_line(amount: Decimal, description: str | None, item_id: str,
 
 def invoice_lines(inv: InvoiceState, item_id: str) -> list[dict[str, Any]]:
     """TimeTracker's ``Invoice.calculate_totals()`` bills items, extra goods and linked expenses (amount plus
-    tax): each becomes a line, in that order, so that QBO's subtotal is TimeTracker's."""
+    tax): each becomes a line, in that order, so that QBO's subtotal is TimeTracker's.
+
+    TimeTracker recalculates only when the invoice is saved: an admin who edits or deletes a linked expense
+    afterwards leaves a stored subtotal that its lines no longer add up to, and the stored figure is the one
+    TimeTracker shows and bills. One more line, named as what it is, carries the difference, so QBO's total is
+    still TimeTracker's to the cent."""
+    if not (inv.items or inv.extra_goods or inv.expenses):
+        raise MappingError(
+            f"invoice {inv.invoice_number} has no lines (no items, extra goods or linked expenses; total "
+            f"{inv.total_amount}): QuickBooks cannot hold an invoice without lines. Add a line in TimeTracker or "
+            "cancel the invoice, then replay this dead letter", code="invoice_without_lines")
     lines = [_sales_line(i.total_amount, i.description, item_id, i.quantity, i.unit_price) for i in inv.items]
     lines += [_sales_line(g.total_amount, " - ".join(p for p in (g.name, g.description) if p), item_id,
                           g.quantity, g.unit_price) for g in inv.extra_goods]
     lines += [_sales_line(e.total_amount, " - ".join(p for p in (f"Expense: {e.title}", e.description) if p),
                           item_id) for e in inv.expenses]
+    gap = stale_subtotal_gap(inv)
+    if gap:
+        lines.append(_sales_line(gap, STALE_SUBTOTAL_LINE, item_id))
     return lines
 
 
-def check_invoice_totals(inv: InvoiceState) -> None:
-    """QBO computes TotalAmt from the lines and the tax; it can only equal TimeTracker's total when TimeTracker's
-    stored totals agree with its own lines. An invoice that was never recalculated is refused with the figures."""
+STALE_SUBTOTAL_LINE = "Adjustment: TimeTracker's invoice subtotal, not recalculated since a line changed"
+
+
+def stale_subtotal_gap(inv: InvoiceState) -> Decimal:
+    """TimeTracker's stored subtotal minus what its items, extra goods and linked expenses add up to (0 when
+    the invoice was recalculated after its last change, as the app does on every save)."""
     parts = [i.total_amount for i in inv.items] + [g.total_amount for g in inv.extra_goods] + \
         [e.total_amount for e in inv.expenses]
-    if not parts:
-        raise MappingError(
-            f"invoice {inv.invoice_number} has no lines (no items, extra goods or linked expenses; total "
-            f"{inv.total_amount}): QuickBooks cannot hold an invoice without lines. Add a line in TimeTracker or "
-            "cancel the invoice, then replay this dead letter", code="invoice_without_lines")
     lines = sum((p.quantize(CENT, rounding=ROUND_HALF_UP) for p in parts), Decimal("0"))
-    tax = (inv.tax_amount or Decimal("0")).quantize(CENT, rounding=ROUND_HALF_UP)
-    if lines != inv.subtotal.quantize(CENT) or lines + tax != inv.total_amount.quantize(CENT):
-        raise MappingError(
-            f"invoice {inv.invoice_number}: TimeTracker shows subtotal {inv.subtotal} and total {inv.total_amount}, "
-            f"but its items, extra goods and linked expenses add up to {lines} (+ tax {tax} = {lines + tax}). "
-            "Open and save the invoice in TimeTracker so it recalculates, then replay this dead letter",
-            code="invoice_totals_inconsistent")
+    return inv.subtotal.quantize(CENT, rounding=ROUND_HALF_UP) - lines
 
 
 def invoice_request(inv: InvoiceState, refs: InvoiceRefs, opts: MappingOptions) -> dict[str, Any]:
-    check_invoice_totals(inv)
     lines = invoice_lines(inv, refs.item_id)
     body: dict[str, Any] = {
         "CustomerRef": {"value": refs.customer_id},
@@ -171,7 +175,9 @@ def invoice_request(inv: InvoiceState, refs: InvoiceRefs, opts: MappingOptions) 
     # Updates are sparse: a field left out keeps its old value in QBO, so what can go back to empty is always
     # sent (a tax removed in TimeTracker must become 0 in QBO, not stay).
     body["CustomerMemo"] = {"value": _text(inv.terms, 1000) or ""}
-    tax: dict[str, Any] = {"TotalTax": _money(inv.tax_amount or Decimal("0"))}
+    # QBO's TotalAmt = lines + TotalTax: TimeTracker's total less its subtotal is the tax it bills (its
+    # tax_amount whenever the invoice was recalculated).
+    tax: dict[str, Any] = {"TotalTax": _money(inv.total_amount - inv.subtotal)}
     if refs.tax_code_id:
         tax["TxnTaxCodeRef"] = {"value": refs.tax_code_id}
     body["TxnTaxDetail"] = tax

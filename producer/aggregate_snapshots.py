@@ -57,15 +57,16 @@ class Lookup:
 
 @dataclass(frozen=True)
 class Tally:
-    """A sum or count over the rows of another table that point at the root (the invoice's completed
-    payments), flattened into the root as money (sum) or an integer (count)."""
+    """A sum, count or latest value over the rows of another table that point at the root (the invoice's
+    completed payments, the client's latest invoice currency), flattened into the root as money (sum), an
+    integer (count) or text (latest: the value of the row with the highest id)."""
 
     name: str
     table: str
     fk: str
-    function: Literal["sum", "count"]
+    function: Literal["sum", "count", "latest"]
     column: str = "id"
-    where: str = "TRUE"  # a fixed SQL condition on that table's columns, never built from data
+    only: tuple[str, str] | None = None  # (column, value): count only rows where column = value
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,9 @@ PAYMENT = Columns(
     ),
 )
 
+ROOT_ID = 'r."id"'
+MISSING = "_missing_columns"  # in a state: columns ttsync reads that TimeTracker's row did not have
+
 AGGREGATES: dict[str, Aggregate] = {
     "invoice": Aggregate(
         "invoice",
@@ -160,7 +164,7 @@ AGGREGATES: dict[str, Aggregate] = {
         tallies=(
             # What payment rows account for of amount_paid ("mark as paid" writes none), and whether it was
             # ever e-mailed (a draft turned overdue by the daily job never was).
-            Tally("payments_completed", "payments", "invoice_id", "sum", "amount", "t.\"status\" = 'completed'"),
+            Tally("payments_completed", "payments", "invoice_id", "sum", "amount", ("status", "completed")),
             Tally("emails_sent", "invoice_emails", "invoice_id", "count"),
         ),
         touched_by={"invoices": "id", "invoice_items": "invoice_id", "extra_goods": "invoice_id",
@@ -173,7 +177,10 @@ AGGREGATES: dict[str, Aggregate] = {
         lookups=(Lookup("invoice_number", "invoices", "invoice_id", "invoice_number"),),
         touched_by={"payments": "id"},
     ),
-    "client": Aggregate("client", CLIENT, touched_by={"clients": "id"}),
+    # A QBO customer's currency is fixed at its creation: a client with invoices already (a backfill) gets
+    # theirs; a new one TTSYNC_DEFAULT_CURRENCY.
+    "client": Aggregate("client", CLIENT, touched_by={"clients": "id"},
+                        tallies=(Tally("invoice_currency", "invoices", "client_id", "latest", "currency_code"),)),
 }
 
 TABLE_TO_AGGREGATES: dict[str, list[tuple[str, str]]] = {}
@@ -207,12 +214,18 @@ def _encode(kind: Kind, value: Any) -> Any:
 
 
 def _select(cols: Columns, where: str) -> Any:
-    names = ", ".join(f'"{name}"' for name, _ in cols.columns)
-    return text(f'SELECT {names} FROM "{cols.table}" WHERE {where}')
+    # Every column, picked by name afterwards: a column TimeTracker renamed reads as missing, not as an error
+    # in TimeTracker's own transaction.
+    return text(f'SELECT * FROM "{cols.table}" WHERE {where}')
 
 
 def _row_dict(cols: Columns, row: Any) -> dict[str, Any]:
-    return {name: _encode(kind, row[i]) for i, (name, kind) in enumerate(cols.columns)}
+    values = row._mapping
+    out = {name: _encode(kind, values.get(name)) for name, kind in cols.columns}
+    missing = [f"{cols.table}.{name}" for name, _ in cols.columns if name not in values]
+    if missing:
+        out[MISSING] = missing
+    return out
 
 
 def snapshot(conn: Connection, aggregate_type: str, aggregate_id: str | int) -> dict[str, Any] | None:
@@ -231,77 +244,99 @@ def snapshot(conn: Connection, aggregate_type: str, aggregate_id: str | int) -> 
         state[embed.name] = _row_dict(embed.of, found) if found is not None else None
     for lookup in agg.lookups:
         ref = state.get(lookup.root_fk)
-        value = None
-        if ref is not None:
-            value = conn.execute(
-                text(f'SELECT "{lookup.column}" FROM "{lookup.table}" WHERE "id" = :id'), {"id": ref}
-            ).scalar()
-        state[lookup.name] = value
+        found = conn.execute(text(f'SELECT * FROM "{lookup.table}" WHERE "id" = :id'), {"id": ref}).first() \
+            if ref is not None else None
+        state[lookup.name] = found._mapping.get(lookup.column) if found is not None else None
     for tally in agg.tallies:
-        value = conn.execute(text(_tally_sql(tally, ":id")), {"id": int(aggregate_id)}).scalar()
-        state[tally.name] = _encode("money", value or 0) if tally.function == "sum" else int(value or 0)
+        state[tally.name] = _tally(conn, tally, int(aggregate_id))
     return state
 
 
-def _tally_sql(tally: Tally, ref: str) -> str:
-    column = "*" if tally.function == "count" else f't."{tally.column}"'
-    return (f'SELECT {tally.function.upper()}({column}) FROM "{tally.table}" t '
-            f'WHERE t."{tally.fk}" = {ref} AND ({tally.where})')
+def _tally(conn: Connection, tally: Tally, root_id: int) -> Any:
+    """Python's reading of a tally: the rows by their foreign key, the rest by name from the row (a column
+    TimeTracker renamed reads as None)."""
+    rows = [r._mapping for r in conn.execute(
+        text(f'SELECT * FROM "{tally.table}" WHERE "{tally.fk}" = :id ORDER BY "id"'), {"id": root_id})]
+    if tally.only is not None:
+        rows = [r for r in rows if r.get(tally.only[0]) == tally.only[1]]
+    if tally.function == "count":
+        return len(rows)
+    if tally.function == "latest":
+        return rows[-1].get(tally.column) if rows else None
+    return _encode("money", sum((Decimal(str(r.get(tally.column) or 0)) for r in rows), Decimal("0"))
+                   .quantize(MONEY_SCALE))
+
+
+def _tally_sql(tally: Tally) -> str:
+    """The trigger side's reading of a tally; the value and condition columns come from the row's
+    ``to_jsonb`` (NULL, never an error, when TimeTracker renamed them)."""
+    cond = f" AND to_jsonb(t) ->> '{tally.only[0]}' = '{tally.only[1]}'" if tally.only else ""
+    where = f'WHERE t."{tally.fk}" = {ROOT_ID}{cond}'
+    value = f"(to_jsonb(t) ->> '{tally.column}')"
+    if tally.function == "latest":
+        return f'SELECT {value} FROM "{tally.table}" t {where} ORDER BY t."id" DESC LIMIT 1'
+    if tally.function == "count":
+        return f'SELECT COUNT(*) FROM "{tally.table}" t {where}'
+    return f'SELECT COALESCE(SUM({value}::numeric), 0)::numeric(14,2)::text FROM "{tally.table}" t {where}'
 
 
 # --- PostgreSQL side ----------------------------------------------------------------------------------
 
 
-def _pg_value(alias: str, name: str, kind: Kind) -> str:
-    ref = f'{alias}."{name}"'
+def _pg_value(j: str, name: str, kind: Kind) -> str:
+    """One column read from the row's ``to_jsonb`` (``j``): a column TimeTracker renamed or dropped reads as
+    NULL instead of failing TimeTracker's own statement (a sync tool must never take its host's writes down)."""
     if kind == "money":
-        return f"{ref}::text"
+        return f"(({j} ->> '{name}')::numeric)::text"
     if kind == "date":
-        return f"to_char({ref}, 'YYYY-MM-DD')"
+        return f"to_char(({j} ->> '{name}')::date, 'YYYY-MM-DD')"
     if kind == "ts":
-        return f"to_char({ref}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
-    if kind == "json":
-        return f"{ref}::jsonb"
-    return ref
+        return f"to_char(({j} ->> '{name}')::timestamp, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
+    return f"({j} -> '{name}')"
 
 
-def _pg_object(cols: Columns, alias: str) -> str:
+def _pg_object(cols: Columns, j: str) -> str:
     # jsonb_build_object takes at most 100 arguments: build in chunks and concatenate.
-    pairs = [f"'{name}', {_pg_value(alias, name, kind)}" for name, kind in cols.columns]
+    pairs = [f"'{name}', {_pg_value(j, name, kind)}" for name, kind in cols.columns]
     chunks = [pairs[i : i + 40] for i in range(0, len(pairs), 40)]
-    return " || ".join(f"jsonb_build_object({', '.join(chunk)})" for chunk in chunks)
-
-
-ROOT_ID = 'r."id"'
+    names = ", ".join(f"'{name}'" for name, _ in cols.columns)
+    # The columns the row lacks, named, so that the consumer dead-letters the event with the reason.
+    missing = (f"CASE WHEN {j} ?& ARRAY[{names}] THEN '{{}}'::jsonb ELSE jsonb_build_object('{MISSING}', "
+               f"(SELECT jsonb_agg('{cols.table}.' || k) FROM unnest(ARRAY[{names}]) k WHERE NOT {j} ? k)) END")
+    return " || ".join([*(f"jsonb_build_object({', '.join(chunk)})" for chunk in chunks), missing])
 
 
 def snapshot_function_sql(agg: Aggregate) -> str:
-    """``ttsync_snapshot_<type>(id bigint) RETURNS jsonb``, the trigger-side twin of ``snapshot()``."""
-    parts = [_pg_object(agg.root, "r")]
+    """``ttsync_snapshot_<type>(id bigint) RETURNS jsonb``, the trigger-side twin of ``snapshot()``. Every
+    column but the ids and the foreign keys of child rows (which the joins need) is read from ``to_jsonb`` of
+    its row, so that a TimeTracker upgrade that renames one cannot fail TimeTracker's transactions."""
+    # Each row becomes jsonb once (a LATERAL per table), and every value is read from that.
+    root = "rj.j"
+    parts = [_pg_object(agg.root, root)]
     for child in agg.children:
         parts.append(
-            f"jsonb_build_object('{child.name}', COALESCE((SELECT jsonb_agg({_pg_object(child.of, 'c')} "
-            f'ORDER BY c."id") FROM "{child.of.table}" c WHERE c."{child.fk}" = r."id"), \'[]\'::jsonb))'
+            f"jsonb_build_object('{child.name}', COALESCE((SELECT jsonb_agg({_pg_object(child.of, 'cj.j')} "
+            f'ORDER BY c."id") FROM "{child.of.table}" c CROSS JOIN LATERAL to_jsonb(c) AS cj(j) '
+            f'WHERE c."{child.fk}" = r."id"), \'[]\'::jsonb))'
         )
     for embed in agg.embeds:
         parts.append(
-            f"jsonb_build_object('{embed.name}', (SELECT {_pg_object(embed.of, 'e')} "
-            f'FROM "{embed.of.table}" e WHERE e."id" = r."{embed.root_fk}"))'
+            f"jsonb_build_object('{embed.name}', (SELECT {_pg_object(embed.of, 'ej.j')} "
+            f"FROM \"{embed.of.table}\" e CROSS JOIN LATERAL to_jsonb(e) AS ej(j) "
+            f"WHERE e.\"id\" = ({root} ->> '{embed.root_fk}')::bigint))"
         )
     for lookup in agg.lookups:
         parts.append(
-            f"jsonb_build_object('{lookup.name}', (SELECT l.\"{lookup.column}\" FROM \"{lookup.table}\" l "
-            f'WHERE l."id" = r."{lookup.root_fk}"))'
+            f"jsonb_build_object('{lookup.name}', (SELECT to_jsonb(l) -> '{lookup.column}' FROM \"{lookup.table}\" l "
+            f"WHERE l.\"id\" = ({root} ->> '{lookup.root_fk}')::bigint))"
         )
     for tally in agg.tallies:
-        value = f"({_tally_sql(tally, ROOT_ID)})"
         # Money as Python prints it (scale 2, "0.00" when none), counts as JSON numbers.
-        value = f"COALESCE({value}, 0)::numeric(14,2)::text" if tally.function == "sum" else value
-        parts.append(f"jsonb_build_object('{tally.name}', {value})")
+        parts.append(f"jsonb_build_object('{tally.name}', ({_tally_sql(tally)}))")
     body = " || ".join(parts)
     return (
         f"CREATE OR REPLACE FUNCTION ttsync_snapshot_{agg.type}(p_id bigint) RETURNS jsonb\n"
         f"LANGUAGE sql STABLE AS $fn$\n"
-        f'  SELECT {body} FROM "{agg.root.table}" r WHERE r."id" = p_id\n'
+        f'  SELECT {body} FROM "{agg.root.table}" r CROSS JOIN LATERAL to_jsonb(r) AS rj(j) WHERE r."id" = p_id\n'
         f"$fn$;"
     )

@@ -10,6 +10,7 @@ publish (see the cut-over in the README); Debezium takes over from the moment it
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -17,9 +18,17 @@ from sqlalchemy.engine import make_url
 from schemas.contract import SCHEMA_VERSION
 
 
-def connector_config(database_url: str, topic_prefix: str, *, slot: str = "ttsync_outbox",
+def default_slot(database: str) -> str:
+    """``ttsync_outbox_<database>``: replication slots are per server, so two TimeTracker databases on one
+    server need two names (lowercase letters, digits and _, at most 63 characters)."""
+    name = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    return f"ttsync_outbox_{name}"[:63]
+
+
+def connector_config(database_url: str, topic_prefix: str, *, slot: str | None = None,
                      password_file: str | None = None) -> dict[str, Any]:
     url = make_url(database_url)
+    slot = slot or default_slot(url.database or "postgres")
     password: str = url.password or ""  # type: ignore[assignment]
     if password_file:
         # Kafka Connect's FileConfigProvider: the secret stays out of the REST API and the config topic.

@@ -52,9 +52,13 @@ class BucketLeases:
         self._last_refresh = now
         try:
             conn = self._connect()
+            # pg_locks spans the server, advisory locks are per database: count this database's relays only
+            # (a relay of another TimeTracker database on the same server is no peer of ours).
             self.live_relays = max(1, int(conn.execute(
                 text("SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                     "AND classid = CAST(:k AS oid)"), {"k": MEMBER_LOCK_CLASS}).scalar_one()))
+                     "AND classid = CAST(:k AS oid) "
+                     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                {"k": MEMBER_LOCK_CLASS}).scalar_one()))
             fair = math.ceil(self.buckets / self.live_relays)
             if rebalance and len(self.held) > fair:
                 extra = random.sample(sorted(self.held), len(self.held) - fair)

@@ -42,6 +42,7 @@ class ClientState(_State):
     custom_fields: dict[str, Any] | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    invoice_currency: str | None = None  # the currency of the client's latest invoice, if it has one
 
 
 class InvoiceItemState(_State):

@@ -20,9 +20,8 @@ TIMETRACKER_VERSION = "5.10.0"
 def load_schema(engine: Engine) -> None:
     """Build TimeTracker's 138 tables in an empty PostgreSQL database (straight to the driver: the dump holds
     function bodies with '%' and ':' that a paramstyle would take for parameters)."""
-    with engine.begin() as conn:
-        with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute(FIXTURE.read_text())
+    with engine.begin() as conn, conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(FIXTURE.read_text())
 
 
 def bleach(value: str) -> str:

@@ -842,7 +842,11 @@ def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | N
 @outbox_app.command("status")
 def outbox_status_cmd(
     as_json: JsonOpt = False,
-    check: Annotated[bool, typer.Option(help="Exit 1 when rows keep failing (or the slot is not active).")] = False,
+    check: Annotated[bool, typer.Option(help="Exit 1 when rows keep failing, the oldest unpublished row is older "
+                                             "than --max-age (a dead or starved relay), or the slot is not "
+                                             "active.")] = False,
+    max_age: Annotated[float | None, typer.Option(help="Seconds an unpublished row may wait before --check fails "
+                                                       "(default TTSYNC_OUTBOX_MAX_AGE_S).")] = None,
     slot: Annotated[str | None, typer.Option(help="Also show this Debezium replication slot (its unconfirmed "
                                                   "WAL is what is in flight when Debezium relays).")] = None,
 ) -> None:
@@ -853,10 +857,19 @@ def outbox_status_cmd(
     settings = _settings()
     engine = make_engine(settings.database_url)
     status = outbox_status(engine)
-    slot_ok = True
+    limit = settings.outbox_max_age_s if max_age is None else max_age
+    problems = []
+    if status["failing"]:
+        problems.append(f"{status['failing']} row(s) keep failing")
+    if status["oldest_unpublished_age_seconds"] > limit:
+        problems.append(f"the oldest unpublished row waits {status['oldest_unpublished_age_seconds']:.0f} s "
+                        f"(more than {limit:g} s): is a relay running, and does it hold every bucket?")
     if slot:
         status["replication_slot"] = replication_slot(engine, slot)
-        slot_ok = bool(status["replication_slot"] and status["replication_slot"]["active"])
+        if not (status["replication_slot"] and status["replication_slot"]["active"]):
+            problems.append(f"replication slot {slot} is missing or inactive")
+    status["max_age_seconds"] = limit
+    status["problems"] = problems
     if as_json:
         _emit_json(status)
     else:
@@ -880,7 +893,9 @@ def outbox_status_cmd(
             console.print(f"slot {slot}: " + ("[red]does not exist[/]" if info is None else
                                               f"{'active' if info['active'] else '[red]inactive[/]'}, "
                                               f"{info['lag_bytes']:,} WAL bytes not confirmed"))
-    raise typer.Exit(EXIT_FAILED if check and (status["failing"] or not slot_ok) else EXIT_OK)
+        for p in problems:
+            console.print(f"[red]{p}[/]")
+    raise typer.Exit(EXIT_FAILED if check and problems else EXIT_OK)
 
 
 @outbox_app.command("purge")
@@ -906,6 +921,16 @@ def outbox_purge_cmd(
 # --- sandbox ----------------------------------------------------------------------------------------
 
 
+def sandbox_settings(url: str, token_url: str, realm: str, refresh_token: str, need_key: bool) -> dict[str, str]:
+    env = {"TTSYNC_QBO_BASE_URL": url, "TTSYNC_QBO_TOKEN_URL": token_url, "TTSYNC_QBO_REALM_ID": realm,
+           "TTSYNC_QBO_REFRESH_TOKEN": refresh_token}
+    if need_key:  # tokens are kept encrypted: a key is needed; a random one does for a local trial
+        import secrets
+
+        env["TTSYNC_SECRET_KEY"] = secrets.token_urlsafe(32)
+    return env
+
+
 @app.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
@@ -919,8 +944,12 @@ def sandbox(
     token_lifetime: Annotated[float, typer.Option(help="Access-token lifetime in seconds.")] = 3600.0,
     duplicate_requestid: Annotated[str, typer.Option(help="'replay' the first answer or 'fault' (600).")] = "replay",
     realm: Annotated[str, typer.Option(help="The company created at start.")] = "9130000000000001",
+    env_file: Annotated[Path | None, typer.Option(help="Write the TTSYNC_* settings for this sandbox (with a "
+                                                        "fresh refresh token) to this file instead of printing "
+                                                        "them.")] = None,
 ) -> None:
-    """Run the local QuickBooks Online sandbox (OAuth, entities, Faults, throttling, fault injection)."""
+    """Run the local QuickBooks Online sandbox (OAuth, entities, Faults, throttling, fault injection). At start
+    it prints the settings `ttsync consume` needs to use it, a fresh refresh token included."""
     from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 
     settings = _settings()
@@ -936,6 +965,17 @@ def sandbox(
     log.info("sandbox_listening", url=server.url, realm=realm, page=f"{server.url}/",
              token_endpoint=server.token_url, admin=f"{server.url}/__admin/stats")
     console.print(f"QBO sandbox on {server.url}  (page: {server.url}/, admin: {server.url}/__admin/)")
+    # What a first `ttsync consume` needs, ready to paste: a refresh token of this sandbox's realm (printed,
+    # never logged; a new one at every start, since the sandbox keeps its tokens in memory).
+    token = server.state.authority.issue_refresh_token(settings.qbo_client_id, realm)
+    env = sandbox_settings(server.url, server.token_url, realm, token, settings.secret_key is None)
+    if env_file is not None:
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        env_file.chmod(0o600)
+        console.print(f"settings for this sandbox written to {env_file}")
+    else:
+        console.print("Settings for `ttsync consume` against this sandbox:", highlight=False)
+        console.print("".join(f"export {k}='{v}'\n" for k, v in env.items()), highlight=False, soft_wrap=True)
 
     def _stop(signum: int, _frame: Any) -> None:
         threading.Thread(target=server.httpd.shutdown, daemon=True).start()

@@ -94,7 +94,7 @@ def play_activity(factory: sessionmaker[Session], quick: bool) -> None:
         with factory() as s:
             inv = Invoice(invoice_number=f"INV-2026-{i + 1:04d}", project_id=project_id, client_id=client_id,
                           client_name=name, issue_date=dt.date(2026, 11, 2), due_date=dt.date(2026, 12, 2),
-                          created_by=user_id, currency_code="USD", tax_rate=Decimal("10"))
+                          created_by=user_id, currency_code="EUR", tax_rate=Decimal("10"))
             hours = [Decimal("7.50"), Decimal("3.25"), Decimal("1.00")][: 1 + i % 3]
             for h in hours:
                 inv.items.append(InvoiceItem(description=f"Consulting, {h} h", quantity=h, unit_price=Decimal("120"),
@@ -114,7 +114,7 @@ def play_activity(factory: sessionmaker[Session], quick: bool) -> None:
                 inv.status = "cancelled"
                 s.commit()
             elif i % 2 == 0:
-                s.add(Payment(invoice_id=inv.id, amount=inv.total_amount, currency="USD",
+                s.add(Payment(invoice_id=inv.id, amount=inv.total_amount, currency="EUR",
                               payment_date=dt.date(2026, 11, 20), method="bank_transfer", status="completed"))
                 inv.status = "paid"
                 inv.amount_paid = inv.total_amount
@@ -127,7 +127,7 @@ def play_activity(factory: sessionmaker[Session], quick: bool) -> None:
     for title, category, method, status in expenses:
         with factory() as s:
             exp = Expense(user_id=user_id, title=title, category=category, amount=Decimal("84.20"),
-                          tax_amount=Decimal("8.42"), currency_code="USD", expense_date=dt.date(2026, 11, 5),
+                          tax_amount=Decimal("8.42"), currency_code="EUR", expense_date=dt.date(2026, 11, 5),
                           payment_method=method, vendor="Rail Co" if category == "travel" else "Local Shop")
             s.add(exp)
             s.commit()

@@ -29,7 +29,8 @@ def main() -> int:
     parser.add_argument("--name", default="ttsync-outbox")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--topic-prefix", default="timetracker")
-    parser.add_argument("--slot", default="ttsync_outbox")
+    parser.add_argument("--slot", default=None, help="replication slot and publication (default "
+                        "ttsync_outbox_<database>: one per database on a shared server)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
     config = connector_config(args.database_url, args.topic_prefix, slot=args.slot)

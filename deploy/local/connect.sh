@@ -13,7 +13,7 @@
 #   CONNECT_HEAP_OPTS         JVM heap (default -Xms256m -Xmx512m)
 #   TTSYNC_DATABASE_URL       the TimeTracker database holding ttsync_outbox (register)
 #   TTSYNC_TOPIC_PREFIX       topics are <prefix>.<aggregate type>, as with `ttsync relay` (default timetracker)
-#   DEBEZIUM_SLOT             replication slot and publication name (default ttsync_outbox)
+#   DEBEZIUM_SLOT             replication slot and publication name (default ttsync_outbox_<database>)
 #   DEBEZIUM_CONNECTOR        connector name (default ttsync-outbox)
 #
 # `start` runs the worker (idempotent) and waits for its REST API; `register` puts the outbox connector in
@@ -116,7 +116,7 @@ register() {
   rest_up || { log "no worker answers on $REST (run: $0 start)"; exit 1; }
   python3 "$REPO/deploy/debezium/register.py" --rest "$REST" --name "$CONNECTOR" \
     --database-url "${TTSYNC_DATABASE_URL:?TTSYNC_DATABASE_URL is not set}" \
-    --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" --slot "${DEBEZIUM_SLOT:-ttsync_outbox}"
+    --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" ${DEBEZIUM_SLOT:+--slot "$DEBEZIUM_SLOT"}
 }
 
 unregister() {

@@ -29,7 +29,7 @@ from tests.pipeline import REALM, Pipeline
 # Shorter than production (10, 60, 300 s) to keep the suite short, long enough for a payment to wait out the
 # invoice versions still queued on another partition while a backlog drains.
 RETRY_DELAYS = [2, 10, 30, 90]
-ENTITIES = ("Customer", "Invoice", "Purchase", "Payment")
+ENTITIES = ("Customer", "Invoice", "Purchase", "Payment", "Account")
 
 
 @dataclass

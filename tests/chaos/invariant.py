@@ -12,6 +12,8 @@ Customer with its current e-mail. QBO entities are told apart by the marker each
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,8 +23,14 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, selectinload
 
+from consumer.mapping import invoice_lines
+from producer.aggregate_snapshots import snapshot
 from producer.outbox_tables import outbox
 from producer.timetracker_schema import Client, Expense, Invoice, Payment
+from schemas.events import InvoiceState
+
+EXPENSE_ACCOUNT_TYPES = {"Expense", "Other Expense", "Cost of Goods Sold"}
+PAYING_ACCOUNT_TYPE = {"Cash": "Bank", "Check": "Bank", "CreditCard": "Credit Card"}
 
 MARKER = re.compile(r"ttsync:(client|invoice|expense|payment):(\d+)@")
 DOC_NUMBER_MAX = 21
@@ -54,6 +62,11 @@ def _marker_index(entities: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, 
             if m:
                 index[(m.group(1), m.group(2))].append(row)
     return index
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    event = json.loads(value) if isinstance(value, str) else value
+    return (event or {}).get("payload") or {}
 
 
 def _amount(value: Any) -> Decimal:
@@ -126,21 +139,36 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
         else:
             v.applied += 1
 
+    accounts = {str(a["Id"]): a for a in live.get("Account", [])}
     with Session(engine) as s:
         v.changes = len(s.execute(select(outbox.c.id)).all())
         agg_seen = {(t, a) for t, a in s.execute(select(outbox.c.aggregatetype, outbox.c.aggregateid))}
+        # Invoices ever captured as issued, sent or paid: an overdue one belongs in QBO only then (TimeTracker's
+        # daily job also makes never-sent drafts overdue).
+        issued = {str(a) for a, p in s.execute(select(outbox.c.aggregateid, outbox.c.payload).where(
+            outbox.c.aggregatetype == "invoice")) if str(_payload(p).get("status")) in ("issued", "sent", "paid")}
 
         for client in s.scalars(select(Client)):
             def client_matches(e: dict[str, Any], c: Client = client) -> str | None:
                 email = (e.get("PrimaryEmailAddr") or {}).get("Address")
+                name = html.unescape(c.name)  # as the web form's bleach stored it, decoded
+                if e.get("DisplayName") not in (name, f"{name} (customer)"):
+                    return f"name {e.get('DisplayName')!r}, TimeTracker has {name!r}"
                 return None if email == c.email else f"e-mail {email!r}, TimeTracker has {c.email!r}"
             judge("client", str(client.id), "live", client_matches)
 
         for inv in s.scalars(select(Invoice).options(selectinload(Invoice.items))):
             poison = len(inv.invoice_number) > DOC_NUMBER_MAX
-            if inv.status in ("sent", "paid"):
+            if inv.status in ("sent", "paid") or (inv.status == "overdue" and str(inv.id) in issued):
                 def invoice_matches(e: dict[str, Any], i: Invoice = inv) -> str | None:
-                    want = [_amount(it.total_amount) for it in i.items]
+                    # To the cent, against TimeTracker's own stored figures (what it shows and bills).
+                    if _amount(e.get("TotalAmt", 0)) != _amount(i.total_amount):
+                        return f"TotalAmt {e.get('TotalAmt')}, TimeTracker has {i.total_amount}"
+                    balance = _amount(i.total_amount) - _amount(i.amount_paid or 0)
+                    if _amount(e.get("Balance", 0)) != balance:
+                        return f"Balance {e.get('Balance')}, TimeTracker has {balance}"
+                    state = InvoiceState.model_validate(snapshot(s.connection(), "invoice", i.id))
+                    want = [_amount(ln["Amount"]) for ln in invoice_lines(state, "-")]
                     got = [_amount(ln["Amount"]) for ln in e.get("Line", []) if ln.get("DetailType") ==
                            "SalesItemLineDetail"]
                     if sorted(want) != sorted(got):
@@ -163,6 +191,14 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
                     got = _amount(e.get("TotalAmt", 0))
                     if got != want:
                         return f"TotalAmt {got}, TimeTracker has {want}"
+                    if accounts:
+                        paying = accounts[str(e["AccountRef"]["value"])]
+                        if paying["AccountType"] != PAYING_ACCOUNT_TYPE[e["PaymentType"]]:
+                            return f"paid from {paying['Name']!r}, a {paying['AccountType']} account"
+                        for line in e.get("Line", []):
+                            booked = accounts[str(line["AccountBasedExpenseLineDetail"]["AccountRef"]["value"])]
+                            if booked["AccountType"] not in EXPENSE_ACCOUNT_TYPES:
+                                return f"booked to {booked['Name']!r}, a {booked['AccountType']} account"
                     return None if (e.get("PrivateNote") or "").endswith(x.notes or "") else \
                         f"note {e.get('PrivateNote')!r}, TimeTracker has {x.notes!r}"
                 judge("expense", str(exp.id), "live", expense_matches)

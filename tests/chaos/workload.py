@@ -20,14 +20,20 @@ from sqlalchemy import Engine, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from producer.timetracker_schema import Client, Expense, Invoice, InvoiceItem, Payment, Project, User
+from producer.timetracker_schema import Client, Expense, ExtraGood, Invoice, InvoiceItem, Payment, Project, User
 
 log = structlog.get_logger("ttsync.chaos.workload")
 
 DOC_NUMBER_MAX = 21
-# Hostile but valid: quotes for QBO's query escaping, unicode, an ampersand, a long tail.
+# Hostile but valid: quotes for QBO's query escaping, unicode, an ampersand, a long tail; and names as
+# TimeTracker's web forms store them (bleach: & -> &amp;), which must reach QBO decoded.
 NAME_STYLES = ["Acme {n}", "O'Brien & Sons {n}", 'The "Quoted" Co {n}', "Müller Ünlü GmbH {n}", "株式会社 {n}",
-               "Smith's \\ Partners {n}"]
+               "Smith's \\ Partners {n}", "O'Brien &amp; Sons &quot;Ltd&quot; {n}", "Müller &amp; Söhne GmbH {n}"]
+# TimeTracker's fixed lists (Expense.get_expense_categories(), the expense form).
+CATEGORIES = ("travel", "meals", "accommodation", "supplies", "software", "equipment", "services", "marketing",
+              "training", "other")
+PAYMENT_METHODS = ("cash", "credit_card", "debit_card", "bank_transfer", "company_card", "paypal", "other")
+CURRENCY = "EUR"  # TimeTracker's default
 
 
 @dataclass
@@ -145,8 +151,14 @@ class Workload:
             options.append((4, self._update_client))
         if any(st == "sent" for st in m.invoices.values()):
             options += [(22, self._update_invoice), (8, self._pay_invoice), (3, self._cancel_invoice)]
+            if any(st == "approved" for st in m.expenses.values()):
+                options.append((3, self._link_expense))
+        if any(st in ("sent", "overdue") for st in m.invoices.values()):
+            options.append((3, self._mark_paid))
         if any(st == "draft" for st in m.invoices.values()):
             options.append((3, self._send_draft))
+        if any(st in ("draft", "sent") for st in m.invoices.values()):
+            options.append((1, self._overdue_job))
         if any(st in ("pending", "approved") for st in m.expenses.values()):
             options += [(10, self._update_expense), (3, self._reject_expense), (3, self._delete_expense)]
         if any(st == "pending" for st in m.expenses.values()):
@@ -200,17 +212,25 @@ class Workload:
         if poison:
             number = f"{number}-{'X' * DOC_NUMBER_MAX}"  # QBO's DocNumber holds 21 characters
         status = "sent" if self.rng.random() < 0.8 else "draft"
-        inv = Invoice(invoice_number=number, project_id=self.model.projects[client.id], client_id=client.id,
+        # Invoices without a project exist (invoices.project_id is nullable in the migrated schema).
+        project = self.model.projects[client.id] if self.rng.random() < 0.8 else None
+        inv = Invoice(invoice_number=number, project_id=project, client_id=client.id,
                       client_name=client.name, client_email=client.email, issue_date=dt.date(2026, 11, 2),
                       due_date=dt.date(2026, 12, 2), status=status, created_by=self.model.user_id,
-                      currency_code="USD", tax_rate=Decimal("10.00"), notes="rev 0")
-        for i in range(self.rng.randint(1, 3)):
+                      currency_code=CURRENCY, tax_rate=Decimal("10.00"), notes="rev 0")
+        # Some carry extra goods (in TimeTracker's totals), a few only extra goods and no item line.
+        if self.rng.random() < 0.3:
+            qty, price = Decimal(self.rng.randint(1, 4)), Decimal(self.rng.choice(["15.50", "9.99", "120.00"]))
+            inv.extra_goods.append(ExtraGood(name="Cable &amp; plug", category="product", quantity=qty,
+                                             unit_price=price, total_amount=qty * price,
+                                             created_by=self.model.user_id))
+        for i in range(self.rng.randint(1 if not inv.extra_goods or self.rng.random() < 0.7 else 0, 3)):
             qty, price = Decimal(self.rng.randint(1, 8)), Decimal(self.rng.choice(["75.50", "120.00", "42.25"]))
             inv.items.append(InvoiceItem(description=f"Consulting block {i + 1} – “review” ü", quantity=qty,  # noqa: RUF001 - hostile unicode on purpose
                                          unit_price=price, total_amount=qty * price))
-        _totals(inv)
         s.add(inv)
         s.flush()
+        _totals(s, inv)
         self.model.invoices[inv.id] = status
         if poison:
             self.model.poison_invoices.add(inv.id)
@@ -228,8 +248,44 @@ class Workload:
         if self.rng.random() < 0.2:
             inv.items.append(InvoiceItem(description=f"Extra {self._seq}", quantity=Decimal(1),
                                          unit_price=Decimal("10.00"), total_amount=Decimal("10.00")))
-        _totals(inv)
+        s.flush()
+        _totals(s, inv)
         return True
+
+    def _link_expense(self, s: Session) -> bool:
+        """The invoice's "expenses sync": an approved expense is billed on a sent invoice, then totals."""
+        inv_id = self._pick(self.model.invoices, "sent", exclude=self.model.poison_invoices)
+        exp_id = self._pick(self.model.expenses, "approved")
+        if inv_id is None or exp_id is None:
+            return False
+        exp = s.get_one(Expense, exp_id)
+        if exp.invoice_id is not None:
+            return False
+        exp.invoice_id, exp.invoiced = inv_id, True
+        s.flush()
+        _totals(s, s.get_one(Invoice, inv_id))
+        return True
+
+    def _mark_paid(self, s: Session) -> bool:
+        """The status menu's "paid": amount_paid = total, no payments row."""
+        inv_id = self._pick(self.model.invoices, "sent", "overdue", exclude=self.model.poison_invoices)
+        if inv_id is None:
+            return False
+        inv = s.get_one(Invoice, inv_id)
+        inv.status, inv.amount_paid, inv.payment_status = "paid", inv.total_amount, "fully_paid"
+        inv.payment_date = dt.date(2026, 11, 25)
+        self.model.invoices[inv_id] = "paid"
+        return True
+
+    def _overdue_job(self, s: Session) -> bool:
+        """``check_overdue_invoices``: drafts *and* sent invoices past due become overdue (a few at a time
+        here, as their due dates pass)."""
+        ids = [i for i, st in self.model.invoices.items() if st in ("draft", "sent")]
+        chosen = self.rng.sample(ids, min(len(ids), 3))
+        for inv_id in chosen:
+            s.get_one(Invoice, inv_id).status = "overdue"
+            self.model.invoices[inv_id] = "overdue"
+        return bool(chosen)
 
     def _send_draft(self, s: Session) -> bool:
         inv_id = self._pick(self.model.invoices, "draft")
@@ -246,7 +302,8 @@ class Workload:
         inv = s.get_one(Invoice, inv_id)
         inv.status = "paid"
         inv.amount_paid = inv.total_amount
-        pay = Payment(invoice_id=inv.id, amount=inv.total_amount, currency="USD", payment_date=dt.date(2026, 11, 20),
+        inv.payment_status = "fully_paid"
+        pay = Payment(invoice_id=inv.id, amount=inv.total_amount, currency=CURRENCY, payment_date=dt.date(2026, 11, 20),
                       method="bank_transfer", status="completed", notes="rev 0")
         s.add(pay)
         s.flush()
@@ -264,10 +321,11 @@ class Workload:
 
     def _new_expense(self, s: Session) -> None:
         status = "approved" if self.rng.random() < 0.7 else "pending"
-        exp = Expense(user_id=self.model.user_id, title=f"Train “{self._seq}” to O'Hare", category="travel",
-                      amount=Decimal(self.rng.randint(500, 20000)) / 100, tax_amount=Decimal("1.50"),
-                      currency_code="USD", expense_date=dt.date(2026, 11, 3), status=status, vendor="Rail Co",
-                      payment_method="card", notes="rev 0")
+        exp = Expense(user_id=self.model.user_id, title=f"Train “{self._seq}” to O'Hare",
+                      category=self.rng.choice(CATEGORIES), amount=Decimal(self.rng.randint(500, 20000)) / 100,
+                      tax_amount=Decimal("1.50"), currency_code=CURRENCY, expense_date=dt.date(2026, 11, 3),
+                      status=status, vendor=self.rng.choice(["Rail Co", "Kaffee &amp; Kuchen"]),
+                      payment_method=self.rng.choice(PAYMENT_METHODS), notes="rev 0")
         s.add(exp)
         s.flush()
         self.model.expenses[exp.id] = status
@@ -320,12 +378,24 @@ class Workload:
         pay_id = self._pick(self.model.payments, "completed")
         if pay_id is None:
             return False
-        s.get_one(Payment, pay_id).status = "refunded"
+        pay = s.get_one(Payment, pay_id)
+        pay.status = "refunded"
+        # As TimeTracker's payment edit does: amount_paid drops, and a paid invoice goes back to sent.
+        inv = s.get_one(Invoice, pay.invoice_id)
+        inv.amount_paid = max(Decimal("0"), (inv.amount_paid or Decimal("0")) - pay.amount)
+        inv.payment_status = "partially_paid" if inv.amount_paid > 0 else "unpaid"
+        if inv.status == "paid":
+            inv.status = "sent"
+            self.model.invoices[inv.id] = "sent"
         self.model.payments[pay_id] = "refunded"
         return True
 
 
-def _totals(inv: Invoice) -> None:
-    inv.subtotal = sum((i.total_amount for i in inv.items), Decimal("0"))
+def _totals(s: Session, inv: Invoice) -> None:
+    """``Invoice.calculate_totals()``: items + extra goods + linked expenses (amount + tax), then 10% tax."""
+    linked = s.scalars(select(Expense).where(Expense.invoice_id == inv.id)).all()
+    inv.subtotal = sum((i.total_amount for i in inv.items), Decimal("0")) + \
+        sum((g.total_amount for g in inv.extra_goods), Decimal("0")) + \
+        sum((e.amount + (e.tax_amount or Decimal("0")) for e in linked), Decimal("0"))
     inv.tax_amount = (inv.subtotal * Decimal("0.10")).quantize(Decimal("0.01"))
     inv.total_amount = inv.subtotal + inv.tax_amount

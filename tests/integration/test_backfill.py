@@ -80,8 +80,12 @@ def _edit_while_running(engine: Engine, ids: list[int], stop: threading.Event, e
             n = edited.get(iid, 0) + 1
             conn.execute(text("UPDATE invoice_items SET unit_price = unit_price + 1, "
                               "total_amount = (unit_price + 1) * quantity WHERE invoice_id = :i"), {"i": iid})
-            conn.execute(text("UPDATE invoices SET notes = :n, subtotal = (SELECT SUM(total_amount) FROM "
-                              "invoice_items WHERE invoice_id = :i), updated_at = now() WHERE id = :i"),
+            # As TimeTracker's calculate_totals() leaves them: subtotal, tax at the invoice's rate, total.
+            conn.execute(text("UPDATE invoices SET notes = :n, subtotal = s.sub, "
+                              "tax_amount = round(s.sub * tax_rate / 100, 2), "
+                              "total_amount = s.sub + round(s.sub * tax_rate / 100, 2), updated_at = now() "
+                              "FROM (SELECT SUM(total_amount) AS sub FROM invoice_items WHERE invoice_id = :i) s "
+                              "WHERE id = :i"),
                          {"i": iid, "n": f"edit {n} during the snapshot"})
             edited[iid] = n
         time.sleep(0.01)

@@ -152,7 +152,8 @@ def test_uninstall_removes_every_trigger(pg_engine: Engine) -> None:
     with pg_engine.begin() as conn:
         install_triggers(conn)
         install_triggers(conn)  # idempotent
-        assert len(installed_triggers(conn)) == 6
+        # One per (table, aggregate) it belongs to, and the flush trigger.
+        assert len(installed_triggers(conn)) == 9
         uninstall_triggers(conn)
         assert installed_triggers(conn) == []
     with Session(pg_engine) as s:

@@ -53,8 +53,9 @@ def test_capture_install_status_uninstall_on_postgres(pg_database: str) -> None:
     assert ttsync("db", "upgrade", "--timetracker-schema", env=env).returncode == 0
     installed = ttsync("capture", "install", "--json", env=env)
     assert installed.returncode == 0, installed.stderr
-    assert json.loads(installed.stdout)["tables"] == ["clients", "expenses", "invoice_items", "invoices", "payments"]
-    assert len(json.loads(ttsync("capture", "status", "--json", env=env).stdout)["triggers"]) == 6
+    assert json.loads(installed.stdout)["tables"] == ["clients", "expenses", "extra_goods", "invoice_items",
+                                                      "invoices", "payments"]
+    assert len(json.loads(ttsync("capture", "status", "--json", env=env).stdout)["triggers"]) == 9
     assert ttsync("capture", "uninstall", env=env).returncode == 0
     assert json.loads(ttsync("capture", "status", "--json", env=env).stdout)["triggers"] == []
 

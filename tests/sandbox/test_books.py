@@ -97,11 +97,17 @@ def test_an_invoice_of_only_extra_goods_syncs_and_a_truly_empty_one_is_refused_w
     assert err.value.code == "invoice_without_lines"
 
 
-def test_stale_totals_are_refused_with_the_figures_not_synced_wrong(h: Any) -> None:
-    stale = {**invoice(goods=[("3", "15.50")]), "subtotal": "240.00", "total_amount": "240.00"}
-    with pytest.raises(MappingError, match=r"add up to 286\.50") as err:
-        h.applier.apply(ev("invoice", stale, 1, "created"))
-    assert err.value.code == "invoice_totals_inconsistent" and h.qbo("Invoice") == []
+def test_a_subtotal_left_stale_by_an_admin_edit_still_gives_timetrackers_total(h: Any) -> None:
+    # TimeTracker recalculates on save only: an admin edits the linked expense (50 + 5 -> 60 + 5) afterwards,
+    # and the invoice keeps showing and billing its stored 555.00.
+    inv = invoice(items=[("1", "500.00")], expenses=[("50.00", "5.00")])
+    inv["expenses"][0]["amount"] = "60.00"
+    assert inv["total_amount"] == "555.00"
+    assert h.applier.apply(ev("invoice", inv, 1, "created")).result == "created"
+    stored = the_invoice(h)
+    assert money(stored["TotalAmt"]) == Decimal("555.00") and money(stored["Balance"]) == Decimal("555.00")
+    adjustment = [ln for ln in stored["Line"] if "Adjustment" in (ln.get("Description") or "")]
+    assert [money(ln["Amount"]) for ln in adjustment] == [Decimal("-10.00")]
 
 
 def test_a_draft_the_daily_job_made_overdue_stays_out_of_qbo(h: Any) -> None:
@@ -200,3 +206,14 @@ def test_customers_get_the_client_currency_and_qbo_holds_transactions_to_it(h: A
     usd = {**invoice(invoice_id=2), "currency_code": "USD"}
     with pytest.raises(Exception, match="customer's currency"):
         h.applier.apply(ev("invoice", usd, 1, "created"))
+
+
+def test_a_backlog_batch_never_leaves_a_marked_paid_invoice_without_its_settlement(h: Any) -> None:
+    from consumer.applier import Outcome, PlannedWrite
+
+    planned = h.applier.plan(ev("invoice", invoice("sent"), 1, "created"))
+    assert isinstance(planned, PlannedWrite)  # an ordinary create goes into a batch
+    paid = h.applier.plan(ev("invoice", invoice("paid", amount_paid="240.00", invoice_id=2), 1, "created"))
+    assert isinstance(paid, Outcome) and paid.result == "created"  # written at once, with its settlement
+    (inv,) = h.qbo("Invoice")
+    assert money(inv["Balance"]) == 0 and len(h.qbo("Payment")) == 1

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -129,3 +134,26 @@ def test_ttsync_qbo_connect_then_status(sandbox: SandboxServer, tmp_path) -> Non
     assert info["access_expires_at"] and info["refresh_expires_at"]
     raw = sqlite3.connect(db).execute("SELECT refresh_token_enc FROM ttsync_oauth_tokens").fetchone()
     assert not raw[0].startswith("RT1-")  # encrypted at rest
+
+
+def test_ttsync_sandbox_hands_out_ready_settings_with_a_working_refresh_token(tmp_path: Path) -> None:
+    """A new user can point `ttsync consume` at `ttsync sandbox` without reading the demo's code."""
+    env_file = tmp_path / "sandbox.env"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTSYNC_")}
+    proc = subprocess.Popen([sys.executable, "-m", "ttsync", "sandbox", "--port", "0", "--env-file", str(env_file)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not env_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        assert set(settings) >= {"TTSYNC_QBO_BASE_URL", "TTSYNC_QBO_TOKEN_URL", "TTSYNC_QBO_REALM_ID",
+                                 "TTSYNC_QBO_REFRESH_TOKEN", "TTSYNC_SECRET_KEY"}
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        answer = requests.post(settings["TTSYNC_QBO_TOKEN_URL"], auth=("ttsync-local", "ttsync-local-secret"),
+                               data={"grant_type": "refresh_token",
+                                     "refresh_token": settings["TTSYNC_QBO_REFRESH_TOKEN"]}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["access_token"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

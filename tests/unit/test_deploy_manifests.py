@@ -98,8 +98,11 @@ def test_the_debezium_connector_writes_the_records_our_relay_writes() -> None:
     shipped = json.loads((ROOT / "deploy" / "debezium" / "ttsync-outbox-connector.json").read_text())["config"]
     assert shipped["database.password"].startswith("${file:")  # no secret in the repository's example
     assert {k: v for k, v in shipped.items() if not k.startswith("database.")} == \
-        {k: v for k, v in connector_config("postgresql://u@h/d", "timetracker").items()
+        {k: v for k, v in connector_config("postgresql://u@h/timetracker", "timetracker").items()
          if not k.startswith("database.")}
+    # Replication slots are per server: two TimeTracker databases on one server get two slots.
+    assert connector_config("postgresql://u@h/tt-a", "x")["slot.name"] == "ttsync_outbox_tt_a" != \
+        connector_config("postgresql://u@h/tt_b", "x")["slot.name"]
 
 
 def test_the_strimzi_connector_carries_the_same_config() -> None:
@@ -109,7 +112,7 @@ def test_the_strimzi_connector_carries_the_same_config() -> None:
 
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "debezium" / "strimzi.yaml").read_text()))
     connector = next(d for d in docs if d["kind"] == "KafkaConnector")
-    want = connector_config("postgresql://u@h/d", "timetracker")
+    want = connector_config("postgresql://u@h/timetracker", "timetracker")
     assert connector["spec"]["class"] == want["connector.class"]
     assert {k: v for k, v in connector["spec"]["config"].items() if not k.startswith("database.")} == \
         {k: v for k, v in want.items() if not k.startswith("database.") and k not in ("connector.class", "tasks.max")}

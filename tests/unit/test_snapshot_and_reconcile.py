@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -89,14 +90,19 @@ POLICY = SyncPolicy()
 
 def _invoice(status: str, items: tuple[str, ...] = ("10.00", "20.00"), number: str = "INV-1", client: int = 1,
              **extra: Any) -> dict[str, Any]:
-    return {"id": 1, "status": status, "invoice_number": number, "client_id": client,
-            "items": [{"total_amount": a} for a in items], **extra}
+    total = str(sum(Decimal(a) for a in items))
+    return {"id": 1, "status": status, "invoice_number": number, "client_id": client, "client_name": "Acme",
+            "issue_date": "2026-11-02", "due_date": "2026-12-02", "subtotal": total, "total_amount": total,
+            "amount_paid": "0", "items": [{"id": n, "invoice_id": 1, "description": "w", "quantity": "1",
+                                           "unit_price": a, "total_amount": a} for n, a in enumerate(items)],
+            **extra}
 
 
 def _qbo_invoice(qid: str, note: str, amounts: tuple[float, ...] = (10.0, 20.0), number: str = "INV-1",
                  customer: str = "7", **extra: Any) -> dict[str, Any]:
     return {"Id": qid, "PrivateNote": note, "DocNumber": number, "CustomerRef": {"value": customer},
-            "Line": [{"Amount": a, "DetailType": "SalesItemLineDetail"} for a in amounts], **extra}
+            "Line": [{"Amount": a, "DetailType": "SalesItemLineDetail"} for a in amounts],
+            "TotalAmt": sum(amounts), "Balance": sum(amounts), **extra}
 
 
 def test_reconcile_tells_missing_different_extra_and_duplicate_apart() -> None:
@@ -109,7 +115,7 @@ def test_reconcile_tells_missing_different_extra_and_duplicate_apart() -> None:
         "invoice:5": _invoice("sent", number="INV-5"),  # twice in QBO
         "invoice:6": _invoice("cancelled", number="INV-6"),  # voided: fine
         "invoice:8": _invoice("sent", number="INV-8", integration_metadata={"quickbooks": {"invoice_id": "80"}}),
-        "client:1": {"id": 1, "status": "active", "email": "a@x.com"},
+        "client:1": {"id": 1, "status": "active", "email": "a@x.com", "name": "Acme"},
     }
     qbo = {"Invoice": [
         _qbo_invoice("10", mark.format(1)),
@@ -120,7 +126,8 @@ def test_reconcile_tells_missing_different_extra_and_duplicate_apart() -> None:
         _qbo_invoice("70", mark.format(7), number="INV-7"),  # TimeTracker deleted invoice 7
         _qbo_invoice("80", "", number="INV-8"),  # the old connector's, id stored: belongs to invoice 8
         _qbo_invoice("90", "ttsync:invoice:9@another-instance"),  # not ours to judge
-    ], "Customer": [{"Id": "7", "Notes": "ttsync:client:1@tt", "PrimaryEmailAddr": {"Address": "b@x.com"}}]}
+    ], "Customer": [{"Id": "7", "Notes": "ttsync:client:1@tt", "PrimaryEmailAddr": {"Address": "b@x.com"},
+                     "DisplayName": "Acme"}]}
     mapped = {"client:1": Mapped("Customer", "7", "0", 1)}
     drift = judge(records, qbo, mapped, POLICY, "tt", still_in_timetracker=lambda _t, _ids: set())
     found = {(d.kind, d.aggregate_type, d.aggregate_id): d for d in drift}
@@ -161,3 +168,34 @@ def test_outbox_purge_keeps_unpublished_rows_unless_debezium_relays(sqlite_engin
     assert len(_snapshot_rows(sqlite_engine)) == 5
     assert purge(sqlite_engine, dt.timedelta(hours=72), include_unpublished=True) == 5
     assert _snapshot_rows(sqlite_engine) == []
+
+
+def test_reconcile_compares_totals_balances_accounts_and_decoded_names() -> None:
+    paid = _invoice("paid", items=("240.00",), extra_goods=[{"id": 1, "invoice_id": 1, "name": "g", "quantity": "3",
+                                                            "unit_price": "15.50", "total_amount": "46.50"}],
+                    amount_paid="286.50")
+    paid["subtotal"] = paid["total_amount"] = "286.50"
+    records = {
+        "invoice:1": paid,
+        "invoice:2": {**_invoice("overdue", number="INV-2"), "id": 2},  # a draft the daily job made overdue
+        "expense:5": {"id": 5, "status": "approved", "amount": "10.00", "tax_amount": "0"},
+        "client:1": {"id": 1, "status": "active", "email": None, "name": "O'Brien &amp; Sons"},
+        "client:2": {"id": 2, "status": "active", "email": None, "name": "Müller &amp; Söhne"},
+    }
+    qbo = {
+        # the extra good is missing in QBO, and nobody recorded that it was paid
+        "Invoice": [_qbo_invoice("10", "ttsync:invoice:1@tt", amounts=(240.0,))],
+        "Purchase": [{"Id": "50", "PrivateNote": "ttsync:expense:5@tt", "TotalAmt": 10, "PaymentType": "Cash",
+                      "AccountRef": {"value": "1"},
+                      "Line": [{"Amount": 10, "AccountBasedExpenseLineDetail": {"AccountRef": {"value": "2"}}}]}],
+        "Customer": [{"Id": "7", "Notes": "ttsync:client:1@tt", "DisplayName": "O'Brien & Sons"},
+                     {"Id": "8", "Notes": "ttsync:client:2@tt", "DisplayName": "Müller &amp; Söhne"}],
+        "Account": [{"Id": "1", "Name": "Checking", "AccountType": "Bank"},
+                    {"Id": "2", "Name": "Services", "AccountType": "Income"}],
+    }
+    drift = {(d.aggregate_type, d.aggregate_id): d.detail for d in judge(records, qbo, {}, POLICY, "tt")}
+    assert set(drift) == {("invoice", "1"), ("expense", "5"), ("client", "2")}
+    assert "total 240.00, TimeTracker has 286.50" in drift[("invoice", "1")]
+    assert "balance 240.00, TimeTracker has 0.00" in drift[("invoice", "1")]
+    assert "'Services', a Income account" in drift[("expense", "5")]
+    assert "name 'Müller &amp; Söhne', TimeTracker has 'Müller & Söhne'" in drift[("client", "2")]

@@ -1,0 +1,85 @@
+"""Two TimeTracker databases on one PostgreSQL server, a relay each: neither takes the other's relay for a
+peer (advisory locks are per database, pg_locks is per server), so both drain; and a stopped relay makes
+`ttsync outbox status --check` fail instead of staying green while the backlog ages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, func, select, update
+
+from producer.database import scratch_database
+from producer.outbox_relay import OutboxRelay
+from producer.outbox_tables import outbox
+from producer.relay_buckets import BucketLeases
+from tests.conftest import prepare_timetracker_db
+from tests.fakes import StubPublisher
+from tests.integration.test_relay_kafka import backlog, seed_outbox
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def second_engine(pg_server_url: str) -> Iterator[Engine]:
+    with scratch_database(pg_server_url, "t2_") as url:
+        engine = prepare_timetracker_db(url)
+        yield engine
+        engine.dispose()
+
+
+def test_a_relay_on_another_database_of_the_server_is_no_peer(pg_engine: Engine, second_engine: Engine) -> None:
+    a, b = BucketLeases(pg_engine, 16), BucketLeases(second_engine, 16)
+    try:
+        assert len(a.refresh(rebalance=False, force=True)) == 16
+        assert len(b.refresh(rebalance=True, force=True)) == 16 and b.live_relays == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_databases_one_relay_each_both_drain(pg_engine: Engine, second_engine: Engine) -> None:
+    seed_outbox(pg_engine, 200, 50)
+    seed_outbox(second_engine, 200, 50)
+    relays = [OutboxRelay(engine, StubPublisher()) for engine in (pg_engine, second_engine)]
+    threads = [threading.Thread(target=r.run, kwargs={"max_seconds": 60}, daemon=True) for r in relays]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (backlog(pg_engine) or backlog(second_engine)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (backlog(pg_engine), backlog(second_engine)) == (0, 0)
+    finally:
+        for r in relays:
+            r.stop()
+        for t in threads:
+            t.join(30)
+
+
+def test_outbox_status_check_fails_when_the_oldest_unpublished_row_is_too_old(pg_engine: Engine,
+                                                                             pg_database: str) -> None:
+    seed_outbox(pg_engine, 3, 3)
+    env = {**os.environ, "TTSYNC_DATABASE_URL": pg_database, "TTSYNC_LOG_FORMAT": "json"}
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ttsync", "outbox", "status", "--check", "--json", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    fresh = status()
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr  # a young backlog: a relay may be on it
+    with pg_engine.begin() as conn:  # nobody relayed for ten minutes
+        conn.execute(update(outbox).values(occurred_at=func.now() - func.make_interval(0, 0, 0, 0, 0, 10)))
+    stale = status()
+    assert stale.returncode == 1
+    report = json.loads(stale.stdout)
+    assert report["oldest_unpublished_age_seconds"] >= 590 and "relay" in report["problems"][0]
+    assert status("--max-age", "3600").returncode == 0
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 3
