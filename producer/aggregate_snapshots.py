@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
+from schemas.contract import MISSING_COLUMNS
+
 MONEY_SCALE = Decimal("0.01")  # every money column of TimeTracker is Numeric(p, 2)
 
 Kind = Literal["int", "text", "money", "date", "ts", "json", "bool"]
@@ -149,7 +151,7 @@ PAYMENT = Columns(
 )
 
 ROOT_ID = 'r."id"'
-MISSING = "_missing_columns"  # in a state: columns ttsync reads that TimeTracker's row did not have
+MISSING = MISSING_COLUMNS  # in a state: columns ttsync reads that TimeTracker's row did not have
 
 AGGREGATES: dict[str, Aggregate] = {
     "invoice": Aggregate(
@@ -187,6 +189,41 @@ TABLE_TO_AGGREGATES: dict[str, list[tuple[str, str]]] = {}
 for _agg in AGGREGATES.values():
     for _table, _col in _agg.touched_by.items():
         TABLE_TO_AGGREGATES.setdefault(_table, []).append((_agg.type, _col))
+
+
+def columns_read() -> dict[str, set[str]]:
+    """Every TimeTracker column ttsync reads, per table (what ``ttsync capture check`` compares with)."""
+    need: dict[str, set[str]] = {}
+    for agg in AGGREGATES.values():
+        for cols in (agg.root, *(c.of for c in agg.children), *(e.of for e in agg.embeds)):
+            need.setdefault(cols.table, set()).update(name for name, _ in cols.columns)
+        for child in agg.children:
+            need[child.of.table].add(child.fk)
+        for lookup in agg.lookups:
+            need.setdefault(lookup.table, set()).update({"id", lookup.column})
+        for tally in agg.tallies:
+            need.setdefault(tally.table, set()).update({"id", tally.fk, tally.column, *tally.only[:1]}
+                                                       if tally.only else {"id", tally.fk, tally.column})
+        for table, column in agg.touched_by.items():
+            need.setdefault(table, set()).add(column)
+    return need
+
+
+def schema_differences(conn: Connection) -> list[str]:
+    """What the live database lacks of what ttsync reads: ``table.column`` (or ``table``), sorted. Empty when
+    capture can read everything (run after every TimeTracker upgrade: ``ttsync capture check``)."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    tables = set(inspector.get_table_names())
+    out = []
+    for table, columns in sorted(columns_read().items()):
+        if table not in tables:
+            out.append(table)
+            continue
+        have = {c["name"] for c in inspector.get_columns(table)}
+        out += [f"{table}.{c}" for c in sorted(columns - have)]
+    return out
 
 
 # --- Python side --------------------------------------------------------------------------------------
@@ -336,7 +373,7 @@ def snapshot_function_sql(agg: Aggregate) -> str:
     body = " || ".join(parts)
     return (
         f"CREATE OR REPLACE FUNCTION ttsync_snapshot_{agg.type}(p_id bigint) RETURNS jsonb\n"
-        f"LANGUAGE sql STABLE AS $fn$\n"
+        f"LANGUAGE sql STABLE SET search_path FROM CURRENT AS $fn$\n"
         f'  SELECT {body} FROM "{agg.root.table}" r CROSS JOIN LATERAL to_jsonb(r) AS rj(j) WHERE r."id" = p_id\n'
         f"$fn$;"
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from producer.database import ttsync_schema
 from schemas.contract import SCHEMA_VERSION
 
 
@@ -43,7 +44,7 @@ def connector_config(database_url: str, topic_prefix: str, *, slot: str | None =
         "database.password": password,
         "database.dbname": url.database or "postgres",
         "topic.prefix": f"{topic_prefix}-cdc",
-        "table.include.list": "public.ttsync_outbox",
+        "table.include.list": f"{ttsync_schema()}.ttsync_outbox",
         "slot.name": slot,
         "publication.name": slot,
         "publication.autocreate.mode": "filtered",

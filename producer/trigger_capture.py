@@ -18,6 +18,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 from producer.aggregate_snapshots import AGGREGATES, TABLE_TO_AGGREGATES, snapshot_function_sql
+from producer.database import enter_schema
 from schemas.contract import SCHEMA_VERSION
 
 NOTIFY_CHANNEL = "ttsync_outbox"
@@ -33,7 +34,7 @@ def _dispatch_sql() -> str:
     )
     return f"""
 CREATE OR REPLACE FUNCTION ttsync_snapshot(p_type text, p_id text) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $fn$
+LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $fn$
 BEGIN
   CASE p_type
 {branches}
@@ -43,7 +44,7 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION ttsync_lock_root(p_type text, p_id text) RETURNS void
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
 BEGIN
   CASE p_type
 {locks}
@@ -66,7 +67,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS ttsync_capture_pending (
 );
 
 CREATE OR REPLACE FUNCTION ttsync_capture_note(p_type text, p_id text) RETURNS void
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
 BEGIN
   IF p_id IS NULL THEN RETURN; END IF;
   IF EXISTS (SELECT 1 FROM ttsync_capture_pending
@@ -81,7 +82,7 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION ttsync_capture_row() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
 DECLARE
   v_new jsonb;
   v_old jsonb;
@@ -100,7 +101,7 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION ttsync_capture_flush() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
 DECLARE
   v_after jsonb;
   v_action text;
@@ -206,14 +207,18 @@ def _run_script(conn: Connection, sql: str) -> None:
 
 
 def install_triggers(conn: Connection, source: str = "timetracker") -> list[str]:
-    """Install (or replace) the capture triggers; returns the tables now captured. Idempotent."""
+    """Install (or replace) the capture triggers; returns the tables now captured. Idempotent. The functions and
+    the pending table go to ttsync's schema; each function keeps the search path it was made with, so that it
+    finds ttsync's tables and TimeTracker's whatever the search path of TimeTracker's sessions."""
     _require_postgres(conn)
+    enter_schema(conn)
     _run_script(conn, install_sql(source))
     return sorted(TABLE_TO_AGGREGATES)
 
 
 def uninstall_triggers(conn: Connection) -> None:
     _require_postgres(conn)
+    enter_schema(conn)
     _run_script(conn, uninstall_sql())
 
 

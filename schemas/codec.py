@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.contract import SCHEMA_VERSION, Header
+from schemas.contract import MISSING_COLUMNS, SCHEMA_VERSION, Header
 from schemas.events import EventEnvelope
 
 
@@ -24,6 +24,22 @@ class UnknownSchemaVersion(EventDecodeError):
 
 class InvalidPayload(EventDecodeError):
     code = "invalid_payload"
+
+
+class CapturedSchemaDrift(InvalidPayload):
+    """Capture found TimeTracker's row without a column ttsync reads (renamed or dropped by an upgrade)."""
+
+    code = "timetracker_column_missing"
+
+
+def missing_columns(state: object) -> list[str]:
+    """Every ``table.column`` capture reported missing, anywhere in a state (root, items, client, ...)."""
+    if isinstance(state, dict):
+        found = [str(c) for c in state.get(MISSING_COLUMNS) or []]
+        return found + [c for k, v in state.items() if k != MISSING_COLUMNS for c in missing_columns(v)]
+    if isinstance(state, list):
+        return [c for v in state for c in missing_columns(v)]
+    return []
 
 
 SUPPORTED_MAJOR = SCHEMA_VERSION.split(".", 1)[0]
@@ -53,6 +69,11 @@ def decode_event(value: bytes | None) -> EventEnvelope:
         raise EventDecodeError(f"envelope invalid: {_short(exc)}") from exc
     if envelope.event_type.split(".", 1)[0] != envelope.aggregate_type:
         raise EventDecodeError(f"event_type {envelope.event_type} does not match {envelope.aggregate_type}")
+    if gone := sorted(set(missing_columns(envelope.payload))):
+        raise CapturedSchemaDrift(
+            f"TimeTracker's row had no column {', '.join(gone)} (renamed or dropped by an upgrade?): this "
+            f"{envelope.aggregate_type} cannot be synced from it. Run `ttsync capture check`, adapt ttsync, then "
+            "replay this dead letter")
     try:
         envelope.state()
     except ValidationError as exc:

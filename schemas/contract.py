@@ -69,3 +69,6 @@ class Header:
     LAST_FAILURE: Final = PREFIX + "last.failure"
     RETRY_DUE_AT: Final = PREFIX + "retry.due.at"
     REPLAY_COUNT: Final = "ttsync.replay.count"
+
+MISSING_COLUMNS: Final = "_missing_columns"
+"""Key of a state that lists the ``table.column`` capture could not read (TimeTracker renamed or dropped it)."""

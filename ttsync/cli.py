@@ -299,6 +299,26 @@ def capture_status(as_json: JsonOpt = False) -> None:
         console.print("\n".join(names) or "no capture triggers installed")
 
 
+@capture_app.command("check")
+def capture_check(as_json: JsonOpt = False) -> None:
+    """Compare TimeTracker's live schema with every column ttsync reads; exit 1 on a difference. Run it after
+    every TimeTracker upgrade: capture never fails TimeTracker's writes on a missing column, but the events it
+    writes then go to the dead-letter topic, naming the column."""
+    from producer.aggregate_snapshots import columns_read, schema_differences
+    from producer.database import make_engine
+
+    settings = _settings()
+    with make_engine(settings.database_url).connect() as conn:
+        missing = schema_differences(conn)
+    if as_json:
+        _emit_json({"ok": not missing, "missing": missing, "tables_read": sorted(columns_read())})
+    elif missing:
+        console.print("[red]TimeTracker's schema lacks what ttsync reads:[/] " + ", ".join(missing))
+    else:
+        console.print(f"every column ttsync reads is there ({len(columns_read())} tables)")
+    raise typer.Exit(EXIT_FAILED if missing else EXIT_OK)
+
+
 SinceDateOpt = Annotated[str | None, typer.Option(help="Only records created or changed since (ISO date).")]
 TypesOpt = Annotated[str, typer.Option(help="Comma-separated record types.")]
 

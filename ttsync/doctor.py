@@ -102,6 +102,24 @@ def check_roundtrip(bootstrap: str) -> Check:
         admin.close()
 
 
+def check_capture_schema(url: str) -> Check:
+    """``ttsync capture check``: every TimeTracker column ttsync reads is there (read-only)."""
+    started = time.monotonic()
+    from producer.aggregate_snapshots import columns_read, schema_differences
+
+    try:
+        with make_engine(url).connect() as conn:
+            missing = schema_differences(conn)
+    except Exception as exc:  # noqa: BLE001 - a check reports what went wrong, whatever it is
+        return Check("capture_schema", False, f"could not read the schema: {exc}", time.monotonic() - started)
+    if set(missing) >= set(columns_read()):
+        return Check("capture_schema", True, "no TimeTracker tables in this database (yet)",
+                     time.monotonic() - started, {"missing": []})
+    detail = "every column ttsync reads is there" if not missing else \
+        "missing: " + ", ".join(missing) + " (TimeTracker upgraded? see `ttsync capture check`)"
+    return Check("capture_schema", not missing, detail, time.monotonic() - started, {"missing": missing})
+
+
 def check_mappings(settings: Settings) -> Check:
     """``ttsync map check``'s preflight: every category and payment method resolves to a QBO account of the
     right type (only with QBO credentials: it calls QBO)."""
@@ -122,6 +140,8 @@ def check_mappings(settings: Settings) -> Check:
 
 def run_doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
     checks = [check_database(settings.database_url)]
+    if checks[0].ok:
+        checks.append(check_capture_schema(settings.database_url))
     kafka_check, address = check_kafka(settings.kafka_bootstrap_servers, start=start_services)
     checks.append(kafka_check)
     if address:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producer.database import DEFAULT_SCHEMA, SCHEMA_ENV
 
 DEFAULT_SQLITE_PATH = Path(".local") / "ttsync.sqlite3"
 
@@ -24,6 +27,10 @@ class Settings(BaseSettings):
     state_database_url: str | None = Field(
         default=None, description="Consumer state (processed events, entity map, tokens); defaults to database_url"
     )
+    db_schema: str = Field(
+        default=DEFAULT_SCHEMA, pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of ttsync's tables and functions, apart from TimeTracker's (read from the "
+                    "environment by every engine ttsync makes)")
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
     topic_prefix: str = Field(default="timetracker", description="Topics are <prefix>.<aggregate type>")
     group_id: str = Field(default="ttsync-qbo", description="Consumer group of the QBO consumer")
@@ -130,4 +137,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    settings = Settings()
+    # Engines read the schema from the environment (producer.database.ttsync_schema): one from a .env file too.
+    os.environ.setdefault(SCHEMA_ENV, settings.db_schema)
+    return settings

@@ -23,10 +23,13 @@ def run_migrations_online() -> None:
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    # On PostgreSQL ttsync's objects live in a schema of their own (producer.migrate.enter_schema put it first
+    # on the search path, so the migrations name no schema).
     context.configure(
         connection=connection,
         target_metadata=TTSYNC_METADATA,
         version_table=VERSION_TABLE,
+        version_table_schema=config.attributes.get("ttsync_schema"),
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

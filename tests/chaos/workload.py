@@ -242,9 +242,10 @@ class Workload:
         inv = s.get_one(Invoice, inv_id)
         self._seq += 1
         inv.notes = f"rev {self._seq}"
-        item = self.rng.choice(inv.items)
-        item.quantity = Decimal(self.rng.randint(1, 12))
-        item.total_amount = item.quantity * item.unit_price
+        lines: list[InvoiceItem | ExtraGood] = [*inv.items, *inv.extra_goods]
+        line = self.rng.choice(lines)  # an invoice has items, extra goods or both
+        line.quantity = Decimal(self.rng.randint(1, 12))
+        line.total_amount = line.quantity * line.unit_price
         if self.rng.random() < 0.2:
             inv.items.append(InvoiceItem(description=f"Extra {self._seq}", quantity=Decimal(1),
                                          unit_price=Decimal("10.00"), total_amount=Decimal("10.00")))

@@ -73,7 +73,7 @@ def test_doctor_json_against_the_real_services(kafka_bootstrap: str, tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True
-    assert [c["name"] for c in report["checks"]] == ["database", "kafka", "roundtrip"]
+    assert [c["name"] for c in report["checks"]] == ["database", "capture_schema", "kafka", "roundtrip"]
 
 
 def test_doctor_reports_a_missing_broker_with_exit_1(tmp_path: Path) -> None:

@@ -127,3 +127,42 @@ def test_the_books_agree_with_the_real_timetracker(real_db: tuple[Engine, str], 
         assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
         assert json.loads(report.stdout)["drift"] == []
 
+
+
+def test_a_timetracker_upgrade_that_renames_columns_never_fails_its_writes(real_db: tuple[Engine, str],
+                                                                            kafka_bootstrap: str, topic_prefix: str,
+                                                                            group_id: str) -> None:
+    engine, url = real_db
+    with pipeline_on(engine, url, kafka_bootstrap, topic_prefix, group_id) as pipe:
+        app = RealApp(engine)
+        expense = app.expense("Taxi", "travel", "cash", "20.00", vendor="Cab Co")
+        with engine.begin() as conn:  # what an upgrade's migration might do
+            conn.execute(text("ALTER TABLE expenses RENAME COLUMN vendor TO supplier"))
+            conn.execute(text("ALTER TABLE clients DROP COLUMN phone"))
+        # TimeTracker's own writes still commit, triggers and all.
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE expenses SET supplier = 'Cab &amp; Co', amount = 25 WHERE id = :e"),
+                         {"e": expense})
+        client = app.client("After the upgrade")
+        with engine.connect() as conn:
+            payload = conn.execute(text("SELECT payload FROM ttsync_outbox WHERE aggregatetype = 'expense' "
+                                        "ORDER BY seq DESC LIMIT 1")).scalar_one()
+        assert payload["payload"]["_missing_columns"] == ["expenses.vendor"]
+
+        check = subprocess.run([sys.executable, "-m", "ttsync", "capture", "check", "--json"], env=pipe.env(),
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 1 and json.loads(check.stdout)["missing"] == ["clients.phone", "expenses.vendor"]
+
+        drain(pipe, engine)
+        from consumer import dlq_tools
+        from schemas.contract import dlq_topic
+
+        dead = {(d.event_type, d.key): d for _, d in dlq_tools.scan(kafka_bootstrap, dlq_topic(topic_prefix),
+                                                                      timeout_s=5)}
+        # Captured before the upgrade: synced. After it: dead-lettered, the column named, nothing lost.
+        assert set(dead) == {("expense.updated", str(expense)), ("client.created", str(client))}
+        for d in dead.values():
+            assert d.error_code == "timetracker_column_missing"
+        assert "expenses.vendor" in dead[("expense.updated", str(expense))].summary()["message"]
+        assert "clients.phone" in dead[("client.created", str(client))].summary()["message"]
+        assert [p["DocNumber"] for p in pipe.qbo("Purchase")] == [f"TT-EXP-{expense}"]

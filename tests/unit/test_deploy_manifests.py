@@ -87,7 +87,7 @@ def test_the_debezium_connector_writes_the_records_our_relay_writes() -> None:
     cfg = connector_config("postgresql+psycopg://tt:s3cret@db.example:6543/timetracker", "acme")
     assert (cfg["database.hostname"], cfg["database.port"], cfg["database.user"], cfg["database.dbname"]) == (
         "db.example", "6543", "tt", "timetracker")
-    assert cfg["table.include.list"] == "public.ttsync_outbox" and cfg["plugin.name"] == "pgoutput"
+    assert cfg["table.include.list"] == "ttsync.ttsync_outbox" and cfg["plugin.name"] == "pgoutput"
     assert cfg["transforms.outbox.route.topic.replacement"] == "acme.${routedByValue}"  # as topic_for()
     assert cfg["transforms.outbox.table.field.event.key"] == "aggregateid"
     assert cfg["transforms.outbox.table.field.event.id"] == "id"  # header "id", as the relay's
