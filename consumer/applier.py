@@ -163,7 +163,15 @@ class EventApplier:
     def _invoice(self, event: EventEnvelope, inv: InvoiceState, decision: Decision, mapped: Mapped | None) -> Outcome:
         if decision.action in (Action.VOID, Action.DELETE):
             assert mapped is not None
-            return self._void_or_delete(event, "Invoice", mapped, decision.action)
+            self._void_settlement(event, inv.id)  # QBO voids no invoice with payments applied
+            try:
+                return self._void_or_delete(event, "Invoice", mapped, decision.action)
+            except QboValidationFault as fault:
+                # A refunded payment's void (another aggregate, another partition) may not have landed yet.
+                if fault.code == "6000" and "payments applied" in f"{fault} {fault.body}":
+                    raise DependencyNotReady(f"invoice {inv.id}: QBO still holds payments applied to it (their "
+                                             f"voids may follow): {fault}") from fault
+                raise
         customer = self.resolver.customer(inv.client_id, inv.client, inv.client_name, inv.client_email,
                                           currency=inv.currency_code)
         body = invoice_request(inv, InvoiceRefs(customer, self.resolver.item()), self.options)
@@ -185,16 +193,19 @@ class EventApplier:
             return self._legacy_pick(event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True))
 
         planning = self._planning
+
+        def settle(written: dict[str, Any]) -> None:
+            # Before the event is recorded as done: a settlement QBO cannot take yet (a refunded payment's void
+            # still on its way) fails the event, which comes back from a retry topic and settles then.
+            self._settle(event, inv, customer, str(written["Id"]))
+
         try:
             if inv.unrecorded_payment == 0:
-                self._settle(event, inv, customer)  # undo a "mark as paid" first: it may hold the total down
+                self._void_settlement(event, inv.id)  # undo a "mark as paid" first: it may hold the total down
             else:
                 self._planning = False  # the settlement needs the invoice written first: not part of a batch
-            outcome = self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer,
-                                   legacy=legacy)
-            if isinstance(outcome, Outcome) and outcome.qbo_id and inv.unrecorded_payment > 0:
-                self._settle(event, inv, customer, outcome.qbo_id)
-            return outcome
+            return self._upsert(event, "Invoice", body, decision, mapped, find, customer_ref=customer,
+                                legacy=legacy, after_write=settle if inv.unrecorded_payment > 0 else None)
         except QboValidationFault as fault:
             # A payment (another aggregate, another partition) was applied against a later version of this
             # invoice, and this older, smaller one no longer fits under it. The later version is normally right
@@ -279,8 +290,13 @@ class EventApplier:
 
         return self._upsert(event, "Customer", body, decision, mapped, find)
 
-    def _settle(self, event: EventEnvelope, inv: InvoiceState, customer: str, invoice_qbo_id: str | None = None
-                ) -> None:
+    def _void_settlement(self, event: EventEnvelope, invoice_id: int) -> None:
+        held = self.store.mapped(SETTLEMENT, str(invoice_id))
+        if held is not None and held.in_qbo and held.qbo_status == "active":
+            self._void_or_delete(event, "Payment", held, Action.VOID, record_as=SETTLEMENT)
+            log.info("settlement_voided", invoice_id=invoice_id, qbo_id=held.qbo_id)
+
+    def _settle(self, event: EventEnvelope, inv: InvoiceState, customer: str, invoice_qbo_id: str) -> None:
         """Keep QBO's Balance at TimeTracker's ``total_amount - amount_paid`` when part of ``amount_paid`` has no
         payment row ("mark as paid"): one Payment per invoice, the *settlement*, holds that part. Created,
         changed with the amount, voided when the part goes back to zero (a refund, or the status undone).
@@ -288,14 +304,6 @@ class EventApplier:
         want = inv.unrecorded_payment
         held = self.store.mapped(SETTLEMENT, str(inv.id))
         active = held is not None and held.in_qbo and held.qbo_status == "active"
-        if want == 0:
-            if active:
-                assert held is not None
-                self._void_or_delete(event, "Payment", held, Action.VOID, record_as=SETTLEMENT)
-                log.info("settlement_voided", invoice_id=inv.id, qbo_id=held.qbo_id)
-            return
-        if invoice_qbo_id is None:
-            return
         ceiling = inv.total_amount - (inv.payments_completed or Decimal("0"))
         if want > ceiling:
             log.warning("settlement_capped", invoice_id=inv.id, amount_paid=str(inv.amount_paid),
@@ -332,12 +340,15 @@ class EventApplier:
     def _upsert(self, event: EventEnvelope, entity: str, body: dict[str, Any], decision: Decision,
                 mapped: Mapped | None, find: Callable[[], dict[str, Any] | None],
                 customer_ref: str | None = None,
-                legacy: Callable[[], dict[str, Any] | None] | None = None) -> Outcome:
+                legacy: Callable[[], dict[str, Any] | None] | None = None,
+                after_write: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+        """Create or sparse-update ``entity``; ``after_write`` runs on the written entity before the event is
+        recorded as done (a write that belongs to the same event)."""
         if decision.action is Action.CREATE and not (mapped and mapped.pending_requestid):
             # Taking over from TimeTracker's own connector: what it already created is adopted, not doubled.
             existing = self._legacy_entity(event, entity, legacy)
             if existing is not None:
-                return self._adopt_and_update(event, entity, existing, body, customer_ref)
+                return self._adopt_and_update(event, entity, existing, body, customer_ref, after_write)
         if self._planning and decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id \
                 and mapped.sync_token:
             full = {**body, "Id": mapped.qbo_id, "SyncToken": mapped.sync_token, "sparse": True}
@@ -348,13 +359,15 @@ class EventApplier:
                                 self._rid(event, "create", body), customer_ref)
         if decision.action is Action.UPDATE and mapped is not None and mapped.qbo_id:
             result = self._write_with_fresh_token(event, entity, mapped.qbo_id, mapped.sync_token, body, "update")
+            if after_write is not None:
+                after_write(result)
             self.store.record(event, "updated", qbo=result, status="active", customer_ref=customer_ref)
             return Outcome("updated", result["Id"])
         # A create. Did an earlier attempt write it already? (crash after the write, or a lost answer)
         if mapped is not None and mapped.pending_requestid:
             existing = find()
             if existing is not None:
-                return self._adopt_and_update(event, entity, existing, body, customer_ref)
+                return self._adopt_and_update(event, entity, existing, body, customer_ref, after_write)
         rid = self._rid(event, "create", body)
         self.store.mark_pending(event.aggregate_type, event.aggregate_id, rid)
         try:
@@ -363,14 +376,16 @@ class EventApplier:
             existing = find()
             if existing is None:
                 raise QboUnavailable(f"QBO says requestid {rid} was seen, but the {entity} is not found yet") from None
-            return self._adopt_and_update(event, entity, existing, body, customer_ref)
+            return self._adopt_and_update(event, entity, existing, body, customer_ref, after_write)
         except QboValidationFault as fault:
             # 6140 duplicate DocNumber / 6240 duplicate name: ours from a lost attempt, or someone else's.
             existing = find() if fault.code in ("6140", "6240") else None
             if existing is None:
                 raise
-            return self._adopt_and_update(event, entity, existing, body, customer_ref)
+            return self._adopt_and_update(event, entity, existing, body, customer_ref, after_write)
         crash_point("after_qbo_create")
+        if after_write is not None:
+            after_write(created)
         self.store.record(event, "created", qbo=created, status="active", customer_ref=customer_ref)
         return Outcome("created", created["Id"])
 
@@ -408,10 +423,13 @@ class EventApplier:
         return found
 
     def _adopt_and_update(self, event: EventEnvelope, entity: str, existing: dict[str, Any], body: dict[str, Any],
-                          customer_ref: str | None) -> Outcome:
+                          customer_ref: str | None,
+                          after_write: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
         log.info("entity_adopted", entity=entity, qbo_id=existing["Id"], aggregate_id=event.aggregate_id)
         result = self._write_with_fresh_token(event, entity, str(existing["Id"]), str(existing["SyncToken"]), body,
                                               "update")
+        if after_write is not None:
+            after_write(result)
         self.store.record(event, "adopted", qbo=result, status="active", customer_ref=customer_ref)
         return Outcome("adopted", result["Id"])
 

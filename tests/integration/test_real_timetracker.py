@@ -127,6 +127,24 @@ def test_the_books_agree_with_the_real_timetracker(real_db: tuple[Engine, str], 
         assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
         assert json.loads(report.stdout)["drift"] == []
 
+        # Preflight: every category and method resolves; a mapping to the Income account "Services" is refused.
+        check = ttsync(pipe, "map", "check", "--json")
+        assert check.returncode == 0, check.stdout[-2000:]
+        rows = json.loads(check.stdout)["mappings"]
+        assert {r["key"] for r in rows if r["kind"].startswith("expense-account")} >= set(CATEGORIES)
+        assert {r["key"] for r in rows if r["kind"].startswith("paying-account")} >= set(METHODS)
+        refused = ttsync(pipe, "map", "set", "expense-account", "services", "Services", "--json")
+        assert refused.returncode == 1 and "Income" in json.loads(refused.stdout)["error"]
+        assert ttsync(pipe, "map", "set", "expense-account", "services", "Nowhere").returncode == 1
+        wrong = ttsync(pipe, "map", "check", "--json", TTSYNC_EXPENSE_ACCOUNT_MAP='{"training": "Services"}')
+        assert wrong.returncode == 1
+        assert [r["key"] for r in json.loads(wrong.stdout)["mappings"] if r["problem"]] == ["training"]
+
+
+def ttsync(pipe: Pipeline, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ttsync", *args], env=pipe.env(**env), capture_output=True,
+                          text=True, timeout=120)
+
 
 
 def test_a_timetracker_upgrade_that_renames_columns_never_fails_its_writes(real_db: tuple[Engine, str],

@@ -217,3 +217,33 @@ def test_a_backlog_batch_never_leaves_a_marked_paid_invoice_without_its_settleme
     assert isinstance(paid, Outcome) and paid.result == "created"  # written at once, with its settlement
     (inv,) = h.qbo("Invoice")
     assert money(inv["Balance"]) == 0 and len(h.qbo("Payment")) == 1
+
+
+def test_a_settlement_waits_for_a_refunded_payments_void_and_is_never_lost(h: Any) -> None:
+    from consumer.errors import DependencyNotReady
+
+    h.applier.apply(ev("invoice", invoice("sent"), 1, "created"))
+    pay = {"id": 5, "invoice_id": 1, "amount": "240.00", "payment_date": "2026-11-20", "status": "completed"}
+    h.applier.apply(ev("payment", pay, 1, "created"))
+    h.applier.apply(ev("invoice", invoice("paid", amount_paid="240.00", payments_completed="240.00"), 2))
+    # Refunded, then marked paid from the status menu; the invoice's partition is ahead of the payment's.
+    marked = ev("invoice", invoice("paid", amount_paid="240.00", payments_completed="0.00"), 4)
+    with pytest.raises(DependencyNotReady):
+        h.applier.apply(marked)
+    h.applier.apply(ev("payment", {**pay, "status": "refunded"}, 2))
+    assert h.applier.apply(marked, "retry-1").result == "updated"  # from the retry topic: not a duplicate
+    assert money(the_invoice(h)["Balance"]) == 0
+    assert sorted(money(p["TotalAmt"]) for p in h.qbo("Payment")) == [Decimal("0"), Decimal("240.00")]
+
+
+def test_a_cancelled_invoice_waits_for_its_refunded_payments_void(h: Any) -> None:
+    from consumer.errors import DependencyNotReady
+
+    h.applier.apply(ev("invoice", invoice("sent"), 1, "created"))
+    pay = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "status": "completed"}
+    h.applier.apply(ev("payment", pay, 1, "created"))
+    cancel = ev("invoice", invoice("cancelled"), 3)
+    with pytest.raises(DependencyNotReady):
+        h.applier.apply(cancel)
+    h.applier.apply(ev("payment", {**pay, "status": "refunded"}, 2))
+    assert h.applier.apply(cancel, "retry-1").result == "voided"

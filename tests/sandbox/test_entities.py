@@ -192,3 +192,16 @@ def test_payloads_parse_with_python_quickbooks_objects(qbo: QboTestClient) -> No
     assert parsed.Line[0].SalesItemLineDetail.ItemRef.value == item_id(qbo)
     assert Payment.from_json(pay).Line[0].LinkedTxn[0].TxnId == inv["Id"]
     assert Purchase.from_json(pur).Line[0].AccountBasedExpenseLineDetail.AccountRef.value == account_id(qbo, "Travel")
+
+
+def test_a_customers_currency_is_fixed_and_its_transactions_are_in_it(qbo: QboTestClient) -> None:
+    eur = qbo.create("customer", {"DisplayName": "Müller GmbH", "CurrencyRef": {"value": "EUR"}})
+    home = new_customer(qbo, "Home Currency Inc")
+    assert eur["CurrencyRef"]["value"] == "EUR" and home["CurrencyRef"]["value"] == "USD"  # the company's home
+    change = qbo.post("customer", {"Id": eur["Id"], "SyncToken": eur["SyncToken"], "sparse": True,
+                                   "CurrencyRef": {"value": "USD"}})
+    assert change.status_code == 400 and "currency of a customer" in change.text
+    wrong = qbo.post("invoice", {**invoice_body(eur["Id"], item_id(qbo)), "CurrencyRef": {"value": "USD"}})
+    assert wrong.status_code == 400 and "customer's currency" in wrong.text
+    right = qbo.create("invoice", invoice_body(eur["Id"], item_id(qbo)))  # no CurrencyRef: the customer's
+    assert right["CurrencyRef"]["value"] == "EUR"
