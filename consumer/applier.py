@@ -309,6 +309,9 @@ class EventApplier:
             log.warning("settlement_capped", invoice_id=inv.id, amount_paid=str(inv.amount_paid),
                         capped_to=str(ceiling), reason="QBO cannot hold an invoice paid above its total")
             want = max(Decimal("0"), ceiling)
+        if want == 0:
+            self._void_settlement(event, inv.id)
+            return
         body = settlement_request(inv, want, customer, invoice_qbo_id, self.options)
         if active:
             assert held is not None and held.qbo_id

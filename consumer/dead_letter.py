@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.errors import QboValidationFault, SyncError
+from consumer.errors import MalformedEvent, QboValidationFault, SyncError
 from schemas.contract import RETRY_SUFFIX, Header
 
 _RETRY_TOPIC = re.compile(rf"^(?P<base>.+){re.escape(RETRY_SUFFIX)}\.(?P<delay>\d+)s$")
@@ -65,7 +65,7 @@ def forward(record: Any, *, target_topic: str, error: BaseException, group_id: s
             headers[name] = (value or b"").decode("utf-8", "replace")
         else:
             passthrough.append((name, value or b""))
-    previous_attempts = int(headers.get(Header.ATTEMPTS, "0") or 0)
+    previous_attempts = _count(headers.get(Header.ATTEMPTS)) or 0
     if Header.ORIGINAL_TOPIC not in headers:
         headers[Header.ORIGINAL_TOPIC] = base_topic(record.topic)
         headers[Header.ORIGINAL_PARTITION] = str(record.partition)
@@ -85,17 +85,64 @@ def forward(record: Any, *, target_topic: str, error: BaseException, group_id: s
                           passthrough + [(k, v.encode()) for k, v in headers.items()])
 
 
-def due_at(record: Any) -> dt.datetime | None:
-    for name, value in record.headers or []:
-        if name == Header.RETRY_DUE_AT and value:
-            return dt.datetime.fromisoformat(value.decode().replace("Z", "+00:00"))
+# The headers the consumer reads back from a record of any of its topics (a forged or damaged one included).
+_TIMES = (Header.RETRY_DUE_AT, Header.FIRST_FAILURE, Header.LAST_FAILURE)
+_COUNTS = (Header.ATTEMPTS, Header.REPLAY_COUNT)
+
+
+def _header(record: Any, name: str) -> str | None:
+    for key, value in record.headers or []:
+        if key == name and value:
+            try:
+                return bytes(value).decode()
+            except (UnicodeDecodeError, TypeError):
+                return None
     return None
 
 
+def _time(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _count(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) < 10 else None
+
+
+def check_headers(record: Any) -> None:
+    """A record whose ttsync headers are not what ttsync writes is poison: ``MalformedEvent`` (dead-lettered
+    with the header named), never an exception that stops the consumer."""
+    for key, value in record.headers or []:
+        if not isinstance(key, str) or not (key.startswith(Header.PREFIX) or key in _COUNTS):
+            continue
+        try:
+            text = bytes(value or b"").decode()
+        except (UnicodeDecodeError, TypeError):
+            raise MalformedEvent(f"header {key!r} is not UTF-8", code="malformed_header") from None
+        if key in _TIMES and text and _time(text) is None:
+            raise MalformedEvent(f"header {key!r} is not an ISO 8601 time: {text[:60]!r}", code="malformed_header")
+        if key in _COUNTS and text and _count(text) is None:
+            raise MalformedEvent(f"header {key!r} is not a count: {text[:60]!r}", code="malformed_header")
+
+
+def due_at(record: Any) -> dt.datetime | None:
+    """When a retry-topic record is due; None (due now) when it has no readable due time: ``check_headers``
+    then dead-letters a malformed one."""
+    return _time(_header(record, Header.RETRY_DUE_AT))
+
+
 def failing_for_s(record: Any, now: dt.datetime | None = None) -> float:
-    """Seconds since the record first failed (0 for a record that never did)."""
-    for name, value in record.headers or []:
-        if name == Header.FIRST_FAILURE and value:
-            first = dt.datetime.fromisoformat(value.decode().replace("Z", "+00:00"))
-            return max(0.0, ((now or dt.datetime.now(dt.UTC)) - first).total_seconds())
-    return 0.0
+    """Seconds since the record first failed (0 for a record that never did, or whose header is unreadable)."""
+    first = _time(_header(record, Header.FIRST_FAILURE))
+    if first is None:
+        return 0.0
+    return max(0.0, ((now or dt.datetime.now(dt.UTC)) - first).total_seconds())
+
+
+def replay_count(record: Any) -> int:
+    return _count(_header(record, Header.REPLAY_COUNT)) or 0

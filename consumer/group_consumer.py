@@ -24,11 +24,11 @@ from sqlalchemy import exc as sa_exc
 
 from consumer import metrics
 from consumer.applier import EventApplier, Outcome, PlannedWrite, crash_point
-from consumer.dead_letter import base_topic, due_at, failing_for_s, forward, retry_tier
+from consumer.dead_letter import base_topic, check_headers, due_at, failing_for_s, forward, replay_count, retry_tier
 from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
-from schemas.contract import Header, all_topics, dlq_topic, retry_topic
+from schemas.contract import all_topics, dlq_topic, retry_topic
 
 log = structlog.get_logger("ttsync.consumer")
 
@@ -73,8 +73,8 @@ def release_parked_records(consumer: KafkaConsumer) -> None:
 def delivery_generation(rec: Any, tier: int | None) -> str:
     """Names a delivery of an event for its QBO requestids: the retry tier it came from and how often an
     operator replayed it. A Fault QBO gave one delivery is not replayed to the next."""
-    replays = next((v.decode() for k, v in rec.headers or [] if k == Header.REPLAY_COUNT and v), "0")
-    parts = ([f"t{tier}"] if tier is not None else []) + ([f"r{replays}"] if replays != "0" else [])
+    replays = replay_count(rec)
+    parts = ([f"t{tier}"] if tier is not None else []) + ([f"r{replays}"] if replays else [])
     return ".".join(parts)
 
 
@@ -323,6 +323,7 @@ class GroupConsumer:
         while True:
             started = time.monotonic()
             try:
+                check_headers(rec)
                 try:
                     event = decode_event(rec.value)
                 except EventDecodeError as exc:

@@ -78,18 +78,61 @@ def replication_slot(engine: Engine, slot: str) -> dict[str, Any] | None:
     return {"slot": slot, "active": bool(row[0]), "confirmed_flush_lsn": row[1], "lag_bytes": int(row[2] or 0)}
 
 
-def purge(engine: Engine, older_than: dt.timedelta, *, include_unpublished: bool = False, chunk: int = 5000) -> int:
-    """Delete outbox rows older than ``older_than``: published ones, and with ``include_unpublished`` every row
-    (once Debezium relays the outbox it reads inserts from the WAL, which its slot keeps until it has confirmed
-    them, so deleting a row it has not streamed yet loses nothing)."""
+class PurgeRefused(ValueError):
+    """A purge that could lose an event: refused, with the reason."""
+
+
+def purge(engine: Engine, older_than: dt.timedelta, *, slot: str | None = None, chunk: int = 5000,
+          confirm_timeout_s: float = 60.0) -> int:
+    """Delete outbox rows older than ``older_than``: published ones; with ``slot`` (the Debezium relay, which
+    reads inserts from the WAL and never marks rows published) also unpublished ones, but only those its
+    replication slot has confirmed: the candidates are read in one snapshot, the WAL position is taken after it,
+    and they are deleted once the slot's ``confirmed_flush_lsn`` has passed that position (every row of the
+    snapshot was committed before it). Refuses an age of zero or less."""
+    if older_than <= dt.timedelta(0):
+        raise PurgeRefused(f"an age of {older_than.total_seconds() / 3600:g} h would delete rows still in flight: "
+                           "give a positive age")
     cutoff = dt.datetime.now(dt.UTC) - older_than
-    which = "occurred_at < :cutoff" if include_unpublished else \
-        "published_at IS NOT NULL AND published_at < :cutoff"
+    total = _delete_where(engine, "published_at IS NOT NULL AND published_at < :cutoff", {"cutoff": cutoff}, chunk)
+    if slot is None:
+        return total
+    if engine.dialect.name != "postgresql":
+        raise PurgeRefused("unpublished rows can only be purged behind a PostgreSQL replication slot")
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        ids = [str(i) for i in conn.execute(text(
+            "SELECT id FROM ttsync_outbox WHERE published_at IS NULL AND occurred_at < :cutoff"),
+            {"cutoff": cutoff}).scalars()]
+        position = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one()
+        conn.rollback()
+    if not ids:
+        return total
+    deadline = time.monotonic() + confirm_timeout_s
+    while True:
+        with engine.connect() as conn:
+            confirmed = conn.execute(text(
+                "SELECT confirmed_flush_lsn >= CAST(:p AS pg_lsn) FROM pg_replication_slots WHERE slot_name = :s"),
+                {"p": position, "s": slot}).scalar()
+        if confirmed is None:
+            raise PurgeRefused(f"no replication slot {slot!r} on this database: {len(ids)} unpublished row(s) kept")
+        if confirmed:
+            break
+        if time.monotonic() > deadline:
+            raise PurgeRefused(f"slot {slot!r} has not confirmed WAL position {position} within "
+                               f"{confirm_timeout_s:g} s: {len(ids)} unpublished row(s) kept")
+        time.sleep(0.5)
+    for start in range(0, len(ids), chunk):
+        with engine.begin() as conn:
+            total += conn.execute(text("DELETE FROM ttsync_outbox WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                                  {"ids": ids[start:start + chunk]}).rowcount
+    return total
+
+
+def _delete_where(engine: Engine, which: str, params: dict[str, Any], chunk: int) -> int:
     total = 0
     while True:
         with engine.begin() as conn:
             deleted = conn.execute(text(f"DELETE FROM ttsync_outbox WHERE id IN (SELECT id FROM ttsync_outbox "
-                                        f"WHERE {which} LIMIT :n)"), {"cutoff": cutoff, "n": chunk}).rowcount
+                                        f"WHERE {which} LIMIT :n)"), {**params, "n": chunk}).rowcount
         total += deleted
         if deleted < chunk:
             return total

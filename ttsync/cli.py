@@ -920,18 +920,27 @@ def outbox_status_cmd(
 
 @outbox_app.command("purge")
 def outbox_purge_cmd(
-    older_than_hours: Annotated[float, typer.Option(help="Delete rows older than this.")] = 72.0,
+    older_than_hours: Annotated[float, typer.Option(help="Delete rows older than this (more than 0).")] = 72.0,
     include_unpublished: Annotated[bool, typer.Option(
-        help="Also rows never marked published: only once Debezium relays the outbox (it reads the WAL).")] = False,
+        help="Also rows never marked published (the Debezium relay marks none): only those the replication slot "
+             "given with --slot has confirmed.")] = False,
+    slot: Annotated[str | None, typer.Option(help="The Debezium relay's replication slot (with "
+                                                  "--include-unpublished).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete old outbox rows. `ttsync relay` does this itself; with the Debezium relay, run it from cron."""
     from producer.database import make_engine
-    from producer.outbox_status import purge
+    from producer.outbox_status import PurgeRefused, purge
 
     settings = _settings()
-    deleted = purge(make_engine(settings.database_url), dt.timedelta(hours=older_than_hours),
-                    include_unpublished=include_unpublished)
+    if include_unpublished and not slot:
+        _fail("--include-unpublished needs --slot: only rows a replication slot has confirmed may go", EXIT_USAGE,
+              as_json)
+    try:
+        deleted = purge(make_engine(settings.database_url), dt.timedelta(hours=older_than_hours),
+                        slot=slot if include_unpublished else None)
+    except PurgeRefused as exc:
+        _fail(f"purge refused: {exc}", EXIT_USAGE if older_than_hours <= 0 else EXIT_FAILED, as_json)
     if as_json:
         _emit_json({"deleted": deleted})
     else:

@@ -148,5 +148,8 @@ def test_capture_snapshot_on_sqlite_dry_run_then_run_then_bad_options(tmp_path: 
     assert bad_type.returncode == 2 and "timesheet" in bad_type.stderr
     bad_date = ttsync("capture", "snapshot", "--since", "last tuesday", env=env)
     assert bad_date.returncode == 2 and "--since" in bad_date.stderr
-    purge = ttsync("outbox", "purge", "--older-than-hours", "0", "--include-unpublished", "--json", env=env)
-    assert purge.returncode == 0 and json.loads(purge.stdout)["deleted"] == 1, purge.stderr
+    # Never-published rows are not the polling relay's to drop, and a zero age is refused.
+    for args in (("--older-than-hours", "0"), ("--older-than-hours", "-1"), ("--include-unpublished",)):
+        refused = ttsync("outbox", "purge", *args, "--json", env=env)
+        assert refused.returncode == 2 and "error" in json.loads(refused.stdout), refused.stdout
+    assert ttsync("outbox", "status", "--json", env=env).stdout.count('"backlog": 1') == 1

@@ -474,3 +474,28 @@ def test_a_paused_partition_is_fetched_again_after_its_resume(kafka_bootstrap: s
     finally:
         consumer.close()
         producer.close()
+
+
+def test_a_retry_record_with_a_malformed_header_is_dead_lettered_and_the_consumer_goes_on(
+        pipeline: Pipeline) -> None:
+    """Poison in a header once crashed the consumer on every restart (a bad ttsync.retry.due.at)."""
+    from kafka import KafkaProducer
+
+    from schemas import Header, dlq_topic, headers_to_dict, retry_topic, topic_for
+    from tests.kafka_helpers import read_topics
+
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        new_invoice(s, user, client, project, number="INV-HDR", items=1, status="sent")
+        s.commit()
+    pipeline.relay()
+    (good,) = read_topics(pipeline.bootstrap, [topic_for("invoice", pipeline.prefix)], until=lambda r: len(r) >= 1)
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
+    retry = retry_topic(topic_for("invoice", pipeline.prefix), pipeline.settings().retry_topic_delays_s[0])
+    for name, value in ((Header.RETRY_DUE_AT, b"not a time"), (Header.ATTEMPTS, b"\xff\xfe"),
+                        (Header.REPLAY_COUNT, b"-1")):
+        producer.send(retry, key=good.key, value=good.value, headers=[(name, value)]).get(10)
+    producer.close()
+    pipeline.consume_until(lambda s: s.dead_lettered >= 3 and len(pipeline.qbo("Invoice")) == 1, timeout_s=60)
+    dlq = read_topics(pipeline.bootstrap, [dlq_topic(pipeline.prefix)], until=lambda r: len(r) >= 3)
+    assert {headers_to_dict(r.headers)["ttsync.errors.code"] for r in dlq} == {"malformed_header"}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
 from producer.database import scratch_database
 from producer.outbox_relay import OutboxRelay
@@ -83,3 +83,29 @@ def test_outbox_status_check_fails_when_the_oldest_unpublished_row_is_too_old(pg
     assert status("--max-age", "3600").returncode == 0
     with pg_engine.connect() as conn:
         assert conn.execute(select(func.count()).where(outbox.c.published_at.is_(None))).scalar_one() == 3
+
+
+def test_unpublished_rows_are_purged_only_once_the_replication_slot_confirmed_them(pg_engine: Engine) -> None:
+    import datetime as dt
+    import uuid
+
+    from producer.outbox_status import PurgeRefused, drop_replication_slot, purge
+
+    slot = f"t_{uuid.uuid4().hex[:10]}"
+    with pg_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SELECT pg_create_logical_replication_slot(:s, 'test_decoding')"), {"s": slot})
+    try:
+        seed_outbox(pg_engine, 4, 4)  # after the cut-over: never published, the Debezium relay marks nothing
+        with pg_engine.begin() as conn:
+            conn.execute(update(outbox).values(occurred_at=func.now() - func.make_interval(0, 0, 0, 0, 100)))
+        with pytest.raises(PurgeRefused, match="no replication slot"):
+            purge(pg_engine, dt.timedelta(hours=72), slot="nobody")
+        with pytest.raises(PurgeRefused, match="not confirmed"):  # it has not streamed those rows yet
+            purge(pg_engine, dt.timedelta(hours=72), slot=slot, confirm_timeout_s=1)
+        assert backlog(pg_engine) == 4
+        with pg_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:  # as Debezium confirms
+            conn.execute(text("SELECT pg_replication_slot_advance(:s, pg_current_wal_lsn())"), {"s": slot})
+        assert purge(pg_engine, dt.timedelta(hours=72), slot=slot, confirm_timeout_s=5) == 4
+        assert backlog(pg_engine) == 0
+    finally:
+        assert drop_replication_slot(pg_engine, slot)

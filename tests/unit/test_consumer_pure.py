@@ -10,10 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.dead_letter import base_topic, due_at, forward, retry_tier
 from consumer.errors import (
     DependencyNotReady,
+    MalformedEvent,
     MappingError,
     MissingMapping,
     QboThrottled,
@@ -405,3 +408,27 @@ def test_a_guess_at_the_old_connectors_entity_never_merges_two_records() -> None
     assert legacy_match([changed], totals) == (None, [])  # only the date in common: too weak, and no twin to name
     assert legacy_match([changed, other], totals, lone=True) == (None, ["1", "3"])  # changed, not alone: create
     assert legacy_match([old, {**old, "Id": "4"}], totals) == (None, ["1", "4"])  # two fit: no guess
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(st.tuples(st.sampled_from(["ttsync.errors.retry.due.at", "ttsync.errors.attempts",
+                                                    "ttsync.errors.first.failure", "ttsync.replay.count",
+                                                    "ttsync.errors.code", "id", "eventType"]),
+                                  st.binary(max_size=40) | st.sampled_from([b"", b"2026-11-30T10:00:00Z", b"3"])),
+                        max_size=6))
+def test_any_headers_are_read_or_named_as_poison_never_a_crash(headers: list[tuple[str, bytes]]) -> None:
+    """Every header the consumer reads back, forged or damaged, on any of its topics."""
+    from consumer.dead_letter import check_headers, failing_for_s, replay_count
+    from consumer.group_consumer import delivery_generation
+
+    rec = SimpleNamespace(topic="tt.invoice.retry.10s", partition=0, offset=1, timestamp=0, key=b"1", value=b"{}",
+                          headers=headers)
+    try:
+        check_headers(rec)
+    except MalformedEvent as exc:
+        assert exc.code == "malformed_header"
+    due_at(rec)
+    assert failing_for_s(rec) >= 0 and replay_count(rec) >= 0
+    delivery_generation(rec, 0)
+    out = forward(rec, target_topic="tt.dlq", error=MalformedEvent("x"), group_id="g", attempts_here=1)
+    assert out.topic == "tt.dlq"

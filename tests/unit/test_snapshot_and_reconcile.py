@@ -156,7 +156,7 @@ def test_reconcile_sees_a_wrong_customer_and_a_live_invoice_that_must_be_voided(
 def test_outbox_purge_keeps_unpublished_rows_unless_debezium_relays(sqlite_engine: Engine) -> None:
     from sqlalchemy import update
 
-    from producer.outbox_status import purge
+    from producer.outbox_status import PurgeRefused, purge
 
     _seed(sqlite_engine)
     run_snapshot(sqlite_engine)  # ten rows, none published
@@ -166,8 +166,12 @@ def test_outbox_purge_keeps_unpublished_rows_unless_debezium_relays(sqlite_engin
         conn.execute(update(outbox).where(outbox.c.aggregatetype == "invoice").values(published_at=old))
     assert purge(sqlite_engine, dt.timedelta(hours=72)) == 5  # the published invoices only
     assert len(_snapshot_rows(sqlite_engine)) == 5
-    assert purge(sqlite_engine, dt.timedelta(hours=72), include_unpublished=True) == 5
-    assert _snapshot_rows(sqlite_engine) == []
+    with pytest.raises(PurgeRefused, match="replication slot"):  # no slot can vouch for them on SQLite
+        purge(sqlite_engine, dt.timedelta(hours=72), slot="ttsync_outbox")
+    for age in (0, -1):
+        with pytest.raises(PurgeRefused, match="positive age"):
+            purge(sqlite_engine, dt.timedelta(hours=age))
+    assert len(_snapshot_rows(sqlite_engine)) == 5
 
 
 def test_reconcile_compares_totals_balances_accounts_and_decoded_names() -> None:
