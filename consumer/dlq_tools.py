@@ -180,6 +180,11 @@ def replay(bootstrap: str, topic: str, base_group: str, flt: DlqFilter, *, dry_r
                                                    max_request_size=8 * 1024 * 1024)
     committer = None if dry_run else KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                                    enable_auto_commit=False)
+    # Per partition: may the saved position still move? Only over records replayed, never past one a filter
+    # skipped (a mistyped --error must not hide dead letters from the next, correct replay). Records replayed
+    # after a skipped one stay behind the position: replaying them again is a no-op for the consumer, which
+    # knows their event ids.
+    movable: dict[Any, bool] = {}
     try:
         for tp, d in scan(bootstrap, topic, group=group, from_beginning=from_beginning):
             if limit is not None and result.replayed >= limit:
@@ -200,7 +205,8 @@ def replay(bootstrap: str, topic: str, base_group: str, flt: DlqFilter, *, dry_r
                     time.sleep(1.0 / rate_per_s)
             if on_record is not None:
                 on_record(d, chosen)
-            if committer is not None:
+            movable[tp] = movable.get(tp, True) and chosen
+            if committer is not None and movable[tp]:
                 # The position moves only after the record went out: an interrupted replay resumes here.
                 committer.commit({tp: OffsetAndMetadata(d.offset + 1, None, -1)})
     finally:

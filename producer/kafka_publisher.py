@@ -118,8 +118,9 @@ class KafkaRecordPublisher:
             self._producer = None
 
 
-def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int, replication: int) -> list[str]:
-    """Create the topics that do not exist yet; returns those created."""
+def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int, replication: int,
+                  configs: dict[str, str] | None = None) -> list[str]:
+    """Create the topics that do not exist yet (with ``configs``, e.g. retention); returns those created."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="ttsync-admin")
     try:
         existing = set(admin.list_topics())
@@ -127,7 +128,8 @@ def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in missing]
+                    [NewTopic(t, num_partitions=partitions, replication_factor=replication,
+                              topic_configs=dict(configs or {})) for t in missing]
                 )
             except TopicAlreadyExistsError:
                 pass  # another process created it meanwhile

@@ -72,3 +72,10 @@ class Header:
 
 MISSING_COLUMNS: Final = "_missing_columns"
 """Key of a state that lists the ``table.column`` capture could not read (TimeTracker renamed or dropped it)."""
+
+
+def dlq_topic_configs(retention_days: float) -> dict[str, str]:
+    """The dead-letter topic keeps its records this long, whatever the broker's default (7 days would expire dead
+    letters an operator has not looked at yet); 0 or less keeps them forever."""
+    ms = int(retention_days * 86_400_000) if retention_days > 0 else -1
+    return {"retention.ms": str(ms), "cleanup.policy": "delete"}

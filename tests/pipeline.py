@@ -19,7 +19,7 @@ from consumer.group_consumer import ConsumerStats, GroupConsumer, consumer_topic
 from consumer.wiring import build_consumer, build_parts
 from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
 from producer.outbox_relay import OutboxRelay
-from schemas.contract import dlq_topic
+from schemas.contract import dlq_topic, dlq_topic_configs
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
 
@@ -62,7 +62,7 @@ class Pipeline:
     def create_topics(self) -> None:
         s = self.settings()
         ensure_topics(self.bootstrap, consumer_topics(self.prefix, s.retry_topic_delays_s), 3, 1)
-        ensure_topics(self.bootstrap, [dlq_topic(self.prefix)], 1, 1)
+        ensure_topics(self.bootstrap, [dlq_topic(self.prefix)], 1, 1, dlq_topic_configs(s.dlq_retention_days))
 
     def relay(self) -> int:
         publisher = KafkaRecordPublisher(self.bootstrap)

@@ -527,7 +527,7 @@ def consume(
     from consumer.group_consumer import consumer_topics
     from consumer.wiring import build_consumer, build_parts
     from producer.kafka_publisher import ensure_topics
-    from schemas.contract import dlq_topic
+    from schemas.contract import dlq_topic, dlq_topic_configs
 
     settings = _settings()
     log = structlog.get_logger("ttsync.cli")
@@ -536,7 +536,7 @@ def consume(
         ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions,
                       settings.topic_replication_factor)
         ensure_topics(settings.kafka_bootstrap_servers, [dlq_topic(settings.topic_prefix)], 1,
-                      settings.topic_replication_factor)
+                      settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
     try:
         parts = build_parts(settings)
         worker = build_consumer(settings, parts)

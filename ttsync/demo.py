@@ -46,7 +46,7 @@ from producer.timetracker_schema import (
     Project,
     User,
 )
-from schemas.contract import dlq_topic, topic_for
+from schemas.contract import dlq_topic, dlq_topic_configs, topic_for
 from ttsync.local_services import ensure_kafka, ensure_postgres, run_script
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
@@ -192,7 +192,7 @@ class Demo:
             "relay_poll_interval_s": 0.2,
         })
         ensure_topics(bootstrap, [*consumer_topics(prefix, settings.retry_topic_delays_s)], 3, 1)
-        ensure_topics(bootstrap, [dlq_topic(prefix)], 1, 1)
+        ensure_topics(bootstrap, [dlq_topic(prefix)], 1, 1, dlq_topic_configs(settings.dlq_retention_days))
 
         publisher = KafkaRecordPublisher(bootstrap)
         relay = OutboxRelay(engine, publisher, topic_prefix=prefix, poll_interval_s=0.2)

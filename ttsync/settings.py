@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=500, ge=1, le=10_000, description="Outbox rows claimed per batch")
     relay_poll_interval_s: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")
     relay_buckets: int = Field(default=16, ge=1, le=1024, description="Hash buckets that relays share out")
+    dlq_retention_days: float = Field(default=365.0, description="Retention of the dead-letter topic ttsync creates "
+                                      "(0 = forever); the broker's default of 7 days would expire dead letters")
     outbox_max_age_s: float = Field(default=300.0, gt=0, description="`outbox status --check` fails when the "
                                     "oldest unpublished row is older than this (a dead or starved relay)")
     outbox_retention_hours: float = Field(default=72.0, ge=0, description="Published rows kept this long")

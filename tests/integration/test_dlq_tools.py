@@ -61,12 +61,17 @@ def test_list_show_dry_run_and_replay_after_the_fix(pipeline: Pipeline) -> None:
     assert end_offset(pipeline, expense_topic) == before  # a dry run changes nothing
 
     assert cli(pipeline, "map", "set", "expense-account", "equipment rental", "Office Supplies").returncode == 0
+    # A mistyped filter replays nothing, and must not move the saved position past what it skipped.
+    typo = json.loads(cli(pipeline, "dlq", "replay", "--error", "missing_acount", "--json").stdout)
+    assert typo["replayed"] == 0 and typo["considered"] == 2
     first = json.loads(cli(pipeline, "dlq", "replay", "--error", "missing_account", "--json").stdout)
     assert first["replayed"] == 1
-    again = json.loads(cli(pipeline, "dlq", "replay", "--error", "missing_account", "--json").stdout)
-    assert again["replayed"] == 0 and again["considered"] == 0  # resumed after its own position
     pipeline.consume_until(lambda st: st.applied >= 1)
     assert len(pipeline.qbo("Purchase")) == 1
+    everything = json.loads(cli(pipeline, "dlq", "replay", "--json").stdout)  # unfiltered: the position moves
+    assert everything["replayed"] == everything["considered"] >= 1
+    rest = json.loads(cli(pipeline, "dlq", "replay", "--json").stdout)
+    assert rest["replayed"] == 0 and rest["considered"] == 0  # resumed after its own position
 
     writes = pipeline.writes_per_requestid()
     twice = json.loads(cli(pipeline, "dlq", "replay", "--error", "missing_account", "--from-beginning",
@@ -75,4 +80,20 @@ def test_list_show_dry_run_and_replay_after_the_fix(pipeline: Pipeline) -> None:
     pipeline.consume_until(lambda st: st.duplicates >= 1)
     assert len(pipeline.qbo("Purchase")) == 1 and pipeline.writes_per_requestid() == writes  # nothing new
     replayed = [r for r in json.loads(cli(pipeline, "dlq", "list", "--json").stdout)["records"]]
-    assert len(replayed) == 2  # the DLQ itself is kept as an audit trail
+    # The DLQ itself is kept as an audit trail; the malformed record, replayed unfiltered, came back once more.
+    assert len(replayed) == 3
+
+
+def test_the_dead_letter_topic_keeps_its_records_longer_than_the_brokers_default(pipeline: Pipeline) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from schemas import dlq_topic
+
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
+    try:
+        answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, dlq_topic(pipeline.prefix))])
+    finally:
+        admin.close()
+    retention = answer["topic"][dlq_topic(pipeline.prefix)]["retention.ms"]
+    assert retention["value"] == str(365 * 86_400_000)  # not the broker's 7 days
+    assert retention["config_source"] == "DYNAMIC_TOPIC_CONFIG"
