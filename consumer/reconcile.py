@@ -283,6 +283,46 @@ def judge(records: dict[str, dict[str, Any]], qbo: dict[str, list[dict[str, Any]
 # -- repairing -----------------------------------------------------------------------------------------
 
 
+# How a QBO entity that must go is taken out: voided where QBO keeps a voided transaction (the books show the
+# reversal), deleted where it cannot void (a Purchase), made inactive where it cannot delete (a Customer).
+REMOVAL = {"Invoice": "void", "Payment": "void", "Purchase": "delete", "Customer": "deactivate"}
+
+
+@dataclass(frozen=True)
+class Removal:
+    entity: str
+    qbo_id: str
+    how: str
+    why: str
+
+
+def removals(drift: list[Drift], keepers: dict[str, str] | None = None) -> list[Removal]:
+    """The destructive part of a fix, as a plan: every QBO entity ``--fix`` would void, delete or deactivate.
+    ``keepers``: per duplicate ("type:id") the QBO id that stays (the entity map's, else the oldest)."""
+    out = []
+    for d in drift:
+        if d.kind == "extra":
+            out += [Removal(d.qbo_entity, q, REMOVAL.get(d.qbo_entity, "delete"), d.detail) for q in d.qbo_ids]
+        elif d.kind == "duplicate":
+            keep = (keepers or {}).get(f"{d.aggregate_type}:{d.aggregate_id}") or \
+                min(d.qbo_ids, key=lambda q: int(q) if q.isdigit() else 0)
+            out += [Removal(d.qbo_entity, q, REMOVAL.get(d.qbo_entity, "delete"), f"duplicate of {keep}")
+                    for q in d.qbo_ids if q != keep]
+    return out
+
+
+def removal_refusal(plan: list[Removal], checked: dict[str, int], *, max_removals: int) -> str | None:
+    """Why a fix must not run (pure): TimeTracker read as empty while QBO holds ttsync's entities (a wrong or
+    empty database, a mistyped status setting), or more removals than the operator allowed."""
+    if plan and sum(checked.values()) == 0:
+        return (f"TimeTracker reads as empty ({', '.join(checked) or 'no types'} checked: 0 records) while QBO "
+                f"holds {len(plan)} of ttsync's entities: is TTSYNC_DATABASE_URL the right database? Nothing removed")
+    if len(plan) > max_removals:
+        return (f"the fix would remove {len(plan)} QBO entities, more than --max-deletes {max_removals}: check the "
+                "plan, then raise --max-deletes if it is right")
+    return None
+
+
 def repair(drift: list[Drift], *, timetracker: Engine, client: QboClient, store: StateStore, source: str) -> None:
     """Fix each drift in place (``Drift.fixed`` says how). See the module docstring for the split."""
     for d in drift:
@@ -337,16 +377,20 @@ def _enqueue(d: Drift, timetracker: Engine, client: QboClient, store: StateStore
 
 
 def _remove(client: QboClient, entity: str, qbo_id: str) -> str:
+    """Take one entity out of the books the least destructive way QBO allows (``REMOVAL``); logged by id."""
     current = client.read(entity, qbo_id)
     token = str(current.get("SyncToken", "0"))
-    try:
-        client.delete(entity, qbo_id, token, request_id(f"reconcile:{entity}:{qbo_id}", "delete", token))
-        return f"deleted {qbo_id}"
-    except QboValidationFault as fault:
-        if entity not in ("Invoice", "Payment"):
-            raise
-        log.info("delete_refused_voiding", entity=entity, qbo_id=qbo_id, fault=fault.code)
-        token = str(client.read(entity, qbo_id).get("SyncToken", token))
-        client.void(entity, qbo_id, token, request_id(f"reconcile:{entity}:{qbo_id}", "void", token))
-        return f"voided {qbo_id}"
+    how = REMOVAL.get(entity, "delete")
+    rid = request_id(f"reconcile:{entity}:{qbo_id}", how, token)
+    if how == "void":
+        client.void(entity, qbo_id, token, rid)
+        done = f"voided {qbo_id}"
+    elif how == "deactivate":
+        client.update(entity, {"Id": qbo_id, "SyncToken": token, "sparse": True, "Active": False}, rid)
+        done = f"deactivated {qbo_id}"
+    else:
+        client.delete(entity, qbo_id, token, rid)
+        done = f"deleted {qbo_id}"
+    log.warning("qbo_entity_removed", entity=entity, qbo_id=qbo_id, how=how, by="reconcile --fix")
+    return done
 

@@ -399,11 +399,16 @@ def reconcile(
     since: SinceDateOpt = None,
     types: TypesOpt = "client,invoice,expense,payment",
     fix: Annotated[bool, typer.Option(help="Repair the drift: enqueue events for what TimeTracker holds, "
-                                           "remove QBO's extras and duplicates.")] = False,
+                                           "remove QBO's extras and duplicates (shows the plan first).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Carry out the removals of --fix without asking.")] = False,
+    max_deletes: Annotated[int, typer.Option(help="Refuse a --fix that would void, delete or deactivate more "
+                                                  "QBO entities than this.")] = 10,
     limit: Annotated[int, typer.Option(help="Rows shown in the table (all are in --json).")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare TimeTracker with QBO: missing, different, extra, duplicate. Exit 1 when drift is found."""
+    """Compare TimeTracker with QBO: missing, different, extra, duplicate. Exit 1 when drift is found. With
+    --fix, the entities it would remove are shown first and need --yes (or a yes at the prompt); a fix is refused
+    when TimeTracker reads as empty while QBO holds ttsync's entities, or when it exceeds --max-deletes."""
     from consumer.errors import FatalError, SyncError
     from consumer.lifecycle import QBO_ENTITY
     from consumer.reconcile import ReconcileReport, judge, load_qbo, load_timetracker, repair
@@ -433,6 +438,7 @@ def reconcile(
         report.drift = judge(records, qbo, parts.store.all_mapped(), parts.applier.policy, settings.source,
                              still_in_timetracker=lambda t, ids: still_there(timetracker, t, ids))
         if fix and report.drift:
+            _confirm_removals(report, parts.store, yes=yes, max_deletes=max_deletes, as_json=as_json)
             repair(report.drift, timetracker=timetracker, client=parts.client, store=parts.store,
                    source=settings.source)
     except FatalError as exc:
@@ -460,6 +466,29 @@ def reconcile(
             if len(report.drift) > limit:
                 console.print(f"... and {len(report.drift) - limit} more (--json lists all)")
     raise typer.Exit(EXIT_FAILED if report.drift else EXIT_OK)
+
+
+def _confirm_removals(report: Any, store: Any, *, yes: bool, max_deletes: int, as_json: bool) -> None:
+    """Show what --fix would take out of QBO; refuse (exit 2) when it is unsafe or not confirmed."""
+    from consumer.reconcile import removal_refusal, removals
+
+    keepers = {f"{d.aggregate_type}:{d.aggregate_id}": m.qbo_id for d in report.drift if d.kind == "duplicate"
+               and (m := store.mapped(d.aggregate_type, d.aggregate_id or "")) and m.qbo_id in d.qbo_ids}
+    plan = removals(report.drift, keepers)
+    if not plan:
+        return
+    refusal = removal_refusal(plan, report.checked, max_removals=max_deletes)
+    if refusal:
+        _fail(f"reconcile --fix refused: {refusal}", EXIT_USAGE, as_json)
+    lines = [f"  {r.how} {r.entity} {r.qbo_id}: {r.why}" for r in plan]
+    if not yes:
+        if as_json or not sys.stdin.isatty():
+            _fail(f"reconcile --fix would void, delete or deactivate {len(plan)} QBO entities "
+                  f"({'; '.join(f'{r.how} {r.entity} {r.qbo_id}' for r in plan)}): add --yes to carry it out",
+                  EXIT_USAGE, as_json)
+        err_console.print(f"reconcile --fix will take {len(plan)} entities out of QBO:\n" + "\n".join(lines))
+        if not typer.confirm("Go ahead?", default=False, err=True):
+            _fail("nothing changed", EXIT_USAGE, as_json)
 
 
 # --- relay and outbox -------------------------------------------------------------------------------

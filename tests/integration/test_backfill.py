@@ -158,7 +158,7 @@ def test_a_backfill_of_5000_records_lands_each_once_adopting_the_old_connectors_
 def _reconcile(pipe: Pipeline, *args: str) -> tuple[int, dict[str, Any]]:
     done = subprocess.run([sys.executable, "-m", "ttsync", "reconcile", "--json", *args],
                           env=pipe.env(), capture_output=True, timeout=300)
-    assert done.returncode in (0, 1), done.stderr.decode()[-2000:]
+    assert done.returncode in (0, 1, 2), done.stderr.decode()[-2000:]
     return done.returncode, json.loads(done.stdout)
 
 
@@ -216,7 +216,12 @@ def test_reconcile_finds_each_kind_of_drift_and_fix_repairs_it(fast_pipeline: Pi
     assert by_kind[("extra", str(gone_id))]["qbo_ids"] == [gone_qid]
 
     before = _outbox_count(pipe.engine)
-    code, fixed = _reconcile(pipe, "--fix")
+    code, refused = _reconcile(pipe, "--fix")  # removals need --yes: the plan is shown, nothing is changed
+    assert code == 2 and "add --yes" in refused["error"] and gone_qid in refused["error"]
+    assert _outbox_count(pipe.engine) == before
+    code, refused = _reconcile(pipe, "--fix", "--yes", "--max-deletes", "1")  # three removals planned
+    assert code == 2 and "--max-deletes 1" in refused["error"]
+    code, fixed = _reconcile(pipe, "--fix", "--yes")
     assert code == 1 and all(d["fixed"] and not d["fixed"].startswith("not fixed") for d in fixed["drift"]), \
         fixed["drift"]
     enqueued = _outbox_count(pipe.engine) - before

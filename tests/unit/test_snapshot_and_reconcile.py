@@ -203,3 +203,17 @@ def test_reconcile_compares_totals_balances_accounts_and_decoded_names() -> None
     assert "balance 240.00, TimeTracker has 0.00" in drift[("invoice", "1")]
     assert "'Services', a Income account" in drift[("expense", "5")]
     assert "name 'Müller &amp; Söhne', TimeTracker has 'Müller & Söhne'" in drift[("client", "2")]
+
+
+def test_a_fix_against_an_empty_timetracker_or_beyond_the_cap_is_refused() -> None:
+    from consumer.reconcile import removal_refusal, removals
+
+    qbo = {"Invoice": [_qbo_invoice(str(n), f"ttsync:invoice:{n}@tt", number=f"INV-{n}") for n in range(1, 6)],
+           "Customer": [{"Id": "70", "Notes": "ttsync:client:9@tt", "DisplayName": "Gone Ltd"}]}
+    # A wrong database: every marked entity looks like an extra.
+    drift = judge({}, qbo, {}, POLICY, "tt", still_in_timetracker=lambda _t, _ids: set())
+    plan = removals(drift)
+    assert {(r.entity, r.how) for r in plan} == {("Invoice", "void"), ("Customer", "deactivate")}  # never deleted
+    assert "reads as empty" in (removal_refusal(plan, {"invoice": 0, "client": 0}, max_removals=100) or "")
+    assert "--max-deletes 3" in (removal_refusal(plan, {"invoice": 7}, max_removals=3) or "")
+    assert removal_refusal(plan, {"invoice": 7}, max_removals=10) is None
