@@ -92,7 +92,8 @@ def drain(db_url: str, bootstrap: str, records: int, adopt_legacy: bool) -> dict
             token = requests.post(f"{sandbox.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
             settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap, topic_prefix=prefix,
                                 group_id=f"{prefix}-group", qbo_base_url=sandbox.url, qbo_token_url=sandbox.token_url,
-                                qbo_realm_id=REALM, qbo_refresh_token=token["refresh_token"], secret_key="bench-key",
+                                qbo_realm_id=REALM, qbo_refresh_token=token["refresh_token"],
+                                secret_key="bench-passphrase-0123456",
                                 adopt_legacy=adopt_legacy, retry_topic_delays_s=[10, 60, 300])
             ensure_topics(bootstrap, consumer_topics(prefix, settings.retry_topic_delays_s), 3, 1)
             ensure_topics(bootstrap, [dlq_topic(prefix)], 1, 1)

@@ -52,7 +52,7 @@ def settings_for(db: str, bootstrap: str, prefix: str, sandbox: str, token: str,
     return Settings(database_url=db, kafka_bootstrap_servers=bootstrap, topic_prefix=prefix,
                     group_id=f"bench-{uuid.uuid4().hex[:6]}", qbo_base_url=sandbox,
                     qbo_token_url=f"{sandbox}/oauth2/v1/tokens/bearer", qbo_realm_id=REALM,
-                    qbo_refresh_token=token, secret_key="bench-key", log_level="WARNING", **extra)  # type: ignore[arg-type]
+                    qbo_refresh_token=token, secret_key="bench-passphrase-0123456", log_level="WARNING", **extra)  # type: ignore[arg-type]
 
 
 def bare_rate(bootstrap: str, topic: str, count: int) -> float:

@@ -54,7 +54,8 @@ def ttsync_env(db_url: str, bootstrap: str, prefix: str, sandbox: SandboxServer,
     return {**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_GROUP_ID": f"{prefix}-group", "TTSYNC_QBO_BASE_URL": sandbox.url,
             "TTSYNC_QBO_TOKEN_URL": sandbox.token_url, "TTSYNC_QBO_REALM_ID": REALM,
-            "TTSYNC_QBO_REFRESH_TOKEN": token, "TTSYNC_SECRET_KEY": "bench-key", "TTSYNC_LOG_LEVEL": "WARNING",
+            "TTSYNC_QBO_REFRESH_TOKEN": token, "TTSYNC_SECRET_KEY": "bench-passphrase-0123456",
+            "TTSYNC_LOG_LEVEL": "WARNING",
             "TTSYNC_LOG_FORMAT": "json", "TTSYNC_QBO_REQUESTS_PER_MINUTE": "60000",
             "TTSYNC_QBO_BATCH_REQUESTS_PER_MINUTE": "6000"}
 

@@ -13,7 +13,8 @@
     │   ├── QboValidationFault  QBO refused the request (2xxx, 6xxx, 610, ...)
     │   └── MappingError        the record cannot be expressed in QBO (e.g. DocNumber over 21 characters)
     └── FatalError          nothing can succeed until a person acts: stop consuming, commit nothing
-        └── ReconnectNeeded     invalid_grant: the QBO connection must be re-authorised
+        ├── ReconnectNeeded     invalid_grant: the QBO connection must be re-authorised (exit 3)
+        └── ConfigurationError  a setting is wrong or missing, e.g. TTSYNC_SECRET_KEY (exit 2)
 """
 
 from __future__ import annotations
@@ -101,3 +102,9 @@ class StopRequested(Exception):
 class ConsumerStuck(Exception):
     """The consumer could not join its group for too long (the client can spin on an unknown coordinator):
     exiting lets a supervisor start a fresh one. Not a SyncError: no event is at fault."""
+
+
+class ConfigurationError(FatalError):
+    """A setting must be fixed (exit 2): reconnecting QBO would not help, and could overwrite stored tokens."""
+
+    code = "configuration_error"

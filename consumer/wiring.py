@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from consumer import metrics
 from consumer.applier import EventApplier
-from consumer.errors import ReconnectNeeded
+from consumer.errors import ConfigurationError
 from consumer.group_consumer import GroupConsumer
 from consumer.lifecycle import SyncPolicy
 from consumer.mapping import MappingOptions
@@ -34,7 +34,7 @@ class ConsumerParts:
 
 def token_store(settings: Settings, engine: Engine) -> TokenStore:
     if settings.secret_key is None:
-        raise ReconnectNeeded("TTSYNC_SECRET_KEY is not set: it encrypts the QBO tokens at rest")
+        raise ConfigurationError("TTSYNC_SECRET_KEY is not set: it encrypts the QBO tokens at rest")
     return TokenStore(
         engine, settings.qbo_realm_id, make_cipher(settings.secret_key.get_secret_value()),
         token_url=settings.qbo_token_url, client_id=settings.qbo_client_id,

@@ -65,6 +65,13 @@ def _emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _fatal_exit_code(exc: BaseException) -> int:
+    """A wrong setting is exit 2 (fix the setting); only a refused QBO authorisation is exit 3 (reconnect)."""
+    from consumer.errors import ConfigurationError
+
+    return EXIT_USAGE if isinstance(exc, ConfigurationError) else EXIT_RECONNECT
+
+
 def _fail(message: str, code: int, as_json: bool) -> None:
     """End a command in one line: an error object on stdout with --json, else a red line on stderr."""
     if as_json:
@@ -443,7 +450,7 @@ def reconcile(
                    source=settings.source)
     except FatalError as exc:
         err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(EXIT_RECONNECT) from exc
+        raise typer.Exit(_fatal_exit_code(exc)) from exc
     except SyncError as exc:
         err_console.print(f"[red]reconcile stopped: {type(exc).__name__}: {exc}[/]")
         raise typer.Exit(EXIT_FAILED) from exc
@@ -571,7 +578,7 @@ def consume(
         worker = build_consumer(settings, parts)
     except FatalError as exc:
         err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(EXIT_RECONNECT) from exc
+        raise typer.Exit(_fatal_exit_code(exc)) from exc
     from consumer import metrics
     from consumer.observability import LagCollector
 
@@ -593,7 +600,7 @@ def consume(
     except FatalError as exc:
         log.error("consumer_fatal", error=str(exc))
         err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(EXIT_RECONNECT) from exc
+        raise typer.Exit(_fatal_exit_code(exc)) from exc
     except ConsumerStuck as exc:
         log.error("consumer_stuck", error=str(exc))
         err_console.print(f"[red]{exc}[/]")

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from consumer.errors import ReconnectNeeded
+from consumer.errors import ConfigurationError, ReconnectNeeded
 from consumer.token_store import TokenStore
 from consumer.wiring import token_store
 from producer import migrate
@@ -125,6 +125,8 @@ def status(settings: Settings, *, check: bool) -> dict[str, Any]:
                 store._last_success_write = 0.0
                 store.mark_success()
                 out["last_successful_call"] = store.state().last_success_at.isoformat()  # type: ignore[union-attr]
+        except ConfigurationError as exc:
+            out["check"] = f"configuration: {exc}"
         except ReconnectNeeded as exc:
             out["check"] = f"reconnect needed: {exc}"
         except requests.RequestException as exc:

@@ -56,7 +56,8 @@ class Harness:
         db = f"sqlite:///{tmp}/state-{uuid.uuid4().hex[:6]}.sqlite3"
         migrate.upgrade(make_engine(db))
         s = Settings(database_url=db, qbo_base_url=self.sandbox.url, qbo_token_url=self.sandbox.token_url,
-                     qbo_realm_id=REALM, qbo_refresh_token=token["refresh_token"], secret_key="prop-test",
+                     qbo_realm_id=REALM, qbo_refresh_token=token["refresh_token"],
+                     secret_key="prop-test-passphrase-0123",
                      qbo_requests_per_minute=1_000_000, qbo_burst=10_000)
         self.applier = build_parts(s).applier
 

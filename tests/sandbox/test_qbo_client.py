@@ -29,7 +29,7 @@ def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def tokens(sandbox: SandboxServer, engine, seed: str | None) -> TokenStore:  # type: ignore[no-untyped-def]
-    return TokenStore(engine, REALM, make_cipher("test-secret"), token_url=sandbox.token_url,
+    return TokenStore(engine, REALM, make_cipher("test-secret-passphrase-0123"), token_url=sandbox.token_url,
                       client_id="ttsync-local", client_secret="ttsync-local-secret", seed_refresh_token=seed)
 
 
