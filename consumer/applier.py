@@ -143,6 +143,13 @@ class EventApplier:
         if processed:
             return Outcome("duplicate", reason="event already processed")
         decision = decide(event, mapped, self.policy)
+        if decision.action is Action.SKIP and mapped is not None and mapped.pending_requestid and not mapped.in_qbo \
+                and mapped.last_version < event.aggregate_version:
+            # An earlier version's create is pending: it may have reached QBO with its answer lost, and that
+            # version may still be on its way back from a retry topic (where it will then be skipped as older).
+            # Settle what QBO holds before a cancel or delete is skipped as "never synced".
+            mapped = self._resolve_pending(event, mapped)
+            decision = decide(event, mapped, self.policy)
         if decision.action is Action.SKIP:
             log.info("event_skipped", event_id=str(event.event_id), event_type=event.event_type,
                      aggregate_id=event.aggregate_id, version=event.aggregate_version, reason=decision.reason)
@@ -157,6 +164,36 @@ class EventApplier:
                  aggregate_id=event.aggregate_id, version=event.aggregate_version, result=outcome.result,
                  qbo_id=outcome.qbo_id)
         return outcome
+
+    def _resolve_pending(self, event: EventEnvelope, mapped: Mapped) -> Mapped:
+        """What the entity map should say of an aggregate whose create is pending: the entity found in QBO by its
+        marker (adopted), or nothing (the pending mark is cleared)."""
+        found = self._find_by_marker(event)
+        if found is not None:
+            log.info("pending_create_found", entity=mapped.qbo_entity, qbo_id=found["Id"],
+                     aggregate_id=event.aggregate_id, version=event.aggregate_version)
+            self.store.adopt(event.aggregate_type, event.aggregate_id, found, version=mapped.last_version,
+                             customer_ref=mapped.customer_ref)
+        else:
+            self.store.clear_pending(event.aggregate_type, event.aggregate_id)
+        return self.store.mapped(event.aggregate_type, event.aggregate_id) or mapped
+
+    def _find_by_marker(self, event: EventEnvelope) -> dict[str, Any] | None:
+        """The QBO entity carrying this aggregate's marker, looked up by its natural key."""
+        p = readable_state(event.aggregate_type, event.payload, self.options)
+        mark = marker(event.aggregate_type, event.aggregate_id, self.options.source)
+        if isinstance(p, InvoiceState):
+            entity, where = "Invoice", f"DocNumber = {quote(p.invoice_number)}"
+        elif isinstance(p, ExpenseState):
+            entity, where = "Purchase", f"DocNumber = {quote(expense_doc_number(p.id))}"
+        elif isinstance(p, PaymentState):
+            entity, where = "Payment", f"TxnDate = {quote(p.payment_date.isoformat())}"
+        else:
+            name = customer_request(p, self.options)["DisplayName"]
+            entity, where = "Customer", f"DisplayName IN ({quote(name)}, {quote(name + ' (customer)')})"
+        rows = self.client.query(f"SELECT * FROM {entity} WHERE {where}", entity)
+        note = "Notes" if entity == "Customer" else "PrivateNote"
+        return next((r for r in rows if mark in (r.get(note) or "") and not r.get("Voided")), None)
 
     # -- per aggregate ---------------------------------------------------------------------------------
 

@@ -112,6 +112,12 @@ class StateStore:
         with self.engine.begin() as conn:
             self._upsert(conn, aggregate_type, aggregate_id, values, version=version)
 
+    def clear_pending(self, aggregate_type: str, aggregate_id: str) -> None:
+        """A pending create turned out never to have reached QBO."""
+        with self.engine.begin() as conn:
+            conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(
+                pending_requestid=None, pending_since=None, updated_at=_now()))
+
     def forget(self, aggregate_type: str, aggregate_id: str, *, status: str = "deleted") -> None:
         """The mapped QBO entity is gone (deleted by hand, or removed by reconcile): the next event creates
         anew. ``last_version`` stays, so older events are still skipped."""

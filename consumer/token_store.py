@@ -35,7 +35,9 @@ log = structlog.get_logger("ttsync.qbo.tokens")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 KDF_PREFIX = "scrypt1$"  # stored values: scrypt1$<salt, urlsafe base64>$<Fernet token>
 MIN_PASSPHRASE = 16
-PLACEHOLDERS = ("change-me", "changeme", "replace-with", "secret", "password", "example", "your-key", "xxxx")
+# What shipped examples and tutorials put where a key belongs (a key that starts so, in any case, is refused).
+PLACEHOLDERS = ("change-me", "change_me", "changeme", "replace-with", "replace-me", "replace_me", "replaceme",
+                "your-", "your_", "<", "example", "xxxx", "todo", "secret", "password")
 
 
 class TokenCipher:
@@ -84,7 +86,7 @@ def make_cipher(secret_key: str) -> TokenCipher:
     cipher = TokenCipher(key)
     if cipher._fernet is None:
         lowered = key.lower()
-        if len(key) < MIN_PASSPHRASE or any(p in lowered for p in PLACEHOLDERS):
+        if len(key) < MIN_PASSPHRASE or lowered.startswith(PLACEHOLDERS) or len(set(lowered)) < 4:
             raise ConfigurationError(
                 f"TTSYNC_SECRET_KEY is too weak to encrypt QBO tokens (empty, under {MIN_PASSPHRASE} characters, or "
                 "a placeholder): use a Fernet key (python3 -c 'from cryptography.fernet import Fernet; "

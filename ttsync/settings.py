@@ -50,8 +50,8 @@ class Settings(BaseSettings):
         default=None, description="First refresh token; rotated ones are kept encrypted in the state database"
     )
     secret_key: SecretStr | None = Field(
-        default=None, description="Encrypts QBO tokens at rest: a Fernet key, or a passphrase of 16+ characters (scrypt, salted)"
-    )
+        default=None,
+        description="Encrypts QBO tokens at rest: a Fernet key, or a passphrase of 16+ characters (scrypt, salted)")
 
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics ttsync creates")
     topic_replication_factor: int = Field(default=1, ge=1, description="Replication of topics ttsync creates")

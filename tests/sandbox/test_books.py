@@ -247,3 +247,24 @@ def test_a_cancelled_invoice_waits_for_its_refunded_payments_void(h: Any) -> Non
         h.applier.apply(cancel)
     h.applier.apply(ev("payment", {**pay, "status": "refunded"}, 2))
     assert h.applier.apply(cancel, "retry-1").result == "voided"
+
+
+def test_a_cancel_after_a_create_whose_answer_was_lost_voids_what_reached_qbo(h: Any) -> None:
+    """v1's create reached QBO but its answer was lost (v1 waits in a retry topic); v2 cancels the invoice."""
+    from consumer.mapping import InvoiceRefs, invoice_request, readable_state
+
+    sent = invoice("sent")
+    customer = h.applier.resolver.customer(1, None, "Acme", None, currency="EUR")
+    h.applier.store.mark_pending("invoice", "1", "lost-answer")
+    body = invoice_request(readable_state("invoice", sent, h.applier.options),
+                           InvoiceRefs(customer, h.applier.resolver.item()), h.applier.options)
+    h.applier.client.create("Invoice", body, "lost-answer")  # the write that happened
+    assert h.applier.apply(ev("invoice", invoice("cancelled"), 2)).result == "voided"
+    assert the_invoice(h)["Voided"] is True
+    assert h.applier.apply(ev("invoice", sent, 1, "created")).result == "skipped"  # back from its retry topic
+
+
+def test_a_cancel_after_a_create_that_never_reached_qbo_is_skipped(h: Any) -> None:
+    h.applier.store.mark_pending("invoice", "1", "never-sent")
+    assert h.applier.apply(ev("invoice", invoice("cancelled"), 2)).result == "skipped"
+    assert h.qbo("Invoice") == [] and h.applier.store.mapped("invoice", "1").pending_requestid is None

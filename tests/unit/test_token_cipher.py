@@ -46,7 +46,7 @@ def test_a_fernet_key_is_used_as_it_is() -> None:
 
 
 @pytest.mark.parametrize("weak", ["", "   ", "short-key", "change-me-to-a-long-random-secret",
-                                  "REPLACE-WITH-A-LONG-RANDOM-SECRET", "my-secret-is-long-enough"])
+                                  "REPLACE-WITH-A-LONG-RANDOM-SECRET", "secret-secret-secret", "aaaaaaaaaaaaaaaaaaaa"])
 def test_weak_or_placeholder_keys_are_refused(weak: str) -> None:
     with pytest.raises(ConfigurationError, match="too weak"):
         make_cipher(weak)
@@ -62,3 +62,8 @@ def test_a_wrong_key_is_a_configuration_error_not_advice_to_reconnect(tmp_path) 
     with pytest.raises(ConfigurationError) as err:
         other.state()
     assert not isinstance(err.value, ReconnectNeeded) and "reconnect" not in str(err.value).lower()
+
+
+def test_a_long_passphrase_that_merely_contains_a_common_word_is_accepted() -> None:
+    assert make_cipher("test-secret-passphrase-0123").decrypt(make_cipher("test-secret-passphrase-0123")
+                                                             .encrypt("t")) == "t"
