@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.orm import Session
 
 from producer.aggregate_snapshots import AGGREGATES, TABLE_TO_AGGREGATES, snapshot
@@ -41,6 +41,7 @@ class SessionCapture:
         return [
             ("before_flush", self.before_flush),
             ("after_flush", self.after_flush),
+            ("do_orm_execute", self.do_orm_execute),
             ("before_commit", self.before_commit),
             ("after_rollback", self.after_rollback),
         ]
@@ -51,6 +52,28 @@ class SessionCapture:
         pending = session.info.setdefault(_PENDING, {})
         for obj in _changed(session):
             for agg_type, agg_id in _aggregate_ids(obj, include_old=True):
+                if agg_id is not None:
+                    self._note(session, pending, agg_type, agg_id)
+
+    def do_orm_execute(self, state: Any) -> None:
+        """Bulk ``update()`` / ``delete()`` through the ORM (``session.execute(update(Invoice)...)``,
+        ``Query.update``) changes rows the session never loads, so before_flush cannot see them: note the
+        aggregates of the rows its WHERE clause selects, before it runs (and the new owner a SET names)."""
+        if not (state.is_update or state.is_delete):
+            return
+        stmt = state.statement
+        table = getattr(stmt, "table", None)
+        targets = TABLE_TO_AGGREGATES.get(getattr(table, "name", ""), ())
+        if not targets:
+            return
+        session = state.session
+        pending = session.info.setdefault(_PENDING, {})
+        values = {getattr(k, "key", k): v for k, v in (getattr(stmt, "_values", None) or {}).items()}
+        for agg_type, column in targets:
+            ids = session.execute(select(table.c[column]).where(stmt.whereclause) if stmt.whereclause is not None
+                                  else select(table.c[column])).scalars().all()
+            moved_to = getattr(values.get(column), "value", None)
+            for agg_id in {*ids, *([moved_to] if moved_to is not None else [])}:
                 if agg_id is not None:
                     self._note(session, pending, agg_type, agg_id)
 

@@ -60,3 +60,33 @@ def test_install_is_idempotent_and_removable(sqlite_engine: Engine) -> None:
         assert s.scalar(select(func.count()).select_from(Invoice)) == 1
     with sqlite_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(outbox)).scalar_one() == 0
+
+
+def test_bulk_orm_updates_and_deletes_are_captured_too(sqlite_engine: Engine) -> None:
+    """``session.execute(update(...))`` and ``Query.update`` change rows the session never loads."""
+    from sqlalchemy import delete, update
+
+    from producer.timetracker_schema import Expense, InvoiceItem
+    from tests.timetracker_data import base_rows, new_expense, new_invoice
+
+    factory = sessionmaker(sqlite_engine)
+    install_session_capture(factory)
+    with factory() as s:
+        user, client, project = base_rows(s)
+        inv = new_invoice(s, user, client, project, number="BULK-1", items=2, status="draft")
+        exp = new_expense(s, user, status="pending")
+        s.commit()
+        inv_id, exp_id = inv.id, exp.id
+    before = len(outbox_events(sqlite_engine))
+    with factory() as s:
+        s.execute(update(Invoice).where(Invoice.id == inv_id).values(status="sent"))
+        s.commit()
+    with factory() as s:
+        s.execute(delete(InvoiceItem).where(InvoiceItem.invoice_id == inv_id, InvoiceItem.id == InvoiceItem.id))
+        s.query(Expense).filter(Expense.id == exp_id).update({"status": "approved"})
+        s.commit()
+    events = outbox_events(sqlite_engine)[before:]
+    got = [(e["event_type"], e["state"].get("status"), len(e["state"].get("items", []))) for e in events]
+    assert ("invoice.updated", "sent", 2) in got
+    assert ("invoice.updated", "sent", 0) in got
+    assert ("expense.updated", "approved", 0) in got
