@@ -31,6 +31,7 @@ from consumer.mapping import (
     MappingOptions,
     PaymentRefs,
     PurchaseRefs,
+    carries,
     customer_request,
     expense_doc_number,
     invoice_request,
@@ -193,7 +194,7 @@ class EventApplier:
             entity, where = "Customer", f"DisplayName IN ({quote(name)}, {quote(name + ' (customer)')})"
         rows = self.client.query(f"SELECT * FROM {entity} WHERE {where}", entity)
         note = "Notes" if entity == "Customer" else "PrivateNote"
-        return next((r for r in rows if mark in (r.get(note) or "") and not r.get("Voided")), None)
+        return next((r for r in rows if carries(r.get(note), mark) and not r.get("Voided")), None)
 
     # -- per aggregate ---------------------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class EventApplier:
 
         def find() -> dict[str, Any] | None:
             rows = self.client.query(f"SELECT * FROM Invoice WHERE DocNumber = {quote(body['DocNumber'])}", "Invoice")
-            return next((r for r in rows if mark in (r.get("PrivateNote") or "")
+            return next((r for r in rows if carries(r.get("PrivateNote"), mark)
                          or (r.get("CustomerRef") or {}).get("value") == customer), None)
 
         def legacy() -> dict[str, Any] | None:
@@ -270,7 +271,7 @@ class EventApplier:
         def find() -> dict[str, Any] | None:
             doc = quote(expense_doc_number(exp.id))
             rows = self.client.query(f"SELECT * FROM Purchase WHERE DocNumber = {doc}", "Purchase")
-            return next((r for r in rows if mark in (r.get("PrivateNote") or "")), None)
+            return next((r for r in rows if carries(r.get("PrivateNote"), mark)), None)
 
         def legacy() -> dict[str, Any] | None:
             rows = self.client.query(f"SELECT * FROM Purchase WHERE TxnDate = {quote(body['TxnDate'])}", "Purchase")
@@ -295,7 +296,7 @@ class EventApplier:
         def find() -> dict[str, Any] | None:
             rows = self.client.query(f"SELECT * FROM Payment WHERE CustomerRef = {quote(customer)} "
                                      f"AND TxnDate = {quote(body['TxnDate'])}", "Payment")
-            return next((r for r in rows if mark in (r.get("PrivateNote") or "")), None)
+            return next((r for r in rows if carries(r.get("PrivateNote"), mark)), None)
 
         try:
             return self._upsert(event, "Payment", body, decision, mapped, find)
@@ -359,7 +360,7 @@ class EventApplier:
             if held is not None and held.pending_requestid:
                 rows = self.client.query(f"SELECT * FROM Payment WHERE CustomerRef = {quote(customer)} "
                                          f"AND TxnDate = {quote(body['TxnDate'])}", "Payment")
-                found = next((r for r in rows if mark in (r.get("PrivateNote") or "")
+                found = next((r for r in rows if carries(r.get("PrivateNote"), mark)
                               and not r.get("Voided")), None)
             if found is not None:
                 result = self._write_with_fresh_token(event, "Payment", str(found["Id"]), str(found["SyncToken"]),

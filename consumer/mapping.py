@@ -67,6 +67,11 @@ def marker(aggregate_type: str, aggregate_id: str | int, source: str) -> str:
     return f"ttsync:{aggregate_type}:{aggregate_id}@{source}"
 
 
+def carries(note: str | None, mark: str) -> bool:
+    """Whether a note carries exactly this marker: ``...@tt`` is not ``...@tt-eu`` (another instance's record)."""
+    return re.search(re.escape(mark) + r"(?!\S)", note or "") is not None
+
+
 def _money(value: Decimal) -> float | int:
     q = value.quantize(CENT, rounding=ROUND_HALF_UP)
     return int(q) if q == q.to_integral_value() else float(q)
@@ -322,8 +327,10 @@ def legacy_qbo_id(aggregate_type: str, payload: dict[str, Any]) -> str | None:
     if isinstance(section, dict):
         candidates += [section.get(k) for k in LEGACY_ID_KEYS[aggregate_type]]
     candidates.append(meta.get("quickbooks_id"))
-    found = next((c for c in candidates if isinstance(c, (str, int)) and str(c).strip()), None)
-    return None if found is None else str(found).strip()
+    # QBO ids are digits: anything else (a name, a URL, a query fragment) is not an id to read.
+    found = next((str(c).strip() for c in candidates if isinstance(c, (str, int)) and str(c).strip().isdigit()),
+                 None)
+    return found
 
 
 def legacy_match(candidates: list[dict[str, Any]], totals: set[Decimal], *, lone: bool = False

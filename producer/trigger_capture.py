@@ -15,6 +15,8 @@ How it works (all inside the application's transaction):
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import Connection, text
 
 from producer.aggregate_snapshots import AGGREGATES, TABLE_TO_AGGREGATES, snapshot_function_sql
@@ -55,8 +57,14 @@ $fn$;
 """
 
 
+SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 def _core_sql(source: str) -> str:
-    src = source.replace("'", "''")
+    if not SOURCE_RE.match(source):
+        raise ValueError(f"capture source {source!r}: letters, digits, '.', '_' and '-' only (it names this "
+                         "TimeTracker in every event and in QBO markers)")
+    src = source
     return f"""
 CREATE UNLOGGED TABLE IF NOT EXISTS ttsync_capture_pending (
   txid xid8 NOT NULL,

@@ -357,7 +357,7 @@ def capture_snapshot(
     types: TypesOpt = "client,invoice,expense,payment",
     dry_run: Annotated[bool, typer.Option(help="Count what would be enqueued; write nothing.")] = False,
     rate: Annotated[float | None, typer.Option(help="At most this many records per second.")] = None,
-    chunk_size: Annotated[int, typer.Option(help="Record ids read per query.")] = 500,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Record ids read per query.")] = 500,
     restart: Annotated[bool, typer.Option(help="Abandon an unfinished run with other options.")] = False,
     source: Annotated[str | None, typer.Option(help="Instance name put in every event.")] = None,
     as_json: JsonOpt = False,

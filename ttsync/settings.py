@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
     topic_prefix: str = Field(default="timetracker", description="Topics are <prefix>.<aggregate type>")
     group_id: str = Field(default="ttsync-qbo", description="Consumer group of the QBO consumer")
-    source: str = Field(default="timetracker", description="Name of the TimeTracker instance, put in every event")
+    source: str = Field(default="timetracker", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                        description="Name of the TimeTracker instance, put in every event and QBO marker")
 
     qbo_base_url: str = Field(default="http://127.0.0.1:8765", description="QBO API base URL (no /v3)")
     qbo_token_url: str = Field(

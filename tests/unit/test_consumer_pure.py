@@ -432,3 +432,30 @@ def test_any_headers_are_read_or_named_as_poison_never_a_crash(headers: list[tup
     delivery_generation(rec, 0)
     out = forward(rec, target_topic="tt.dlq", error=MalformedEvent("x"), group_id="g", attempts_here=1)
     assert out.topic == "tt.dlq"
+
+
+def test_markers_match_exactly_and_legacy_ids_are_digits() -> None:
+    from consumer.mapping import carries, legacy_qbo_id, marker
+
+    mark = marker("invoice", 1, "tt")
+    assert carries(f"{mark} thanks", mark) and carries(mark, mark)
+    assert not carries("ttsync:invoice:1@tt-eu thanks", mark)  # another TimeTracker instance's invoice
+    assert not carries("ttsync:invoice:12@tt", mark)
+    assert legacy_qbo_id("invoice", {"integration_metadata": {"quickbooks": {"invoice_id": "1234"}}}) == "1234"
+    for bad in ("12 OR 1=1", "INV-9", "https://qbo/12", ""):
+        assert legacy_qbo_id("invoice", {"integration_metadata": {"quickbooks": {"invoice_id": bad}}}) is None
+
+
+def test_capture_source_and_snapshot_chunk_size_are_validated() -> None:
+    import subprocess
+    import sys
+
+    from producer.trigger_capture import install_sql
+
+    assert "'acme-eu.1'" in install_sql("acme-eu.1")
+    for bad in ("", "two words", "x'; DROP TABLE invoices; --", "tt@eu"):
+        with pytest.raises(ValueError, match="capture source"):
+            install_sql(bad)
+    refused = subprocess.run([sys.executable, "-m", "ttsync", "capture", "snapshot", "--chunk-size", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "chunk-size" in refused.stderr
