@@ -125,3 +125,19 @@ def test_admin_api_and_html_page(sandbox: SandboxServer, qbo: QboTestClient) -> 
 def test_sandbox_refuses_non_loopback_addresses() -> None:
     with pytest.raises(ValueError, match="loopback"):
         SandboxServer(SandboxConfig(host="0.0.0.0", port=0))
+
+
+def test_the_admin_api_refuses_other_sites_and_rebound_hosts(sandbox: SandboxServer) -> None:
+    url = f"{sandbox.url}/__admin/stats"
+    assert requests.get(url, timeout=10).status_code == 200
+    assert requests.get(url, headers={"Origin": "https://evil.example"}, timeout=10).status_code == 403
+    assert requests.post(f"{sandbox.url}/__admin/reset", json={}, headers={"Host": "rebound.example:8765"},
+                         timeout=10).status_code == 403
+    assert requests.get(url, headers={"Origin": f"http://localhost:{sandbox.port}"}, timeout=10).status_code == 200
+
+
+def test_the_page_escapes_every_value_a_client_stored(sandbox: SandboxServer) -> None:
+    qbo = client_for(sandbox)
+    qbo.create("customer", {"DisplayName": "Plain", "Balance": "<script>alert(1)</script>"})
+    page = requests.get(f"{sandbox.url}/", timeout=10).text
+    assert "<script>" not in page and "&lt;script&gt;" in page

@@ -381,6 +381,22 @@ class Admin:
         return Reply(404, {"error": f"unknown admin path {path}"})
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def _foreign_admin_request(headers: dict[str, str]) -> str | None:
+    """Why an /__admin request is refused, or None. The admin API can reset or reconfigure the sandbox: a web
+    page the operator visits must not reach it, by a cross-site request (Origin) or by DNS rebinding (Host)."""
+    host = headers.get("host", "").rsplit(":", 1)[0] if not headers.get("host", "").startswith("[") else \
+        headers.get("host", "").split("]")[0] + "]"
+    if host not in LOCAL_HOSTS:
+        return f"admin requests must be addressed to 127.0.0.1 or localhost, not {host!r}"
+    origin = headers.get("origin")
+    if origin and urlsplit(origin).hostname not in LOCAL_HOSTS:
+        return f"admin requests from another site ({origin}) are refused"
+    return None
+
+
 def render_page(state: SandboxState) -> str:
     rows = []
     with state.lock:
@@ -395,10 +411,10 @@ def render_page(state: SandboxState) -> str:
                             "<th>Balance</th><th>Note</th></tr>")
                 for o in objs[-200:]:
                     name = o.get("DisplayName") or o.get("Name") or o.get("DocNumber") or ""
-                    rows.append(
-                        f"<tr><td>{o['Id']}</td><td>{o['SyncToken']}</td><td>{html.escape(str(name))}</td>"
-                        f"<td>{o.get('TotalAmt', '')}</td><td>{o.get('Balance', '')}</td>"
-                        f"<td>{html.escape(str(o.get('PrivateNote', ''))[:80])}</td></tr>")
+                    # Every cell escaped: a client can store any value in any field (stored XSS otherwise).
+                    cells = (o.get("Id"), o.get("SyncToken"), name, o.get("TotalAmt", ""), o.get("Balance", ""),
+                             str(o.get("PrivateNote", ""))[:80])
+                    rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
                 rows.append("</table>")
     body = "\n".join(rows) or "<p>Nothing synced yet.</p>"
     return (
@@ -452,7 +468,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif url.path == "/connect/oauth2" and method == "GET":
                 reply = self._authorize(params)
             elif url.path.startswith("/__admin"):
-                reply = self.server.admin.handle(method, url.path, params, body)
+                refusal = _foreign_admin_request(headers)
+                reply = Reply(403, {"error": refusal}) if refusal else \
+                    self.server.admin.handle(method, url.path, params, body)
             elif url.path in ("/", "/index.html") and method == "GET":
                 reply = Reply(200, render_page(state), "text/html; charset=utf-8")
             else:
