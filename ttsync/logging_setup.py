@@ -14,14 +14,22 @@ _SECRET_KEY = re.compile(
     r"(?:^|_)(token|secret|password|passwd|authorization|api_key|secret_key|credentials)$", re.IGNORECASE
 )
 _BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")  # postgresql://user:pass@host -> user:***@
+_PARAM = re.compile(r"((?:refresh_token|access_token|client_secret|password|code)=)[^&\s\"']+", re.IGNORECASE)
 REDACTED = "***"
 
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _BEARER.sub(r"\1 " + REDACTED, value)
+        value = _BEARER.sub(r"\1 " + REDACTED, value)
+        value = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", value)
+        return _PARAM.sub(r"\1" + REDACTED, value)
     if isinstance(value, dict):
         return {k: (REDACTED if _SECRET_KEY.search(str(k)) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v) for v in value)
+    if isinstance(value, BaseException):
+        return _redact_value(f"{type(value).__name__}: {value}")
     return value
 
 
@@ -60,8 +68,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
+            # Tracebacks are text first, then redacted like everything else (a URL with its password, a token
+            # in an exception's message).
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),

@@ -28,6 +28,24 @@ def test_redaction_of_secret_fields_and_bearer_values() -> None:
     assert out["token_endpoint"].startswith("http://")  # a URL, not a secret
 
 
+def test_urls_lists_and_tracebacks_are_redacted_too(capsys: pytest.CaptureFixture[str]) -> None:
+    out = redact_secrets(None, "info", {
+        "event": "db_unavailable", "url": "postgresql+psycopg://tt:s3cretpw@db:5432/timetracker",
+        "calls": ["Bearer abc.def", {"client_secret": "s3cr3t"}],
+        "body": "grant_type=refresh_token&refresh_token=RT-9"})
+    text = json.dumps(out)
+    for secret in ("s3cretpw", "abc.def", "s3cr3t", "RT-9"):
+        assert secret not in text
+    assert "tt:***@db:5432" in out["url"]
+    configure_logging("INFO", "json")
+    try:
+        raise RuntimeError("connect to postgresql://tt:hunter2hunter2@db/tt failed")
+    except RuntimeError:
+        structlog.get_logger("t").exception("failed")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "hunter2hunter2" not in line and "tt:***@db" in line
+
+
 def test_json_log_lines_never_carry_the_secret(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", "json")
     structlog.get_logger("t").info("token_refreshed", access_token="at-123456", realm="9130")
