@@ -67,8 +67,8 @@ def test_injected_5xx_latency_and_storm_are_seeded(sandbox: SandboxServer) -> No
     second = [qbo.get("companyinfo/9130000000000001").status_code for _ in range(40)]
     assert first == second  # the same seed replays the same failures
     assert {500, 503} & set(first) and 200 in first
-    failing = next(i for i, s in enumerate(first) if s >= 500)
-    assert failing >= 0
+    injected = sum(1 for s in first if s >= 500)
+    assert 10 <= injected <= 30  # error_rate 0.5 of 40 calls (seeded, so the same count every run)
     admin(sandbox, "config", {"error_rate": 0, "latency_ms": 150})
     started = time.monotonic()
     qbo.get("companyinfo/9130000000000001")
