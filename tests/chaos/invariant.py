@@ -140,6 +140,18 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
             v.applied += 1
 
     accounts = {str(a["Id"]): a for a in live.get("Account", [])}
+    # Every customer and transaction in QBO is ttsync's, so each carries a marker: one without (a second customer
+    # created by name, an invoice written twice) is a duplicate whatever the per-record checks say.
+    for entity in ("Customer", "Invoice", "Purchase", "Payment"):
+        for row in live.get(entity, []):
+            text = row.get("Notes") if entity == "Customer" else row.get("PrivateNote")
+            if "ttsync:" not in (text or "") and not row.get("Voided"):
+                v.duplicated += 1
+                v.problems.append(f"{entity} {row['Id']} carries no ttsync marker: {str(text)[:60]!r}")
+
+    def qbo_id_of(kind: str, agg: int | str) -> str | None:
+        found = index.get((kind, str(agg)), [])
+        return str(found[0]["Id"]) if len(found) == 1 else None
     with Session(engine) as s:
         v.changes = len(s.execute(select(outbox.c.id)).all())
         agg_seen = {(t, a) for t, a in s.execute(select(outbox.c.aggregatetype, outbox.c.aggregateid))}
@@ -161,6 +173,9 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
             poison = len(inv.invoice_number) > DOC_NUMBER_MAX
             if inv.status in ("sent", "paid") or (inv.status == "overdue" and str(inv.id) in issued):
                 def invoice_matches(e: dict[str, Any], i: Invoice = inv) -> str | None:
+                    customer = qbo_id_of("client", i.client_id)
+                    if (e.get("CustomerRef") or {}).get("value") != customer:
+                        return f"CustomerRef {e.get('CustomerRef')}, the client's QBO customer is {customer}"
                     # To the cent, against TimeTracker's own stored figures (what it shows and bills).
                     if _amount(e.get("TotalAmt", 0)) != _amount(i.total_amount):
                         return f"TotalAmt {e.get('TotalAmt')}, TimeTracker has {i.total_amount}"
@@ -211,6 +226,9 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
         for pay in s.scalars(select(Payment)):
             if pay.status == "completed":
                 def payment_matches(e: dict[str, Any], p: Payment = pay) -> str | None:
+                    linked = [t.get("TxnId") for ln in e.get("Line", []) for t in ln.get("LinkedTxn", [])]
+                    if linked != [qbo_id_of("invoice", p.invoice_id)]:
+                        return f"LinkedTxn {linked}, its invoice is {qbo_id_of('invoice', p.invoice_id)}"
                     got = _amount(e.get("TotalAmt", 0))
                     if got != _amount(p.amount):
                         return f"TotalAmt {got}, TimeTracker has {p.amount}"
