@@ -118,3 +118,29 @@ def test_the_strimzi_connector_carries_the_same_config() -> None:
         {k: v for k, v in want.items() if not k.startswith("database.") and k not in ("connector.class", "tasks.max")}
     connect = next(d for d in docs if d["kind"] == "KafkaConnect")
     assert connect["spec"]["build"]["plugins"][0]["artifacts"][0]["version"] == "3.6.1.Final"
+
+
+@pytest.mark.parametrize("name", ["relay.yaml", "consumer.yaml", "migrate-job.yaml"])
+def test_every_pod_runs_hardened(name: str) -> None:
+    pod = docs()[name]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+        # A read-only root: HOME (the lag window's state) and /tmp are a writable emptyDir.
+        assert {"name": "HOME", "value": "/tmp"} in container["env"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts["/tmp"] in {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+
+
+def test_a_network_policy_lets_in_only_the_metrics_port() -> None:
+    policy = docs()["networkpolicy.yaml"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    selected = policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    assert set(selected) == {"ttsync", "ttsync-migrate"}
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [9108]
+    egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress == {53, 5432, 9092, 9093, 443}
