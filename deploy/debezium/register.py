@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -12,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sqlalchemy.engine import make_url
 
 from producer.debezium_config import connector_config
 
@@ -27,13 +30,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rest", default="http://127.0.0.1:8083")
     parser.add_argument("--name", default="ttsync-outbox")
-    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--database-url-env", default="TTSYNC_DATABASE_URL",
+                        help="environment variable holding the database URL (a URL on the command line would show "
+                             "its password to every user of the machine)")
+    parser.add_argument("--secrets-dir", required=True, type=Path,
+                        help="where the worker can read the password file (FileConfigProvider)")
     parser.add_argument("--topic-prefix", default="timetracker")
     parser.add_argument("--slot", default=None, help="replication slot and publication (default "
                         "ttsync_outbox_<database>: one per database on a shared server)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
-    config = connector_config(args.database_url, args.topic_prefix, slot=args.slot)
+    database_url = os.environ.get(args.database_url_env)
+    if not database_url:
+        print(f"{args.database_url_env} is not set", file=sys.stderr)
+        return 2
+    # The password goes to a file only the worker's user reads; the connector config names it.
+    secrets = args.secrets_dir / f"{args.name}-db.properties"
+    secrets.parent.mkdir(parents=True, exist_ok=True)
+    secrets.touch(mode=0o600)
+    secrets.chmod(0o600)
+    secrets.write_text(f"password={make_url(database_url).password or ''}\n")
+    config = connector_config(database_url, args.topic_prefix, slot=args.slot, password_file=str(secrets))
     _call("PUT", f"{args.rest}/connectors/{args.name}/config", config)
     deadline = time.monotonic() + args.timeout
     state: dict = {}

@@ -70,6 +70,9 @@ producer.max.request.size=8388608
 producer.enable.idempotence=true
 producer.acks=all
 plugin.discovery=only_scan
+# Secrets stay out of the REST API and the config topic: the connector names a file (FileConfigProvider).
+config.providers=file
+config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider
 CFG
 }
 
@@ -114,9 +117,9 @@ start() {
 
 register() {
   rest_up || { log "no worker answers on $REST (run: $0 start)"; exit 1; }
+  : "${TTSYNC_DATABASE_URL:?TTSYNC_DATABASE_URL is not set}"  # read from the environment, never an argument
   python3 "$REPO/deploy/debezium/register.py" --rest "$REST" --name "$CONNECTOR" \
-    --database-url "${TTSYNC_DATABASE_URL:?TTSYNC_DATABASE_URL is not set}" \
-    --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" ${DEBEZIUM_SLOT:+--slot "$DEBEZIUM_SLOT"}
+    --secrets-dir "$STATE_DIR" --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" ${DEBEZIUM_SLOT:+--slot "$DEBEZIUM_SLOT"}
 }
 
 unregister() {

@@ -144,3 +144,12 @@ def test_a_network_policy_lets_in_only_the_metrics_port() -> None:
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [9108]
     egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress == {53, 5432, 9092, 9093, 443}
+
+
+def test_connect_sh_keeps_the_database_password_out_of_configs_and_command_lines() -> None:
+    script = (ROOT / "deploy" / "local" / "connect.sh").read_text()
+    assert "config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider" in script
+    register = script[script.index("register() {"):script.index("unregister() {")]
+    assert "--database-url " not in register and "--secrets-dir" in register
+    source = (ROOT / "deploy" / "debezium" / "register.py").read_text()
+    assert "password_file=str(secrets)" in source and "chmod(0o600)" in source
