@@ -296,16 +296,15 @@ class Removal:
     why: str
 
 
-def removals(drift: list[Drift], keepers: dict[str, str] | None = None) -> list[Removal]:
+def removals(drift: list[Drift], keeper: Callable[[Drift], str]) -> list[Removal]:
     """The destructive part of a fix, as a plan: every QBO entity ``--fix`` would void, delete or deactivate.
-    ``keepers``: per duplicate ("type:id") the QBO id that stays (the entity map's, else the oldest)."""
+    ``keeper``: which QBO id of a duplicate stays (``repair`` keeps the same: ``keeper_of``)."""
     out = []
     for d in drift:
         if d.kind == "extra":
             out += [Removal(d.qbo_entity, q, REMOVAL.get(d.qbo_entity, "delete"), d.detail) for q in d.qbo_ids]
         elif d.kind == "duplicate":
-            keep = (keepers or {}).get(f"{d.aggregate_type}:{d.aggregate_id}") or \
-                min(d.qbo_ids, key=lambda q: int(q) if q.isdigit() else 0)
+            keep = keeper(d)
             out += [Removal(d.qbo_entity, q, REMOVAL.get(d.qbo_entity, "delete"), f"duplicate of {keep}")
                     for q in d.qbo_ids if q != keep]
     return out
@@ -330,7 +329,7 @@ def repair(drift: list[Drift], *, timetracker: Engine, client: QboClient, store:
             if d.kind in ("missing", "different") and d.aggregate_id is not None:
                 _enqueue(d, timetracker, client, store, source)
             elif d.kind == "duplicate" and d.aggregate_id is not None:
-                keep = _keeper(d, store)
+                keep = keeper_of(d, store)
                 removed = [_remove(client, d.qbo_entity, qid) for qid in d.qbo_ids if qid != keep]
                 store.adopt(d.aggregate_type, d.aggregate_id, client.read(d.qbo_entity, keep),
                             version=_version(store, d))
@@ -350,7 +349,8 @@ def _version(store: StateStore, d: Drift) -> int:
     return m.last_version if m else 0
 
 
-def _keeper(d: Drift, store: StateStore) -> str:
+def keeper_of(d: Drift, store: StateStore) -> str:
+    """The QBO id of a duplicate that stays: the entity map's, else the oldest."""
     m = store.mapped(d.aggregate_type, d.aggregate_id or "")
     if m and m.qbo_id in d.qbo_ids:
         return m.qbo_id

@@ -121,16 +121,24 @@ class ReferenceResolver:
         cached = self._cached(cache_kind, key)
         if cached:
             return cached
+        found, problem = self.account_problem(wanted, types)
+        if problem is not None or found is None:
+            code, text = problem or ("missing_account", "")
+            raise MissingMapping(f"{what}: {text}. `ttsync map set` it to one that fits (`ttsync map check` lists "
+                                 "every mapping)", code=code)
+        return self._remember(cache_kind, key, str(found["Id"]), str(found.get("Name")))
+
+    def account_problem(self, wanted: str, types: frozenset[str] | None
+                        ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """(the account QBO has for ``wanted``, why it cannot serve: (error code, text)) — one rule for the
+        consumer, ``ttsync map check`` and ``ttsync map set``. Reads only."""
         found = self.account_entity(wanted)
         if found is None:
-            raise MissingMapping(f"{what} is mapped to account {wanted!r}, which QBO does not have: `ttsync map set "
-                                 "...` it to one that exists (`ttsync map check` lists them all)",
-                                 code="missing_account")
-        if found.get("AccountType") not in types:
-            raise MissingMapping(f"{what} is mapped to account {found.get('Name')!r} (id {found['Id']}), a "
-                                 f"{found.get('AccountType')} account; it must be {' or '.join(sorted(types))}",
-                                 code="wrong_account_type")
-        return self._remember(cache_kind, key, str(found["Id"]), str(found.get("Name")))
+            return None, ("missing_account", f"QBO has no account {wanted!r}")
+        if types is not None and found.get("AccountType") not in types:
+            return found, ("wrong_account_type", f"account {found.get('Name')!r} (id {found['Id']}) is a "
+                           f"{found.get('AccountType')} account; it must be {' or '.join(sorted(types))}")
+        return found, None
 
     # -- accounts ----------------------------------------------------------------------------------------
 
@@ -215,13 +223,11 @@ class ReferenceResolver:
         return out
 
     def _check(self, kind: str, key: str, wanted: str, types: frozenset[str] | None) -> Resolution:
-        found = self.account_entity(wanted)
+        found, problem = self.account_problem(wanted, types)
         if found is None:
-            return Resolution(kind, key, wanted, problem="QBO has no such account")
-        atype = found.get("AccountType")
-        problem = None if types is None or atype in types else \
-            f"a {atype} account; must be {' or '.join(sorted(types))}"
-        return Resolution(kind, key, wanted, str(found["Id"]), found.get("Name"), atype, problem)
+            return Resolution(kind, key, wanted, problem=problem[1] if problem else None)
+        return Resolution(kind, key, wanted, str(found["Id"]), found.get("Name"), found.get("AccountType"),
+                          problem[1] if problem else None)
 
     # -- items and vendors -------------------------------------------------------------------------------
 

@@ -477,11 +477,9 @@ def reconcile(
 
 def _confirm_removals(report: Any, store: Any, *, yes: bool, max_deletes: int, as_json: bool) -> None:
     """Show what --fix would take out of QBO; refuse (exit 2) when it is unsafe or not confirmed."""
-    from consumer.reconcile import removal_refusal, removals
+    from consumer.reconcile import keeper_of, removal_refusal, removals
 
-    keepers = {f"{d.aggregate_type}:{d.aggregate_id}": m.qbo_id for d in report.drift if d.kind == "duplicate"
-               and (m := store.mapped(d.aggregate_type, d.aggregate_id or "")) and m.qbo_id in d.qbo_ids}
-    plan = removals(report.drift, keepers)
+    plan = removals(report.drift, lambda d: keeper_of(d, store))
     if not plan:
         return
     refusal = removal_refusal(plan, report.checked, max_removals=max_deletes)
@@ -794,13 +792,8 @@ def _target_problem(resolver: Any, kind: str, key: str, target: str) -> str | No
             ptype = key if key in PAYING_ACCOUNT_TYPES else resolver.options.payment_types.get(
                 key.strip().lower(), resolver.options.default_payment_type)
             types = PAYING_ACCOUNT_TYPES[ptype]
-        found = resolver.account_entity(target)
-        if found is None:
-            return "QBO has no such account"
-        if found.get("AccountType") not in types:
-            return f"{found.get('Name')!r} is a {found.get('AccountType')} account; it must be " \
-                   f"{' or '.join(sorted(types))}"
-        return None
+        _found, problem = resolver.account_problem(target, types)
+        return problem[1] if problem else None
     entity, field = {"item": ("Item", "Name"), "vendor": ("Vendor", "DisplayName"),
                      "customer": ("Customer", "DisplayName")}[kind]
     if target.isdigit():

@@ -181,8 +181,9 @@ def test_a_category_mapped_to_an_income_account_is_refused_not_booked(h: Any) ->
         h.applier.apply(ev("expense", expense(1, "services", "cash"), 1, "created"))
     assert err.value.code == "wrong_account_type" and h.qbo("Purchase") == []
     h.applier.resolver.config.expense_accounts["exotic"] = "No Such Account"
-    with pytest.raises(MissingMapping, match="does not have"):
+    with pytest.raises(MissingMapping, match="QBO has no account 'No Such Account'") as missing:
         h.applier.apply(ev("expense", expense(2, "exotic", "cash"), 1, "created"))
+    assert missing.value.code == "missing_account"
 
 
 def test_bleach_escaped_names_arrive_exactly(h: Any) -> None:

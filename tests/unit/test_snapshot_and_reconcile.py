@@ -212,7 +212,7 @@ def test_a_fix_against_an_empty_timetracker_or_beyond_the_cap_is_refused() -> No
            "Customer": [{"Id": "70", "Notes": "ttsync:client:9@tt", "DisplayName": "Gone Ltd"}]}
     # A wrong database: every marked entity looks like an extra.
     drift = judge({}, qbo, {}, POLICY, "tt", still_in_timetracker=lambda _t, _ids: set())
-    plan = removals(drift)
+    plan = removals(drift, lambda d: d.qbo_ids[0])
     assert {(r.entity, r.how) for r in plan} == {("Invoice", "void"), ("Customer", "deactivate")}  # never deleted
     assert "reads as empty" in (removal_refusal(plan, {"invoice": 0, "client": 0}, max_removals=100) or "")
     assert "--max-deletes 3" in (removal_refusal(plan, {"invoice": 7}, max_removals=3) or "")
