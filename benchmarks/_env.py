@@ -15,8 +15,8 @@ from ttsync.local_services import ensure_kafka, ensure_postgres
 
 
 def kafka_bootstrap() -> str:
-    bootstrap, _ = ensure_kafka(os.environ.get("TTSYNC_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
-    return bootstrap
+    connection, _ = ensure_kafka(os.environ.get("TTSYNC_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    return connection.bootstrap_servers
 
 
 def postgres_url() -> str:

@@ -22,6 +22,7 @@ from kafka.structs import OffsetAndMetadata
 
 from schemas.codec import headers_to_dict
 from schemas.contract import DLQ_REPLAY_GROUP_SUFFIX, Header
+from schemas.kafka_client import KafkaConnection, as_connection
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,10 @@ def _to_dead_letter(rec: Any) -> DeadLetter:
                       headers_to_dict(raw), raw)
 
 
-def scan(bootstrap: str, topic: str, *, group: str | None = None, from_beginning: bool = True,
+def scan(bootstrap: KafkaConnection | str, topic: str, *, group: str | None = None, from_beginning: bool = True,
          timeout_s: float = 10.0) -> Iterator[tuple[TopicPartition, DeadLetter]]:
     """Every record of the DLQ up to its end when the scan started (from the group's position if given)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+    consumer = KafkaConsumer(**as_connection(bootstrap).client_config(), group_id=group, enable_auto_commit=False,
                              client_id=f"ttsync-dlq-{uuid.uuid4().hex[:6]}")
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or [])
@@ -141,14 +142,15 @@ def scan(bootstrap: str, topic: str, *, group: str | None = None, from_beginning
         consumer.close()
 
 
-def list_dead_letters(bootstrap: str, topic: str, flt: DlqFilter) -> tuple[list[DeadLetter], Counter[str]]:
+def list_dead_letters(bootstrap: KafkaConnection | str, topic: str,
+                      flt: DlqFilter) -> tuple[list[DeadLetter], Counter[str]]:
     found = [d for _, d in scan(bootstrap, topic) if flt.matches(d)]
     return found, Counter(d.error_code for d in found)
 
 
-def show(bootstrap: str, topic: str, ref: str) -> DeadLetter | None:
+def show(bootstrap: KafkaConnection | str, topic: str, ref: str) -> DeadLetter | None:
     partition, _, offset = ref.partition(":")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**as_connection(bootstrap).client_config(), enable_auto_commit=False)
     try:
         tp = TopicPartition(topic, int(partition))
         consumer.assign([tp])
@@ -170,15 +172,16 @@ class ReplayResult:
     dry_run: bool = False
 
 
-def replay(bootstrap: str, topic: str, base_group: str, flt: DlqFilter, *, dry_run: bool = False,
+def replay(bootstrap: KafkaConnection | str, topic: str, base_group: str, flt: DlqFilter, *, dry_run: bool = False,
            limit: int | None = None, rate_per_s: float | None = None, from_beginning: bool = False,
            on_record: Callable[[DeadLetter, bool], None] | None = None) -> ReplayResult:
     """Send matching dead letters back to their original topics, committing the replay position as it goes."""
     group = base_group + DLQ_REPLAY_GROUP_SUFFIX
     result = ReplayResult(dry_run=dry_run)
-    producer = None if dry_run else KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+    connection = as_connection(bootstrap)
+    producer = None if dry_run else KafkaProducer(**connection.client_config(), acks="all", enable_idempotence=True,
                                                    max_request_size=8 * 1024 * 1024)
-    committer = None if dry_run else KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+    committer = None if dry_run else KafkaConsumer(**connection.client_config(), group_id=group,
                                                    enable_auto_commit=False)
     # Per partition: may the saved position still move? Only over records replayed, never past one a filter
     # skipped (a mistyped --error must not hide dead letters from the next, correct replay). Records replayed
@@ -186,7 +189,7 @@ def replay(bootstrap: str, topic: str, base_group: str, flt: DlqFilter, *, dry_r
     # knows their event ids.
     movable: dict[Any, bool] = {}
     try:
-        for tp, d in scan(bootstrap, topic, group=group, from_beginning=from_beginning):
+        for tp, d in scan(connection, topic, group=group, from_beginning=from_beginning):
             if limit is not None and result.replayed >= limit:
                 break
             result.considered += 1

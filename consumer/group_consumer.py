@@ -29,6 +29,7 @@ from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, Sto
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
 from schemas.contract import all_topics, dlq_topic, retry_topic
+from schemas.kafka_client import KafkaConnection, as_connection
 
 log = structlog.get_logger("ttsync.consumer")
 
@@ -84,9 +85,9 @@ def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
 
 
 class GroupConsumer:
-    def __init__(self, *, bootstrap_servers: str, group_id: str, topic_prefix: str, applier: EventApplier,
-                 policy: RetryPolicy, max_poll_records: int = 100, client_id: str = "ttsync-consumer",
-                 session_timeout_ms: int = 10_000, batch_min_records: int = 10,
+    def __init__(self, *, bootstrap_servers: KafkaConnection | str, group_id: str, topic_prefix: str,
+                 applier: EventApplier, policy: RetryPolicy, max_poll_records: int = 100,
+                 client_id: str = "ttsync-consumer", session_timeout_ms: int = 10_000, batch_min_records: int = 10,
                  unjoined_exit_s: float = 120.0) -> None:
         self.group_id = group_id
         self.prefix = topic_prefix
@@ -97,14 +98,15 @@ class GroupConsumer:
         self.stats = ConsumerStats()
         self.batch_min_records = batch_min_records
         self._stop = threading.Event()
+        connection = as_connection(bootstrap_servers)
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers, group_id=group_id, client_id=client_id,
+            **connection.client_config(), group_id=group_id, client_id=client_id,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_poll_records,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
             # One event can wait a 429's Retry-After in place: allow it between polls.
             max_poll_interval_ms=900_000, metadata_max_age_ms=30_000,
         )
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
+        self.producer = KafkaProducer(**connection.client_config(), acks="all", enable_idempotence=True,
                                       client_id=f"{client_id}-forward", max_request_size=8 * 1024 * 1024)
         self._paused: dict[TopicPartition, float] = {}
         self.unjoined_exit_s = unjoined_exit_s

@@ -20,6 +20,8 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from schemas.kafka_client import KafkaConnection, as_connection
+
 STATUSES = ("OK", "WARN", "STALL", "STOP", "ERR")
 REBALANCING = ("PreparingRebalance", "CompletingRebalance")
 
@@ -84,8 +86,8 @@ def _members(described: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[tupl
     return members, owner
 
 
-def measure(bootstrap: str, group: str, topic: str | None = None) -> GroupLag:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ttsync-lag")
+def measure(bootstrap: KafkaConnection | str, group: str, topic: str | None = None) -> GroupLag:
+    admin = KafkaAdminClient(**as_connection(bootstrap).client_config(), client_id="ttsync-lag")
     try:
         described = admin.describe_groups([group]).get(group, {})
         committed = admin.list_group_offsets(group).get(group, {})
@@ -98,7 +100,7 @@ def measure(bootstrap: str, group: str, topic: str | None = None) -> GroupLag:
     topics = sorted({tp.topic for tp in committed} | {t for t, _ in owner})
     if topic:
         topics = [t for t in topics if t == topic]
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    reader = KafkaConsumer(**as_connection(bootstrap).client_config(), group_id=None, enable_auto_commit=False,
                            client_id=f"ttsync-lag-{uuid.uuid4().hex[:6]}")
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or [])]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from consumer.errors import MalformedEvent
 from schemas.events import EventEnvelope
 
 
@@ -52,6 +53,8 @@ class SyncPolicy:
     payment_sync: frozenset[str] = field(default_factory=lambda: frozenset({"completed"}))
     payment_void: frozenset[str] = field(default_factory=lambda: frozenset({"refunded", "failed"}))
     sync_clients: bool = True
+    max_version_jump: int = 1_000_000
+    """An event this many versions ahead of what the entity map knows is not believed (0 = no limit)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ def was_issued(payload: dict[str, Any]) -> bool:
 
 
 def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> Decision:
+    known = mapped.last_version if mapped is not None else 0
+    if policy.max_version_jump and event.aggregate_version - known > policy.max_version_jump:
+        # Applied, it would make every later real change of the aggregate look older and be skipped for good:
+        # a forged or corrupted record must be dead-lettered, not believed.
+        raise MalformedEvent(f"version {event.aggregate_version} of {event.aggregate_type} {event.aggregate_id} "
+                             f"is {event.aggregate_version - known} ahead of the last one known ({known}); more "
+                             f"than {policy.max_version_jump} is not plausible", code="implausible_version")
     if mapped is not None and mapped.last_version >= event.aggregate_version:
         return Decision(Action.SKIP, f"version {event.aggregate_version} is not newer than {mapped.last_version}")
     in_qbo = mapped is not None and mapped.in_qbo

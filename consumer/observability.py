@@ -11,11 +11,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
 from consumer.lag import measure
+from schemas.kafka_client import KafkaConnection, as_connection
 from ttsync.local_services import kafka_answers
 
 
 class LagCollector(Collector):
-    def __init__(self, bootstrap: str, group: str) -> None:
+    def __init__(self, bootstrap: KafkaConnection | str, group: str) -> None:
         self.bootstrap = bootstrap
         self.group = group
 
@@ -39,10 +40,10 @@ class LagCollector(Collector):
         yield from (messages, seconds, committed)
 
 
-def readiness(bootstrap: str, engine: Engine) -> dict[str, str]:
+def readiness(bootstrap: KafkaConnection | str, engine: Engine) -> dict[str, str]:
     problems = {"broker": "", "database": ""}
     if not kafka_answers(bootstrap, timeout_s=2):
-        problems["broker"] = f"no Kafka broker answers at {bootstrap}"
+        problems["broker"] = f"no Kafka broker answers at {as_connection(bootstrap).bootstrap_servers}"
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

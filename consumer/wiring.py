@@ -74,6 +74,7 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
         expense_sync=frozenset(settings.expense_sync_statuses),
         payment_sync=frozenset(settings.payment_sync_statuses),
         sync_clients=settings.sync_clients,
+        max_version_jump=settings.max_version_jump,
     )
     applier = EventApplier(client, store, resolver, policy, options, adopt_legacy=settings.adopt_legacy)
     retry = RetryPolicy(inplace_attempts=settings.retry_inplace_attempts, backoff_base_s=settings.retry_backoff_s,
@@ -86,7 +87,7 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
 def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-consumer",
                    session_timeout_ms: int = 10_000) -> GroupConsumer:
     parts = parts or build_parts(settings)
-    return GroupConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.group_id,
+    return GroupConsumer(bootstrap_servers=settings.kafka, group_id=settings.group_id,
                          topic_prefix=settings.topic_prefix, applier=parts.applier, policy=parts.policy,
                          max_poll_records=settings.consumer_max_poll_records, client_id=client_id,
                          batch_min_records=settings.qbo_batch_min_backlog,

@@ -15,6 +15,8 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+from schemas.kafka_client import KafkaConnection, as_connection
+
 log = structlog.get_logger("ttsync.relay.kafka")
 
 MAX_RECORD_BYTES = 8 * 1024 * 1024
@@ -49,8 +51,9 @@ class _Failed:
 class KafkaRecordPublisher:
     """kafka-python producer configured for an outbox relay: idempotent, acks=all, ordered per partition."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str = "ttsync-relay", timeout_s: float = 15.0):
-        self._bootstrap = bootstrap_servers
+    def __init__(self, bootstrap_servers: KafkaConnection | str, *, client_id: str = "ttsync-relay",
+                 timeout_s: float = 15.0):
+        self._connection = as_connection(bootstrap_servers)
         self._client_id = client_id
         self._timeout_s = timeout_s
         self._producer: KafkaProducer | None = None
@@ -59,7 +62,7 @@ class KafkaRecordPublisher:
         if self._producer is None:
             timeout_ms = int(self._timeout_s * 1000)
             self._producer = KafkaProducer(
-                bootstrap_servers=self._bootstrap,
+                **self._connection.client_config(),
                 client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
@@ -118,10 +121,10 @@ class KafkaRecordPublisher:
             self._producer = None
 
 
-def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int, replication: int,
+def ensure_topics(bootstrap_servers: KafkaConnection | str, topics: Sequence[str], partitions: int, replication: int,
                   configs: dict[str, str] | None = None) -> list[str]:
     """Create the topics that do not exist yet (with ``configs``, e.g. retention); returns those created."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="ttsync-admin")
+    admin = KafkaAdminClient(**as_connection(bootstrap_servers).client_config(), client_id="ttsync-admin")
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]

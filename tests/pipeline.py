@@ -19,7 +19,8 @@ from consumer.group_consumer import ConsumerStats, GroupConsumer, consumer_topic
 from consumer.wiring import build_consumer, build_parts
 from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
 from producer.outbox_relay import OutboxRelay
-from schemas.contract import dlq_topic, dlq_topic_configs
+from schemas.contract import all_topics, dlq_topic, dlq_topic_configs
+from schemas.kafka_client import KafkaConnection
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
 
@@ -36,6 +37,8 @@ class Pipeline:
     sandbox: SandboxServer
     overrides: dict[str, Any] = field(default_factory=dict)
     refresh_token: str = ""
+    relay_kafka: KafkaConnection | None = None
+    """The relay's own connection when it differs from the consumer's (a secured broker: its own principal)."""
 
     def settings(self, **extra: Any) -> Settings:
         values: dict[str, Any] = {
@@ -61,11 +64,13 @@ class Pipeline:
 
     def create_topics(self) -> None:
         s = self.settings()
-        ensure_topics(self.bootstrap, consumer_topics(self.prefix, s.retry_topic_delays_s), 3, 1)
-        ensure_topics(self.bootstrap, [dlq_topic(self.prefix)], 1, 1, dlq_topic_configs(s.dlq_retention_days))
+        # The aggregate topics are the relay's to create, the retry and dead-letter topics the consumer's.
+        ensure_topics(self.relay_kafka or s.kafka, all_topics(self.prefix), 3, 1)
+        ensure_topics(s.kafka, consumer_topics(self.prefix, s.retry_topic_delays_s), 3, 1)
+        ensure_topics(s.kafka, [dlq_topic(self.prefix)], 1, 1, dlq_topic_configs(s.dlq_retention_days))
 
     def relay(self) -> int:
-        publisher = KafkaRecordPublisher(self.bootstrap)
+        publisher = KafkaRecordPublisher(self.relay_kafka or self.bootstrap)
         try:
             return OutboxRelay(self.engine, publisher, topic_prefix=self.prefix).run(idle_exit=True).published
         finally:
@@ -122,7 +127,8 @@ def start_sandbox(**config: Any) -> SandboxServer:
 
 @contextmanager
 def pipeline_on(engine: Engine, db_url: str, bootstrap: str, prefix: str, group: str, *,
-                sandbox: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Iterator[Pipeline]:
+                sandbox: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                relay_kafka: KafkaConnection | None = None) -> Iterator[Pipeline]:
     """Capture triggers on the database, a sandbox (``sandbox``: its config), a refresh token, the topics."""
     from producer.trigger_capture import install_triggers
 
@@ -131,7 +137,7 @@ def pipeline_on(engine: Engine, db_url: str, bootstrap: str, prefix: str, group:
     server = start_sandbox(**{"requests_per_minute": 6000, "concurrent_requests": 20, **(sandbox or {})})
     token = requests.post(f"{server.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
     pipe = Pipeline(engine, db_url, bootstrap, prefix, group, server, overrides=dict(overrides or {}),
-                    refresh_token=token["refresh_token"])
+                    refresh_token=token["refresh_token"], relay_kafka=relay_kafka)
     pipe.create_topics()
     try:
         yield pipe

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.kafka_client import KafkaConnection
 from ttsync.local_services import DEPLOY_LOCAL, kafka_answers, run_script
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -116,6 +117,59 @@ def kafka_service() -> Iterator[str]:
         return
     with private_broker() as broker:
         yield broker.bootstrap
+
+
+@dataclass
+class SecuredBroker:
+    """A broker of deploy/local/kafka.sh with KAFKA_SECURITY=sasl_ssl: SASL_SSL only, SCRAM users, ACLs."""
+
+    port: int
+    state_dir: Path
+    prefix: str
+    group: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self, user: str) -> dict[str, str]:
+        """The TTSYNC_KAFKA_* settings kafka.sh wrote for ``user`` (admin, ttsync-relay, ttsync-consumer)."""
+        lines = (self.state_dir / f"{user}.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+    def settings(self, user: str) -> dict[str, str]:
+        """The same as keyword arguments of ttsync.settings.Settings."""
+        return {k.removeprefix("TTSYNC_").lower(): v for k, v in self.env(user).items()}
+
+    def connection(self, user: str) -> KafkaConnection:
+        s = self.settings(user)
+        return KafkaConnection(bootstrap_servers=s["kafka_bootstrap_servers"],
+                               security_protocol=s["kafka_security_protocol"],  # type: ignore[arg-type]
+                               sasl_mechanism=s["kafka_sasl_mechanism"],  # type: ignore[arg-type]
+                               sasl_username=s["kafka_sasl_username"], sasl_password=s["kafka_sasl_password"],
+                               ssl_cafile=s["kafka_ssl_cafile"])
+
+
+@contextmanager
+def secured_broker(prefix: str, group: str, retry_delays: str) -> Iterator[SecuredBroker]:
+    """A private SASL_SSL broker whose ACLs are those ttsync documents for ``prefix`` and ``group``."""
+    state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-sasl-"))
+    broker = SecuredBroker(_free_port_pair(), state, prefix, group)
+    env = {"KAFKA_PORT": str(broker.port), "KAFKA_CONTROLLER_PORT": str(broker.port + 1),
+           "KAFKA_STATE_DIR": str(state), "KAFKA_SECURITY": "sasl_ssl", "KAFKA_ACL_PREFIX": prefix,
+           "KAFKA_ACL_GROUP": group, "KAFKA_ACL_RETRY_DELAYS": retry_delays}
+    try:
+        run_script("kafka.sh", "start", env)
+    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
+        shutil.rmtree(state, ignore_errors=True)
+        unavailable(f"cannot start a SASL_SSL Kafka broker: {exc}")
+    try:
+        yield broker
+    finally:
+        try:
+            run_script("kafka.sh", "stop", env)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @dataclass

@@ -517,13 +517,13 @@ def relay(
     engine = make_engine(settings.database_url)
     if create_topics:
         try:
-            created = ensure_topics(settings.kafka_bootstrap_servers, all_topics(settings.topic_prefix),
+            created = ensure_topics(settings.kafka, all_topics(settings.topic_prefix),
                                     settings.topic_partitions, settings.topic_replication_factor)
             if created:
                 log.info("topics_created", topics=created)
         except Exception as exc:  # noqa: BLE001 - the relay still runs and retries publishing
             log.warning("topic_creation_failed", error=repr(exc))
-    publisher = KafkaRecordPublisher(settings.kafka_bootstrap_servers)
+    publisher = KafkaRecordPublisher(settings.kafka)
     worker = OutboxRelay(
         engine, publisher, topic_prefix=settings.topic_prefix, batch_size=settings.relay_batch_size,
         poll_interval_s=settings.relay_poll_interval_s, buckets=settings.relay_buckets,
@@ -567,9 +567,9 @@ def consume(
     log = structlog.get_logger("ttsync.cli")
     if create_topics:
         topics = consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s)
-        ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions,
+        ensure_topics(settings.kafka, topics, settings.topic_partitions,
                       settings.topic_replication_factor)
-        ensure_topics(settings.kafka_bootstrap_servers, [dlq_topic(settings.topic_prefix)], 1,
+        ensure_topics(settings.kafka, [dlq_topic(settings.topic_prefix)], 1,
                       settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
     try:
         parts = build_parts(settings)
@@ -581,7 +581,7 @@ def consume(
     from consumer.observability import LagCollector
 
     if metrics_port or settings.metrics_port:
-        metrics.REGISTRY.register(LagCollector(settings.kafka_bootstrap_servers, settings.group_id))
+        metrics.REGISTRY.register(LagCollector(settings.kafka, settings.group_id))
     server = _serve_metrics(settings, parts.engine, metrics.REGISTRY, metrics_port)
 
     def _graceful(signum: int, _frame: Any) -> None:
@@ -626,7 +626,7 @@ def lag(
     group = group or settings.group_id
     while True:
         try:
-            result = evaluate(measure(settings.kafka_bootstrap_servers, group, topic), window=window)
+            result = evaluate(measure(settings.kafka, group, topic), window=window)
         except GroupNotFound as exc:
             if as_json:
                 _emit_json({"group": group, "status": "NOTFOUND", "message": str(exc)})
@@ -688,7 +688,7 @@ def dlq_list(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt
     from schemas.contract import dlq_topic
 
     settings = _settings()
-    found, counts = list_dead_letters(settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix),
+    found, counts = list_dead_letters(settings.kafka, dlq_topic(settings.topic_prefix),
                                       _dlq_filter(event_type, aggregate, error, since, until))
     if as_json:
         _emit_json({"count": len(found), "by_reason": dict(counts), "records": [d.summary() for d in found]})
@@ -713,7 +713,7 @@ def dlq_show(ref: Annotated[str, typer.Argument(help="partition:offset, as `ttsy
     from schemas.contract import dlq_topic
 
     settings = _settings()
-    found = show(settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix), ref)
+    found = show(settings.kafka, dlq_topic(settings.topic_prefix), ref)
     if found is None:
         err_console.print(f"[red]no dead-lettered record {ref}[/]")
         raise typer.Exit(EXIT_FAILED)
@@ -744,7 +744,7 @@ def dlq_replay(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrO
             log.info("dlq_replay" if not dry_run else "dlq_replay_dry_run", ref=d.ref, event_type=d.event_type,
                      aggregate_id=d.key, to=d.original_topic, reason=d.error_code)
 
-    result = replay(settings.kafka_bootstrap_servers, dlq_topic(settings.topic_prefix), settings.group_id,
+    result = replay(settings.kafka, dlq_topic(settings.topic_prefix), settings.group_id,
                     _dlq_filter(event_type, aggregate, error, since, until), dry_run=dry_run, limit=limit,
                     rate_per_s=rate, from_beginning=from_beginning, on_record=progress)
     if as_json:
@@ -882,7 +882,7 @@ def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | N
     from consumer.observability import readiness
     from ttsync.health_server import HealthServer
 
-    server = HealthServer(registry, lambda: readiness(settings.kafka_bootstrap_servers, engine), port,
+    server = HealthServer(registry, lambda: readiness(settings.kafka, engine), port,
                           settings.metrics_host).start()
     structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
     return server

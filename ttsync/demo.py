@@ -47,6 +47,7 @@ from producer.timetracker_schema import (
     User,
 )
 from schemas.contract import dlq_topic, dlq_topic_configs, topic_for
+from schemas.kafka_client import KafkaConnection
 from ttsync.local_services import ensure_kafka, ensure_postgres, run_script
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
@@ -161,7 +162,8 @@ class Demo:
 
     def _run(self, base: Settings) -> None:
         say = self.console.print
-        bootstrap, started_kafka = ensure_kafka(base.kafka_bootstrap_servers)
+        kafka, started_kafka = ensure_kafka(base.kafka)
+        bootstrap = kafka.bootstrap_servers
         if started_kafka:
             port = bootstrap.rsplit(":", 1)[1]
             self.cleanups.append(lambda: run_script("kafka.sh", "stop", {"KAFKA_PORT": port}))
@@ -191,10 +193,10 @@ class Demo:
             "secret_key": base.qbo_client_secret.__class__(uuid.uuid4().hex), "retry_topic_delays_s": [2, 5],
             "relay_poll_interval_s": 0.2,
         })
-        ensure_topics(bootstrap, [*consumer_topics(prefix, settings.retry_topic_delays_s)], 3, 1)
-        ensure_topics(bootstrap, [dlq_topic(prefix)], 1, 1, dlq_topic_configs(settings.dlq_retention_days))
+        ensure_topics(kafka, [*consumer_topics(prefix, settings.retry_topic_delays_s)], 3, 1)
+        ensure_topics(kafka, [dlq_topic(prefix)], 1, 1, dlq_topic_configs(settings.dlq_retention_days))
 
-        publisher = KafkaRecordPublisher(bootstrap)
+        publisher = KafkaRecordPublisher(kafka)
         relay = OutboxRelay(engine, publisher, topic_prefix=prefix, poll_interval_s=0.2)
         parts = build_parts(settings)
         worker = build_consumer(settings, parts)
@@ -217,7 +219,7 @@ class Demo:
         say("Playing TimeTracker activity: clients, invoices draft -> sent -> paid/cancelled, payments, expenses "
             "(one with a category QBO has no account for), and one malformed record ...")
         play_activity(factory, self.quick)
-        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        producer = KafkaProducer(**kafka.client_config())
         producer.send(topic_for("invoice", prefix), key=b"9999", value=b'{"event_type": "invoice.updated", '
                       b'"schema_version": "1.0", "payload": "half a record').get(10)
         producer.close()
@@ -238,12 +240,12 @@ class Demo:
             "then `ttsync dlq replay --error missing_account`")
         parts.store.set_ref("override:expense_account", "equipment rental", "Office Supplies", "Office Supplies")
         before = worker.stats.applied
-        replayed = replay(bootstrap, dlq_topic(prefix), settings.group_id, DlqFilter(error="missing_account"))
+        replayed = replay(kafka, dlq_topic(prefix), settings.group_id, DlqFilter(error="missing_account"))
         self.result.replayed = replayed.replayed
         self._watch(lambda: worker.stats.applied >= before + replayed.replayed, relay, worker, captured, settings,
                     timeout_s=60)
         self._summary("after the replay", sandbox, worker, relay, captured())
-        left = [d for d in self._dead_letters(bootstrap, prefix) if d.replay_count == 0
+        left = [d for d in self._dead_letters(kafka, prefix) if d.replay_count == 0
                 and d.error_code != "missing_account"]
         self.result.dead_letters_left = {}
         for d in left:
@@ -262,10 +264,10 @@ class Demo:
         return url
 
     @staticmethod
-    def _dead_letters(bootstrap: str, prefix: str) -> list[Any]:
+    def _dead_letters(kafka: KafkaConnection, prefix: str) -> list[Any]:
         from consumer.dlq_tools import scan
 
-        return [d for _, d in scan(bootstrap, dlq_topic(prefix))]
+        return [d for _, d in scan(kafka, dlq_topic(prefix))]
 
     def _watch(self, done: Any, relay: OutboxRelay, worker: Any, captured: Any, settings: Settings,
                timeout_s: float) -> None:
@@ -277,7 +279,7 @@ class Demo:
             for col in ("captured", "published", "applied", "skipped", "retried", "dead-lettered", "lag"):
                 t.add_column(col, justify="right")
             try:
-                lag = sum(p.lag for p in measure(settings.kafka_bootstrap_servers, settings.group_id).partitions)
+                lag = sum(p.lag for p in measure(settings.kafka, settings.group_id).partitions)
             except Exception:  # noqa: BLE001 - the group may not have committed yet
                 lag = 0
             t.add_row(str(captured()), str(relay.stats.published), str(s.applied), str(s.skipped),

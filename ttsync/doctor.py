@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from producer import migrate
 from producer.database import make_engine
+from schemas.kafka_client import KafkaConnection
 from ttsync.local_services import ServiceUnavailable, ensure_kafka
 from ttsync.settings import Settings
 
@@ -56,18 +57,20 @@ def _server_version(engine: Any) -> str:
     return "?"
 
 
-def check_kafka(bootstrap: str, *, start: bool) -> tuple[Check, str | None]:
+def check_kafka(kafka: KafkaConnection, *, start: bool) -> tuple[Check, KafkaConnection | None]:
     started = time.monotonic()
     try:
-        address, started_here = ensure_kafka(bootstrap, start=start)
+        connection, started_here = ensure_kafka(kafka, start=start)
     except ServiceUnavailable as exc:
         return Check("kafka", False, str(exc), time.monotonic() - started), None
     how = "started from deploy/local/kafka.sh" if started_here else "already running"
-    return Check("kafka", True, f"broker at {address} ({how})", time.monotonic() - started,
-                 {"bootstrap": address, "started": started_here}), address
+    address = connection.bootstrap_servers
+    return Check("kafka", True, f"broker at {address}, {connection.security_protocol} ({how})",
+                 time.monotonic() - started, {"bootstrap": address, "started": started_here,
+                                              "security_protocol": connection.security_protocol}), connection
 
 
-def check_roundtrip(bootstrap: str) -> Check:
+def check_roundtrip(kafka: KafkaConnection) -> Check:
     """Produce one record with a key and headers to a fresh topic, consume it back, compare, clean up."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
     from kafka.admin import NewTopic
@@ -76,13 +79,13 @@ def check_roundtrip(bootstrap: str) -> Check:
     topic = f"ttsync.doctor.{uuid.uuid4().hex[:12]}"
     key, value = b"doctor-key", b'{"hello": "ttsync"}'
     headers = [("id", uuid.uuid4().hex.encode()), ("eventType", b"doctor.ping")]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ttsync-doctor")
+    admin = KafkaAdminClient(**kafka.client_config(), client_id="ttsync-doctor")
     try:
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        producer = KafkaProducer(**kafka.client_config(), acks="all", enable_idempotence=True)
         meta = producer.send(topic, key=key, value=value, headers=headers).get(timeout=30)
         producer.close()
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+        consumer = KafkaConsumer(**kafka.client_config(), enable_auto_commit=False,
                                  consumer_timeout_ms=10_000)
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
@@ -142,7 +145,7 @@ def run_doctor(settings: Settings, *, start_services: bool = True) -> list[Check
     checks = [check_database(settings.database_url)]
     if checks[0].ok:
         checks.append(check_capture_schema(settings.database_url))
-    kafka_check, address = check_kafka(settings.kafka_bootstrap_servers, start=start_services)
+    kafka_check, address = check_kafka(settings.kafka, start=start_services)
     checks.append(kafka_check)
     if address:
         checks.append(check_roundtrip(address))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
+
+from schemas.kafka_client import KafkaConnection, as_connection
 
 log = structlog.get_logger("ttsync.services")
 
@@ -33,16 +36,18 @@ def _first_host_port(bootstrap: str) -> tuple[str, int]:
     return (host or "127.0.0.1").strip("[]"), int(port or 9092)
 
 
-def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    host, port = _first_host_port(bootstrap)
+def kafka_answers(kafka: KafkaConnection | str, timeout_s: float = 5.0) -> bool:
+    connection = as_connection(kafka)
+    host, port = _first_host_port(connection.bootstrap_servers)
     if not tcp_open(host, port):
         return False
     from kafka import KafkaAdminClient
 
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), client_id="ttsync-probe"
-        )
+            **connection.client_config(), request_timeout_ms=int(timeout_s * 1000),
+            # Without it a broker that refuses us (credentials, TLS) takes kafka-python's 30 s, whatever timeout_s.
+            bootstrap_timeout_ms=int(timeout_s * 1000), client_id="ttsync-probe")
     except Exception:  # noqa: BLE001 - any failure to connect means "does not answer"
         return False
     try:
@@ -73,16 +78,20 @@ def run_script(script: str, action: str, env: dict[str, str] | None = None, time
     return lines[-1] if lines else ""
 
 
-def ensure_kafka(bootstrap: str, *, start: bool = True) -> tuple[str, bool]:
-    """Return (bootstrap, started_by_us). Starts deploy/local/kafka.sh on the bootstrap's port when the
-    configured broker does not answer and it is a local address."""
-    if kafka_answers(bootstrap):
-        return bootstrap, False
-    host, port = _first_host_port(bootstrap)
-    if not start or host not in ("127.0.0.1", "localhost"):
-        raise ServiceUnavailable(f"no Kafka broker answers at {bootstrap}")
+def ensure_kafka(kafka: KafkaConnection | str, *, start: bool = True) -> tuple[KafkaConnection, bool]:
+    """Return (connection, started_by_us). Starts deploy/local/kafka.sh on the bootstrap's port when the
+    configured broker does not answer, it is a local address and the connection is PLAINTEXT (a secured
+    setting never falls back to an open broker of ours)."""
+    connection = as_connection(kafka)
+    if kafka_answers(connection):
+        return connection, False
+    host, port = _first_host_port(connection.bootstrap_servers)
+    if not start or host not in ("127.0.0.1", "localhost") or connection.security_protocol != "PLAINTEXT":
+        raise ServiceUnavailable(f"no Kafka broker answers at {connection.bootstrap_servers} "
+                                 f"({connection.security_protocol})")
     log.info("starting_local_kafka", port=port)
-    return run_script("kafka.sh", "start", {"KAFKA_PORT": str(port)}), True
+    address = run_script("kafka.sh", "start", {"KAFKA_PORT": str(port)})
+    return replace(connection, bootstrap_servers=address), True
 
 
 def ensure_postgres() -> str:

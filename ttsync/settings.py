@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.database import DEFAULT_SCHEMA, SCHEMA_ENV
+from schemas.kafka_client import KafkaConnection, SaslMechanism, SecurityProtocol
 
 DEFAULT_SQLITE_PATH = Path(".local") / "ttsync.sqlite3"
 
@@ -32,6 +33,19 @@ class Settings(BaseSettings):
         description="PostgreSQL schema of ttsync's tables and functions, apart from TimeTracker's (read from the "
                     "environment by every engine ttsync makes)")
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (MSK, Confluent Cloud, Aiven, "
+                                         "Strimzi TLS listeners); used by every Kafka client ttsync makes")
+    kafka_sasl_mechanism: SaslMechanism | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user (the relay and the consumer "
+                                            "should each have their own; see the README's ACLs)")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
+    kafka_ssl_cafile: str | None = Field(default=None, description="CA bundle (PEM) the brokers' certificates "
+                                         "are checked against (default: the system's)")
+    kafka_ssl_certfile: str | None = Field(default=None, description="Client certificate (PEM), for mutual TLS")
+    kafka_ssl_keyfile: str | None = Field(default=None, description="Client key (PEM), for mutual TLS")
+    kafka_ssl_key_password: SecretStr | None = Field(default=None, description="Password of the client key")
+    kafka_ssl_check_hostname: bool = Field(default=True, description="Check the broker certificate's host name")
     topic_prefix: str = Field(default="timetracker", description="Topics are <prefix>.<aggregate type>")
     group_id: str = Field(default="ttsync-qbo", description="Consumer group of the QBO consumer")
     source: str = Field(default="timetracker", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
@@ -110,6 +124,9 @@ class Settings(BaseSettings):
                                              description="Expense statuses that exist in QBO, JSON list")
     payment_sync_statuses: list[str] = Field(default_factory=lambda: ["completed"],
                                              description="Payment statuses that exist in QBO, JSON list")
+    max_version_jump: int = Field(
+        default=1_000_000, ge=0, description="Dead-letter an event this many versions ahead of the last one applied "
+        "(implausible: a forged or corrupted record would make later real changes look old); 0 = no limit")
     retry_inplace_attempts: int = Field(default=3, ge=0, description="In-place retries before retry topics")
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First in-place backoff (doubles)")
     retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest in-place backoff")
@@ -132,6 +149,22 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_connection_is_sound(self) -> Settings:
+        self.kafka.check()  # KafkaConfigError is a ValueError: pydantic reports it as a validation error
+        return self
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How every ttsync Kafka client connects (bootstrap servers and security)."""
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers, security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism, sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None,
+            ssl_cafile=self.kafka_ssl_cafile, ssl_certfile=self.kafka_ssl_certfile, ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_key_password=self.kafka_ssl_key_password.get_secret_value() if self.kafka_ssl_key_password else None,
+            ssl_check_hostname=self.kafka_ssl_check_hostname)
 
     @property
     def effective_state_database_url(self) -> str:

@@ -1,11 +1,14 @@
 """Exit 0 once a Kafka broker at BOOTSTRAP answers a metadata request, 1 otherwise.
 
-Used by kafka.sh: a listening TCP port is not enough, the broker must have joined its KRaft quorum.
+Used by kafka.sh: a listening TCP port is not enough, the broker must have joined its KRaft quorum. A secured
+broker is reached with the TTSYNC_KAFKA_* settings in the environment (kafka.sh passes the admin user's).
 """
 
 from __future__ import annotations
 
 import sys
+
+from _repo import kafka_connection_from_env
 
 
 def main() -> int:
@@ -18,7 +21,7 @@ def main() -> int:
         return 0
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
+            **kafka_connection_from_env(bootstrap).client_config(),
             request_timeout_ms=int(timeout_s * 1000),
             client_id="ttsync-wait",
         )

@@ -96,6 +96,22 @@ def test_older_or_same_version_is_skipped() -> None:
     assert decide(event("invoice", "updated", 2, status="sent"), mapped(5), POLICY).action is Action.SKIP
 
 
+def test_a_version_implausibly_far_ahead_is_dead_lettered_not_believed() -> None:
+    """A forged record with version 2**62 once became the entity map's version: every later real change of the
+    aggregate then looked older and was skipped for good."""
+    with pytest.raises(MalformedEvent) as forged:
+        decide(event("invoice", "updated", 2**62, status="sent"), mapped(3), POLICY)
+    assert forged.value.code == "implausible_version" and not forged.value.retryable
+    with pytest.raises(MalformedEvent):
+        decide(event("invoice", "created", 2**62, status="sent"), None, POLICY)  # nothing known yet
+    near = SyncPolicy(max_version_jump=10)
+    assert decide(event("invoice", "updated", 13, status="sent"), mapped(3), near).action is Action.UPDATE
+    with pytest.raises(MalformedEvent):
+        decide(event("invoice", "updated", 14, status="sent"), mapped(3), near)
+    unlimited = SyncPolicy(max_version_jump=0)
+    assert decide(event("invoice", "updated", 2**62, status="sent"), mapped(3), unlimited).action is Action.UPDATE
+
+
 def test_policy_is_configurable() -> None:
     policy = SyncPolicy(invoice_sync=frozenset({"draft", "sent"}))
     assert decide(event("invoice", "created", 1, status="draft"), None, policy).action is Action.CREATE

@@ -38,3 +38,24 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in Settings.model_fields if f"`TTSYNC_{name.upper()}`" not in readme]
     assert not missing
+
+
+def test_the_readme_acl_table_is_what_principal_acls_grants() -> None:
+    """Each (principal, operation, resource kind) the code grants is in the README's table, and no more."""
+    from schemas.kafka_client import principal_acls
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Securing Kafka", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| relay") or ln.startswith("| consumer")]
+    documented = set()
+    for row in rows:
+        who, ops, on = (cell.strip() for cell in row.strip("|").split("|"))
+        kind = "CLUSTER" if "cluster" in on else "GROUP" if "group" in on else "TOPIC"
+        for op in ops.split(","):
+            name = {"IdempotentWrite": "IDEMPOTENT_WRITE", "DescribeConfigs": "DESCRIBE_CONFIGS"}.get(
+                op.strip(), op.strip().upper())
+            documented.add((who, name, kind))
+    grants = principal_acls(relay="relay", consumer="consumer", prefix="timetracker", group="ttsync-qbo",
+                            retry_delays_s=[10, 60, 300])
+    granted = {(g.principal.removeprefix("User:"), g.operation, g.resource_type) for g in grants}
+    assert granted == documented
