@@ -79,6 +79,42 @@ def test_dockerfile_installs_every_package_and_runs_unprivileged() -> None:
     assert 'ENTRYPOINT ["ttsync"]' in dockerfile and "USER 10001" in dockerfile
 
 
+def test_the_image_base_is_pinned_by_digest_and_dependencies_by_hash() -> None:
+    import re
+
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
+    assert image and re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", image.group(1))
+    assert [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("FROM ")] == ["${PYTHON_IMAGE}"] * 2
+    assert "--require-hashes --prefix=/install -r requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --no-deps --prefix=/install ." in dockerfile
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "--require-hashes -r requirements-test.lock" in ci
+
+
+@pytest.mark.parametrize("lock, extras", [("requirements.lock", ()), ("requirements-test.lock", ("test",))])
+def test_the_lock_files_pin_every_dependency_of_pyproject_with_hashes(lock: str, extras: tuple[str, ...]) -> None:
+    """A dependency added to pyproject.toml and not to the locks would be missing from the image and from CI."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    for extra in extras:
+        wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    text = (ROOT / lock).read_text()
+    pins = {canonicalize_name(m.group(1)): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.M)}
+    for req in wanted:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in {lock}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{lock} pins {req.name}=={pins[name]}"
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+    assert all("--hash=sha256:" in b for b in blocks if b.strip())
+
+
 def test_the_debezium_connector_writes_the_records_our_relay_writes() -> None:
     import json
 
