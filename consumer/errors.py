@@ -2,11 +2,11 @@
 
     SyncError
     ├── RetryableError      try again later: in place a few times, then retry topics
-    │   ├── QboUnavailable      network error, timeout, 5xx
-    │   ├── QboThrottled        429 (wait Retry-After, else 60 s)
+    │   ├── QboUnavailable      network error, timeout, 5xx, a token endpoint answering no token    (*)
+    │   ├── QboThrottled        429 (wait Retry-After, else 60 s)                                   (*)
     │   ├── StaleSyncToken      5010 after re-reading too often
     │   ├── DependencyNotReady  e.g. a payment whose invoice is not in QBO yet
-    │   └── StateUnavailable    the state database is unreachable (restart, failover)
+    │   └── StateUnavailable    the state database is unreachable (restart, failover)              (*)
     ├── PermanentError      can never succeed as it is: dead-letter topic at once
     │   ├── MalformedEvent      not JSON, unknown schema version, invalid payload
     │   ├── MissingMapping      no QBO account/item for a TimeTracker value, and creating it is not allowed
@@ -15,6 +15,9 @@
     └── FatalError          nothing can succeed until a person acts: stop consuming, commit nothing
         ├── ReconnectNeeded     invalid_grant: the QBO connection must be re-authorised (exit 3)
         └── ConfigurationError  a setting is wrong or missing, e.g. TTSYNC_SECRET_KEY (exit 2)
+
+(*) not tied to the record (``tied_to_record = False``), like any exception nobody classified: never a reason to
+dead-letter a record, and many records in a row failing alike pause the consumer (consumer.outage).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from typing import Any
 class SyncError(Exception):
     code: str = "sync_error"
     retryable: bool = False
+    tied_to_record: bool = True
+    """False for failures of a service (network, QBO 5xx, throttling, the token endpoint, the state database): they
+    never dead-letter a record, and many in a row pause the consumer (consumer.outage)."""
 
     def __init__(self, message: str, *, code: str | None = None, detail: Any = None) -> None:
         super().__init__(message)
@@ -40,10 +46,12 @@ class RetryableError(SyncError):
 
 class QboUnavailable(RetryableError):
     code = "qbo_unavailable"
+    tied_to_record = False
 
 
 class QboThrottled(RetryableError):
     code = "3001"
+    tied_to_record = False
 
     def __init__(self, message: str, *, retry_after_s: float = 60.0, detail: Any = None) -> None:
         super().__init__(message, detail=detail)
@@ -59,6 +67,7 @@ class DependencyNotReady(RetryableError):
 
 
 class StateUnavailable(RetryableError):
+    tied_to_record = False
     code = "state_unavailable"
 
 
@@ -100,8 +109,9 @@ class StopRequested(Exception):
 
 
 class ConsumerStuck(Exception):
-    """The consumer could not join its group for too long (the client can spin on an unknown coordinator):
-    exiting lets a supervisor start a fresh one. Not a SyncError: no event is at fault."""
+    """The consumer could not join its group for too long (the client can spin on an unknown coordinator), or a
+    service outage outlasted its pause (consumer.outage): exiting lets a supervisor start a fresh one. Not a
+    SyncError: no event is at fault."""
 
 
 class ConfigurationError(FatalError):

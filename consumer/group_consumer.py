@@ -26,6 +26,7 @@ from consumer import metrics
 from consumer.applier import EventApplier, Outcome, PlannedWrite, crash_point
 from consumer.dead_letter import base_topic, check_headers, due_at, failing_for_s, forward, replay_count, retry_tier
 from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
+from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
 from schemas.codec import EventDecodeError, decode_event
 from schemas.contract import all_topics, dlq_topic, retry_topic
@@ -42,6 +43,7 @@ class ConsumerStats:
     retried_in_place: int = 0
     forwarded_to_retry: int = 0
     dead_lettered: int = 0
+    outages: int = 0
     by_result: dict[str, int] = field(default_factory=dict)
     last_progress_at: float = field(default_factory=time.monotonic)
 
@@ -88,7 +90,7 @@ class GroupConsumer:
     def __init__(self, *, bootstrap_servers: KafkaConnection | str, group_id: str, topic_prefix: str,
                  applier: EventApplier, policy: RetryPolicy, max_poll_records: int = 100,
                  client_id: str = "ttsync-consumer", session_timeout_ms: int = 10_000, batch_min_records: int = 10,
-                 unjoined_exit_s: float = 120.0) -> None:
+                 unjoined_exit_s: float = 120.0, breaker: OutageBreaker | None = None) -> None:
         self.group_id = group_id
         self.prefix = topic_prefix
         self.applier = applier
@@ -113,6 +115,8 @@ class GroupConsumer:
         self._unjoined_since: float | None = None
         self._last_records_at = time.monotonic()
         self._stuck: dict[TopicPartition, int] = {}
+        self.breaker = breaker or OutageBreaker()
+        self._run_over: Callable[[], bool] = lambda: False
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,6 +133,9 @@ class GroupConsumer:
             on_progress: Callable[[ConsumerStats], None] | None = None) -> ConsumerStats:
         self.consumer.subscribe(self.topics)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        # A record waiting in place (an outage, the state database) must not outlive the run it belongs to.
+        self._run_over = lambda: (deadline is not None and time.monotonic() > deadline) or (
+            until is not None and until(self.stats))
         log.info("consumer_started", group=self.group_id, topics=len(self.topics))
         try:
             while not self._stop.is_set():
@@ -141,8 +148,14 @@ class GroupConsumer:
                 batch = self.consumer.poll(timeout_ms=250)
                 self._check_joined()
                 self._refetch_when_idle(bool(batch))
-                for tp, records in batch.items():
-                    self._process_partition(tp, records)
+                polled = list(batch.items())
+                for i, (tp, records) in enumerate(polled):
+                    try:
+                        self._process_partition(tp, records)
+                    except StopRequested:
+                        for later_tp, later in polled[i + 1:]:  # fetched, never handled: read them again
+                            self.consumer.seek(later_tp, later[0].offset)
+                        raise
                     if self._stop.is_set():
                         break
                 if batch and on_progress is not None:
@@ -229,6 +242,7 @@ class GroupConsumer:
             self._process_backlog(tp, records)
             return
         done: int | None = None
+        rec = None
         try:
             for rec in records:
                 if tier is not None:
@@ -243,6 +257,10 @@ class GroupConsumer:
                 done = rec.offset
                 if self._stop.is_set():
                     return
+        except StopRequested:
+            if rec is not None:  # read it again if this consumer runs on: it was neither applied nor forwarded
+                self.consumer.seek(tp, rec.offset)
+            raise
         finally:
             if done is not None:
                 # Committed only now: every record up to here is applied, a duplicate, skipped, forwarded or
@@ -307,6 +325,7 @@ class GroupConsumer:
                 self.consumer.commit({tp: OffsetAndMetadata(done + 1, None, -1)})
 
     def _count(self, topic: str, outcome: Outcome) -> None:
+        self._outage_over()
         metrics.EVENTS.labels(topic, outcome.result).inc()
         self.stats.by_result[outcome.result] = self.stats.by_result.get(outcome.result, 0) + 1
         if outcome.result == "duplicate":
@@ -337,9 +356,12 @@ class GroupConsumer:
             except Exception as raw:
                 exc = as_sync_error(raw)
                 attempt += 1
-                step = self.policy.next_step(exc, attempt, tier, failing_for_s=failing_for_s(rec))
+                self._outage_check(exc, rec)
+                step = self.policy.next_step(exc, attempt, tier, failing_for_s=failing_for_s(rec),
+                                             outage=self.breaker.is_open)
                 log.warning("event_failed", topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                            error=type(raw).__name__, message=str(exc)[:500], attempt=attempt, step=step.kind.value)
+                            error=type(raw).__name__, message=str(exc)[:500], attempt=attempt, step=step.kind.value,
+                            tied_to_record=tied_to_record(exc))
                 if step.kind is StepKind.STOP:
                     self._stop.set()
                     raise  # only FatalError stops, and as_sync_error never makes one: this is the original
@@ -348,7 +370,7 @@ class GroupConsumer:
                     metrics.RETRIES.labels("in_place").inc()
                     if step.delay_s and getattr(exc, "retry_after_s", None):
                         metrics.THROTTLE_WAIT.inc(step.delay_s)
-                    if self._stop.wait(step.delay_s):
+                    if self._stop.wait(step.delay_s) or self._run_over():
                         raise StopRequested("stopping: the record stays uncommitted and is read again") from raw
                     continue
                 if step.kind is StepKind.RETRY_TOPIC:
@@ -369,6 +391,26 @@ class GroupConsumer:
                 log.error("event_dead_lettered", topic=rec.topic, partition=rec.partition, offset=rec.offset,
                           error=type(exc).__name__, reason=step.reason[:500])
                 return
+
+    def _outage_check(self, exc: BaseException, rec: Any) -> None:
+        """Feed the breaker; log once when it opens; stop (for a supervisor) when the outage outlasts it."""
+        now = time.monotonic()
+        if self.breaker.failure(exc, (rec.topic, rec.partition, rec.offset), now):
+            self.stats.outages += 1
+            metrics.OUTAGE.set(1)
+            log.error("consumer_paused_outage", cause=self.breaker.cause, records=self.breaker.threshold,
+                      message=str(exc)[:300], stops_after_s=self.breaker.max_open_s)
+        if self.breaker.outlasted(now):
+            raise ConsumerStuck(f"{self.breaker.threshold}+ records in a row failed with {self.breaker.cause} for "
+                                f"{self.breaker.open_for_s(now):.0f}s ({str(exc)[:200]}): the service, not the "
+                                "records, is failing; exiting for a supervisor to restart the consumer (nothing "
+                                "was dead-lettered, the records are read again)")
+
+    def _outage_over(self) -> None:
+        if self.breaker.is_open:
+            log.info("consumer_resumed_after_outage", cause=self.breaker.cause)
+            metrics.OUTAGE.set(0)
+        self.breaker.success()
 
     def _send(self, out: Any) -> None:
         """Forward and wait for the broker's acknowledgement: the offset may be committed only after it."""

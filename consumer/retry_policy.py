@@ -1,13 +1,17 @@
 """What to do with an event that failed: the whole retry / dead-letter policy, in one pure function.
 
 - Fatal (reconnect needed): stop consuming; commit nothing.
-- Permanent (bad event, missing mapping, QBO validation Fault, or an unexpected exception): dead-letter now.
+- Permanent (bad event, missing mapping, QBO validation Fault): dead-letter now.
+- An outage (the breaker of consumer.outage is open: record after record failing alike, not for their own
+  sake): wait in place and probe, never forward; the consumer stops when it outlasts the breaker's limit.
 - State database unavailable: back off in place until it is back (never forwarded, never dead-lettered).
 - Dependency not ready (a payment before its invoice): straight to the retry topics, and once through them it
   keeps waiting in the last one, up to ``dependency_wait_max_s`` since it first failed: in a backfill through
   QBO's rate limit the invoice may be hours of work away, and that is no reason to dead-letter its payment.
 - Retryable: back off in place a few times (a 429 waits its Retry-After), then forward to the retry topics
-  with growing delays (the main topic keeps flowing), then dead-letter when the last tier fails too.
+  with growing delays (the main topic keeps flowing), then dead-letter when the last tier fails too. Unless the
+  failure is not tied to the record (network, 5xx, throttling, token endpoint, an unclassified exception): that
+  is never a reason to dead-letter, so such a record keeps waiting in the last retry topic.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import enum
 import random
 from dataclasses import dataclass
 
-from consumer.errors import DependencyNotReady, FatalError, QboThrottled, StateUnavailable, SyncError
+from consumer.errors import DependencyNotReady, FatalError, PermanentError, QboThrottled, StateUnavailable
+from consumer.outage import tied_to_record
 
 
 class StepKind(enum.Enum):
@@ -43,15 +48,21 @@ class RetryPolicy:
     max_throttle_wait_s: float = 120.0
     topic_delays_s: tuple[int, ...] = (10, 60, 300)
     dependency_wait_max_s: float = 6 * 3600.0
+    outage_probe_max_s: float = 30.0
 
     def next_step(self, error: BaseException, attempt: int, tier: int | None,
-                  rng: random.Random | None = None, failing_for_s: float = 0.0) -> Step:
+                  rng: random.Random | None = None, failing_for_s: float = 0.0, outage: bool = False) -> Step:
         """``attempt``: failures so far for this record in this consumer (1 = first); ``tier``: the retry
-        tier the record came from (None = the main topic); ``failing_for_s``: since its first failure."""
+        tier the record came from (None = the main topic); ``failing_for_s``: since its first failure;
+        ``outage``: the consumer's breaker is open (consumer.outage)."""
         if isinstance(error, FatalError):
             return Step(StepKind.STOP, reason=str(error))
-        if not (isinstance(error, SyncError) and error.retryable):
+        if isinstance(error, PermanentError):
             return Step(StepKind.DEAD_LETTER, reason=str(error))
+        if outage and not tied_to_record(error):
+            return Step(StepKind.RETRY_IN_PLACE, compute_backoff(attempt, self.backoff_base_s,
+                                                                 self.outage_probe_max_s, rng),
+                        reason=f"paused: records keep failing alike ({type(error).__name__})")
         if isinstance(error, StateUnavailable):
             # Our own database is down: every record would fail alike, so forwarding them to retry topics (and
             # at last to the dead-letter topic) would only shuffle the whole stream. Wait for it, for as long as
@@ -76,6 +87,13 @@ class RetryPolicy:
                 return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[last]), last,
                             reason=f"still waiting for its dependency after {failing_for_s:.0f}s")
             return Step(StepKind.DEAD_LETTER, reason=f"dependency not ready after {failing_for_s:.0f}s: {error}")
+        if not tied_to_record(error):
+            last = len(self.topic_delays_s) - 1
+            if last >= 0:
+                return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[last]), last,
+                            reason=f"not tied to the record, so never dead-lettered: {error}")
+            return Step(StepKind.RETRY_IN_PLACE, compute_backoff(attempt, self.backoff_base_s,
+                                                                 self.outage_probe_max_s, rng))
         return Step(StepKind.DEAD_LETTER, reason=f"retries exhausted: {error}")
 
 

@@ -256,7 +256,17 @@ class TokenStore:
         except requests.RequestException as exc:
             raise QboUnavailable(f"token endpoint unreachable: {type(exc).__name__}") from exc
         if resp.status_code == 200:
-            return dict(resp.json())
+            # A captive portal, a proxy or an outage page can answer 200 with HTML: that is the endpoint failing,
+            # not the records (which an unclassified JSON error would once have dead-lettered, every one).
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or not body.get("access_token") or not body.get("refresh_token"):
+                kind = resp.headers.get("Content-Type", "?").split(";")[0]
+                raise QboUnavailable(f"token endpoint answered 200 without tokens ({kind}, {len(resp.content)} "
+                                     "bytes): a proxy or an outage page?", code="token_endpoint_unavailable")
+            return dict(body)
         try:
             error = resp.json().get("error", "")
         except ValueError:

@@ -12,6 +12,7 @@ from consumer.errors import ConfigurationError
 from consumer.group_consumer import GroupConsumer
 from consumer.lifecycle import SyncPolicy
 from consumer.mapping import MappingOptions
+from consumer.outage import OutageBreaker
 from consumer.qbo_client import QboClient
 from consumer.rate_limit import make_rate_limiter
 from consumer.references import DEFAULT_EXPENSE_ACCOUNTS, ReferenceResolver, ResolverConfig
@@ -92,4 +93,6 @@ def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                          max_poll_records=settings.consumer_max_poll_records, client_id=client_id,
                          batch_min_records=settings.qbo_batch_min_backlog,
                          session_timeout_ms=session_timeout_ms,
-                         unjoined_exit_s=settings.consumer_unjoined_exit_s)
+                         unjoined_exit_s=settings.consumer_unjoined_exit_s,
+                         breaker=OutageBreaker(threshold=settings.consumer_outage_records,
+                                               max_open_s=settings.consumer_outage_exit_s))

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         default=6.0, ge=0, description="A payment whose invoice is not in QBO yet keeps waiting in the last retry "
         "topic this long before it is dead-lettered (a backfill at QBO's rate limit can take hours)")
     consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
+    consumer_outage_records: int = Field(
+        default=5, ge=1, description="Distinct records failing in a row with the same cause not tied to them "
+        "(network, 5xx, token endpoint, unclassified) before the consumer pauses instead of forwarding them")
+    consumer_outage_exit_s: float = Field(
+        default=900.0, ge=0, description="Exit 1 (for a supervisor to restart it) when such an outage lasts this "
+        "long; nothing is dead-lettered meanwhile (0 = wait for ever)")
     consumer_unjoined_exit_s: float = Field(
         default=120.0, ge=0,
         description="Exit 1 (for a supervisor to restart it) when the group stays unjoined this long; 0 = never")

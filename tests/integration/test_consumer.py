@@ -501,3 +501,39 @@ def test_a_retry_record_with_a_malformed_header_is_dead_lettered_and_the_consume
     pipeline.consume_until(lambda s: s.dead_lettered >= 3 and len(pipeline.qbo("Invoice")) == 1, timeout_s=60)
     dlq = read_topics(pipeline.bootstrap, [dlq_topic(pipeline.prefix)], until=lambda r: len(r) >= 3)
     assert {headers_to_dict(r.headers)["ttsync.errors.code"] for r in dlq} == {"malformed_header"}
+
+
+def test_a_token_endpoint_outage_pauses_the_consumer_and_dead_letters_nothing(pipeline: Pipeline) -> None:
+    """A token endpoint answering 200 with an HTML page once dead-lettered every event. Now the consumer sees
+    record after record fail alike, pauses (forwards no more), and when the endpoint is back applies them all."""
+    _invoices(pipeline, 8, prefix="INV-OUT")
+    pipeline.relay()
+    pipeline.admin("config", {"token_outage_page": True})
+    worker = pipeline.consumer(consumer_outage_records=3, retry_inplace_attempts=1, retry_backoff_s=0.05)
+    try:
+        stats = worker.run(until=lambda s: s.outages >= 1 and s.retried_in_place >= 8, max_seconds=60)
+        assert stats.outages == 1 and stats.dead_lettered == 0 and stats.applied == 0
+        # Before the breaker opened at most the first records moved on to a retry topic; the rest stay put.
+        assert stats.forwarded_to_retry <= 3
+        pipeline.admin("config", {"token_outage_page": False})
+        stats = worker.run(until=lambda s: s.applied >= 9, max_seconds=90)  # client + 8 invoices
+    finally:
+        worker.close()
+    assert stats.dead_lettered == 0
+    assert sorted(i["DocNumber"] for i in pipeline.qbo("Invoice")) == [f"INV-OUT{n}" for n in range(8)]
+
+
+def test_an_outage_that_outlasts_the_pause_stops_the_consumer_for_its_supervisor(pipeline: Pipeline) -> None:
+    from consumer.errors import ConsumerStuck
+
+    _invoices(pipeline, 6, prefix="INV-STOP")
+    pipeline.relay()
+    pipeline.admin("config", {"token_outage_page": True})
+    worker = pipeline.consumer(consumer_outage_records=3, consumer_outage_exit_s=2, retry_inplace_attempts=1,
+                               retry_backoff_s=0.05)
+    try:
+        with pytest.raises(ConsumerStuck, match="token_endpoint_unavailable"):
+            worker.run(max_seconds=60)
+        assert worker.stats.dead_lettered == 0
+    finally:
+        worker.close()

@@ -23,6 +23,7 @@ from consumer.errors import (
     QboUnavailable,
     QboValidationFault,
     ReconnectNeeded,
+    StaleSyncToken,
     StateUnavailable,
 )
 from consumer.lifecycle import Action, Mapped, SyncPolicy, decide
@@ -215,7 +216,7 @@ def test_request_id_is_stable_and_changes_with_the_body() -> None:
 def test_retry_policy() -> None:
     policy = RetryPolicy(inplace_attempts=2, topic_delays_s=(10, 60))
     assert policy.next_step(ReconnectNeeded("x"), 1, None).kind is StepKind.STOP
-    for permanent in (MissingMapping("m"), QboValidationFault("v", code="6000"), KeyError("bug")):
+    for permanent in (MissingMapping("m"), QboValidationFault("v", code="6000")):
         assert policy.next_step(permanent, 1, None).kind is StepKind.DEAD_LETTER
     err = QboUnavailable("503")
     assert policy.next_step(err, 1, None).kind is StepKind.RETRY_IN_PLACE
@@ -223,7 +224,16 @@ def test_retry_policy() -> None:
     step = policy.next_step(err, 3, None)
     assert step.kind is StepKind.RETRY_TOPIC and step.tier == 0 and step.delay_s == 10
     assert policy.next_step(err, 3, 0).tier == 1
-    assert policy.next_step(err, 3, 1).kind is StepKind.DEAD_LETTER  # through every tier
+    # Through every tier: a record-tied retryable error is dead-lettered; a 5xx, a 429, the token endpoint or an
+    # unclassified exception is not about the record and keeps waiting in the last tier instead.
+    assert policy.next_step(StaleSyncToken("5010"), 3, 1).kind is StepKind.DEAD_LETTER
+    for not_the_record in (err, QboThrottled("429", retry_after_s=1), KeyError("bug"), ValueError("html")):
+        last = policy.next_step(not_the_record, 9, 1)
+        assert last.kind is StepKind.RETRY_TOPIC and last.tier == 1, not_the_record
+    paused = policy.next_step(err, 1, None, outage=True)
+    assert paused.kind is StepKind.RETRY_IN_PLACE and paused.reason.startswith("paused")
+    assert policy.next_step(err, 40, 1, outage=True).delay_s <= 30 * 1.2  # probes, capped
+    assert policy.next_step(MissingMapping("m"), 1, None, outage=True).kind is StepKind.DEAD_LETTER
     waiting = policy.next_step(DependencyNotReady("d"), 1, 1, failing_for_s=600)
     assert waiting.kind is StepKind.RETRY_TOPIC and waiting.tier == 1 and waiting.delay_s == 60  # keeps waiting
     assert policy.next_step(DependencyNotReady("d"), 1, 1, failing_for_s=6 * 3600 + 1).kind is StepKind.DEAD_LETTER

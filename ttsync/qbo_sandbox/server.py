@@ -61,11 +61,12 @@ class SandboxConfig:
     warn_duplicate_doc_number: bool = True
     home_currency: str = "USD"  # a new company's; QBO fixes it when the company is set up
     multicurrency: bool = True
+    token_outage_page: bool = False  # the token endpoint answers 200 with an HTML page (a proxy, a portal)
 
     RUNTIME = ("seed", "access_token_lifetime_s", "refresh_rotation", "throttle_enabled", "requests_per_minute",
                "concurrent_requests", "batch_requests_per_minute", "duplicate_requestid_mode", "error_rate",
                "latency_ms", "latency_jitter_ms", "timeout_rate", "timeout_hang_s", "timeout_after_apply",
-               "throttle_rate", "throttle_retry_after_s", "warn_duplicate_doc_number")
+               "throttle_rate", "throttle_retry_after_s", "warn_duplicate_doc_number", "token_outage_page")
 
 
 class _Hang(Exception):
@@ -501,6 +502,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _token(self, body: bytes, headers: dict[str, str]) -> Reply:
         form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        if self.server.state.config.token_outage_page:
+            return Reply(200, "<html><body><h1>Service temporarily unavailable</h1></body></html>",
+                         content_type="text/html")
         try:
             with self.server.state.lock:
                 return Reply(200, self.server.state.authority.token(form, headers.get("authorization")))
