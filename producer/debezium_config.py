@@ -27,7 +27,9 @@ def default_slot(database: str) -> str:
 
 
 def connector_config(database_url: str, topic_prefix: str, *, slot: str | None = None,
-                     password_file: str | None = None) -> dict[str, Any]:
+                     password_file: str | None = None, publication_exists: bool = False) -> dict[str, Any]:
+    """``publication_exists``: the publication was made by the table's owner (``ttsync outbox cdc-role``), so the
+    connector's role needs no right to make one."""
     url = make_url(database_url)
     slot = slot or default_slot(url.database or "postgres")
     password: str = url.password or ""  # type: ignore[assignment]
@@ -47,7 +49,7 @@ def connector_config(database_url: str, topic_prefix: str, *, slot: str | None =
         "table.include.list": f"{ttsync_schema()}.ttsync_outbox",
         "slot.name": slot,
         "publication.name": slot,
-        "publication.autocreate.mode": "filtered",
+        "publication.autocreate.mode": "disabled" if publication_exists else "filtered",
         "snapshot.mode": "no_data",
         "tombstones.on.delete": "false",
         "heartbeat.interval.ms": "10000",

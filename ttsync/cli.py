@@ -504,7 +504,8 @@ def relay(
     once: Annotated[bool, typer.Option(help="Publish what is waiting, then exit.")] = False,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     create_topics: Annotated[bool, typer.Option(help="Create missing topics at start.")] = True,
-    metrics_port: Annotated[int | None, typer.Option(help="/metrics and /healthz port on 127.0.0.1.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="/metrics and /healthz port (on TTSYNC_METRICS_HOST, 127.0.0.1 by default).")] = None,
 ) -> None:
     """Publish outbox rows to Kafka (keyed by aggregate), marking them published once acknowledged."""
     from producer.database import make_engine
@@ -554,7 +555,8 @@ def relay(
 def consume(
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     create_topics: Annotated[bool, typer.Option(help="Create missing topics (main, retry, DLQ) at start.")] = True,
-    metrics_port: Annotated[int | None, typer.Option(help="/metrics and /healthz port on 127.0.0.1.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="/metrics and /healthz port (on TTSYNC_METRICS_HOST, 127.0.0.1 by default).")] = None,
 ) -> None:
     """Apply events to QuickBooks Online: the consumer group (exit 3 when QBO must be reconnected)."""
     from consumer.errors import ConsumerStuck, FatalError
@@ -884,7 +886,10 @@ def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | N
 
     server = HealthServer(registry, lambda: readiness(settings.kafka, engine), port,
                           settings.metrics_host).start()
-    structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://127.0.0.1:{server.port}/metrics")
+    host = str(server.httpd.server_address[0])  # where it really listens (TTSYNC_METRICS_HOST may be 0.0.0.0)
+    shown = f"[{host}]" if ":" in host else host
+    structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://{shown}:{server.port}/metrics",
+                                            host=host, port=server.port)
     return server
 
 
@@ -974,6 +979,59 @@ def outbox_purge_cmd(
         _emit_json({"deleted": deleted})
     else:
         console.print(f"deleted {deleted} outbox row(s) older than {older_than_hours:g} h")
+
+
+@outbox_app.command("cdc-role")
+def outbox_cdc_role_cmd(
+    role: Annotated[str, typer.Option(help="The PostgreSQL role Debezium logs in as.")] = "ttsync_cdc",
+    slot: Annotated[str | None, typer.Option(help="Debezium's slot and publication name (default "
+                                                  "ttsync_outbox_<database>, as `connect.sh register`).")] = None,
+    password_env: Annotated[str, typer.Option(
+        help="Environment variable holding the role's password (never an argument: the process list would show "
+             "it).")] = "TTSYNC_CDC_PASSWORD",
+    yes: Annotated[bool, typer.Option("--yes", help="Carry the plan out without asking.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create (or update) a least-privilege role for Debezium: LOGIN REPLICATION, SELECT on the outbox only, and
+    the publication made by the table's owner. Register the connector with the role's URL and
+    DEBEZIUM_PUBLICATION_EXISTS=1."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    from producer import cdc_role
+    from producer.database import make_engine
+    from producer.debezium_config import default_slot
+
+    settings = _settings()
+    url = make_url(settings.database_url)
+    if not url.drivername.startswith("postgresql"):
+        _fail("a Debezium role needs PostgreSQL (TTSYNC_DATABASE_URL)", EXIT_USAGE, as_json)
+    password = os.environ.get(password_env, "")
+    if len(password) < 12:
+        _fail(f"{password_env} must hold the role's password (12 characters or more)", EXIT_USAGE, as_json)
+    publication = slot or default_slot(url.database or "postgres")
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        role_exists, pub_exists = cdc_role.current_state(conn, role, publication)
+    steps = cdc_role.plan(role, url.database or "postgres", publication, role_exists=role_exists,
+                          publication_exists=pub_exists)
+    if not yes:
+        if as_json or not sys.stdin.isatty():
+            _fail("outbox cdc-role would run: " + "; ".join(steps) + " (add --yes to carry it out)", EXIT_USAGE,
+                  as_json)
+        err_console.print("outbox cdc-role will run:\n" + "\n".join(f"  {st}" for st in steps))
+        if not typer.confirm("Go ahead?", default=False, err=True):
+            _fail("nothing changed", EXIT_USAGE, as_json)
+    with engine.begin() as conn:
+        ran = cdc_role.apply(conn, role, password, publication)
+    masked = make_url(cdc_role.role_url(settings.database_url, role, password)).render_as_string(hide_password=True)
+    if as_json:
+        _emit_json({"role": role, "publication": publication, "ran": ran, "database_url": masked})
+    else:
+        console.print("\n".join(f"  {st}" for st in ran))
+        console.print(f"Register Debezium as {masked} (password from {password_env}) with "
+                      "DEBEZIUM_PUBLICATION_EXISTS=1.")
 
 
 # --- sandbox ----------------------------------------------------------------------------------------

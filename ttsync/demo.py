@@ -49,6 +49,7 @@ from producer.timetracker_schema import (
 from schemas.contract import dlq_topic, dlq_topic_configs, topic_for
 from schemas.kafka_client import KafkaConnection
 from ttsync.local_services import ensure_kafka, ensure_postgres, run_script
+from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
 
@@ -187,8 +188,8 @@ class Demo:
         settings = base.model_copy(update={
             "database_url": db_url, "state_database_url": None, "kafka_bootstrap_servers": bootstrap,
             "topic_prefix": prefix, "group_id": f"{prefix}-qbo", "qbo_base_url": sandbox.url,
-            "qbo_token_url": sandbox.token_url, "qbo_realm_id": REALM, "qbo_client_id": "ttsync-local",
-            "qbo_client_secret": base.qbo_client_secret.__class__("ttsync-local-secret"),
+            "qbo_token_url": sandbox.token_url, "qbo_realm_id": REALM, "qbo_client_id": SANDBOX_CLIENT_ID,
+            "qbo_client_secret": base.qbo_client_secret.__class__(SANDBOX_CLIENT_SECRET),
             "qbo_refresh_token": base.qbo_client_secret.__class__(token["refresh_token"]),
             "secret_key": base.qbo_client_secret.__class__(uuid.uuid4().hex), "retry_topic_delays_s": [2, 5],
             "relay_poll_interval_s": 0.2,

@@ -25,10 +25,15 @@ class ConnectError(RuntimeError):
     pass
 
 
-class _Callback:
-    """A one-shot HTTP server on 127.0.0.1 that receives the authorization redirect."""
+CALLBACK_PATH = "/callback"
 
-    def __init__(self, port: int) -> None:
+
+class _Callback:
+    """A one-shot HTTP server on 127.0.0.1 that receives the authorization redirect. Only a request to the
+    callback path carrying the state we sent ends the wait: a favicon fetch, a port scan or a page of another
+    site poking 127.0.0.1 must neither end it nor plant a code."""
+
+    def __init__(self, port: int, state: str) -> None:
         self.result: dict[str, str] = {}
         self.done = threading.Event()
         outer = self
@@ -38,16 +43,25 @@ class _Callback:
                 pass
 
             def do_GET(self) -> None:
-                query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                url = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                if url.path != CALLBACK_PATH:
+                    self._answer(404, b"not found")
+                    return
+                if not secrets.compare_digest(query.get("state", ""), state):
+                    self._answer(400, b"this answer does not carry the state ttsync sent: ignored")
+                    return
                 outer.result = query
-                body = (b"ttsync is connected to QuickBooks Online. You can close this page."
-                        if "code" in query else b"Authorization failed: " + query.get("error", "?").encode())
-                self.send_response(200)
+                self._answer(200, b"ttsync is connected to QuickBooks Online. You can close this page."
+                             if "code" in query else b"Authorization failed: " + query.get("error", "?").encode())
+                outer.done.set()
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                outer.done.set()
 
         self.httpd = HTTPServer(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
@@ -66,9 +80,9 @@ def authorize_url(settings: Settings, redirect_uri: str, state: str) -> str:
 
 def connect(settings: Settings, *, port: int, timeout_s: float, on_url: Any) -> dict[str, Any]:
     """Run the flow; ``on_url(url)`` shows the consent URL (and may open a browser). Returns what was stored."""
-    callback = _Callback(port)
-    redirect_uri = f"http://127.0.0.1:{callback.port}/callback"
     state = secrets.token_urlsafe(16)
+    callback = _Callback(port, state)
+    redirect_uri = f"http://127.0.0.1:{callback.port}{CALLBACK_PATH}"
     try:
         on_url(authorize_url(settings, redirect_uri, state))
         if not callback.done.wait(timeout_s):

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.database import DEFAULT_SCHEMA, SCHEMA_ENV
 from schemas.kafka_client import KafkaConnection, SaslMechanism, SecurityProtocol
+from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
 DEFAULT_SQLITE_PATH = Path(".local") / "ttsync.sqlite3"
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -58,8 +71,10 @@ class Settings(BaseSettings):
     qbo_authorize_url: str = Field(
         default="http://127.0.0.1:8765/connect/oauth2",
         description="OAuth authorize page (Intuit: https://appcenter.intuit.com/connect/oauth2)")
-    qbo_client_id: str = Field(default="ttsync-local", description="OAuth2 client id")
-    qbo_client_secret: SecretStr = Field(default=SecretStr("ttsync-local-secret"), description="OAuth2 secret")
+    qbo_sandbox: bool = Field(default=False, description="The QBO URLs are ttsync's own sandbox on another host "
+                              "(compose): plain http and its built-in client secret are then allowed")
+    qbo_client_id: str = Field(default=SANDBOX_CLIENT_ID, description="OAuth2 client id")
+    qbo_client_secret: SecretStr = Field(default=SecretStr(SANDBOX_CLIENT_SECRET), description="OAuth2 secret")
     qbo_realm_id: str = Field(default="9130000000000001", description="QBO company (realm) id")
     qbo_refresh_token: SecretStr | None = Field(
         default=None, description="First refresh token; rotated ones are kept encrypted in the state database"
@@ -155,6 +170,23 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _qbo_is_reached_safely(self) -> Settings:
+        """The defaults name the local sandbox. Anything else must be https, with a client secret of its own:
+        a token or an invoice must never cross a network in clear, nor an app authenticate with a public secret."""
+        local = self.qbo_sandbox or all(_is_loopback(u) for u in (self.qbo_base_url, self.qbo_token_url))
+        if not local:
+            for name in ("qbo_base_url", "qbo_token_url", "qbo_authorize_url"):
+                url = urlsplit(getattr(self, name))
+                if url.scheme != "https" and not _is_loopback(getattr(self, name)):
+                    raise ValueError(f"TTSYNC_{name.upper()} must be https:// ({url.scheme}:// would carry tokens "
+                                     "and books in clear); plain http is for ttsync's sandbox only "
+                                     "(TTSYNC_QBO_SANDBOX=true)")
+            if self.qbo_client_secret.get_secret_value() == SANDBOX_CLIENT_SECRET:
+                raise ValueError("TTSYNC_QBO_CLIENT_SECRET is the local sandbox's published secret: set your "
+                                 "Intuit app's secret")
+        return self
 
     @model_validator(mode="after")
     def _kafka_connection_is_sound(self) -> Settings:

@@ -38,6 +38,8 @@ def main() -> int:
     parser.add_argument("--topic-prefix", default="timetracker")
     parser.add_argument("--slot", default=None, help="replication slot and publication (default "
                         "ttsync_outbox_<database>: one per database on a shared server)")
+    parser.add_argument("--publication-exists", action="store_true",
+                        help="the publication was made by `ttsync outbox cdc-role` (the role cannot make one)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
     database_url = os.environ.get(args.database_url_env)
@@ -50,7 +52,8 @@ def main() -> int:
     secrets.touch(mode=0o600)
     secrets.chmod(0o600)
     secrets.write_text(f"password={make_url(database_url).password or ''}\n")
-    config = connector_config(database_url, args.topic_prefix, slot=args.slot, password_file=str(secrets))
+    config = connector_config(database_url, args.topic_prefix, slot=args.slot, password_file=str(secrets),
+                              publication_exists=args.publication_exists)
     _call("PUT", f"{args.rest}/connectors/{args.name}/config", config)
     deadline = time.monotonic() + args.timeout
     state: dict = {}

@@ -15,6 +15,8 @@
 #   TTSYNC_TOPIC_PREFIX       topics are <prefix>.<aggregate type>, as with `ttsync relay` (default timetracker)
 #   DEBEZIUM_SLOT             replication slot and publication name (default ttsync_outbox_<database>)
 #   DEBEZIUM_CONNECTOR        connector name (default ttsync-outbox)
+#   DEBEZIUM_PUBLICATION_EXISTS  set (to 1) when `ttsync outbox cdc-role` made the publication and the URL is that
+#                             least-privilege role's: the connector then makes none
 #
 # `start` runs the worker (idempotent) and waits for its REST API; `register` puts the outbox connector in
 # (idempotent: PUT of its config) and waits until its task runs. `stop` ends only the worker it started.
@@ -119,7 +121,8 @@ register() {
   rest_up || { log "no worker answers on $REST (run: $0 start)"; exit 1; }
   : "${TTSYNC_DATABASE_URL:?TTSYNC_DATABASE_URL is not set}"  # read from the environment, never an argument
   python3 "$REPO/deploy/debezium/register.py" --rest "$REST" --name "$CONNECTOR" \
-    --secrets-dir "$STATE_DIR" --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" ${DEBEZIUM_SLOT:+--slot "$DEBEZIUM_SLOT"}
+    --secrets-dir "$STATE_DIR" --topic-prefix "${TTSYNC_TOPIC_PREFIX:-timetracker}" ${DEBEZIUM_SLOT:+--slot "$DEBEZIUM_SLOT"} \
+    ${DEBEZIUM_PUBLICATION_EXISTS:+--publication-exists}
 }
 
 unregister() {

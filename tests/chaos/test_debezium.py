@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from producer import cdc_role
 from producer.outbox_status import drop_replication_slot, replication_slot
 from schemas.codec import headers_to_dict
 from schemas.contract import topic_for
@@ -79,8 +80,14 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
     with make_run("Debezium relay: cut-over, Connect kill -9") as run:
         slot = f"ttsync_{uuid.uuid4().hex[:10]}"
         connector = f"ttsync-outbox-{slot}"
-        env = {"TTSYNC_DATABASE_URL": run.pipe.db_url, "TTSYNC_TOPIC_PREFIX": run.pipe.prefix,
-               "DEBEZIUM_SLOT": slot, "DEBEZIUM_CONNECTOR": connector}
+        # Debezium logs in as a least-privilege role (REPLICATION, SELECT on the outbox), with the publication
+        # made by the table's owner: what `ttsync outbox cdc-role` sets up.
+        role, password = f"cdc_{slot}", uuid.uuid4().hex
+        with run.pipe.engine.begin() as conn:
+            cdc_role.apply(conn, role, password, slot)
+        env = {"TTSYNC_DATABASE_URL": cdc_role.role_url(run.pipe.db_url, role, password),
+               "TTSYNC_TOPIC_PREFIX": run.pipe.prefix, "DEBEZIUM_SLOT": slot, "DEBEZIUM_CONNECTOR": connector,
+               "DEBEZIUM_PUBLICATION_EXISTS": "1"}
         relay = run.relay()
         run.consumer()
         workload = Workload(run.pipe.engine, changes=changes_per_scenario(), tag="dbz", pace_s=0.02).start()
@@ -138,4 +145,7 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
                            capture_output=True, timeout=60)
             # The scratch database cannot be dropped while a replication slot points at it.
             assert drop_replication_slot(run.pipe.engine, slot), f"slot {slot} still held by Kafka Connect"
+            with run.pipe.engine.begin() as conn:  # roles are the server's: leave none behind
+                conn.execute(text(f'DROP OWNED BY "{role}"'))
+                conn.execute(text(f'DROP ROLE "{role}"'))
 

@@ -121,6 +121,14 @@ def test_ttsync_qbo_connect_then_status(sandbox: SandboxServer, tmp_path) -> Non
             url = line.split(" ", 1)[1].strip()
             break
     assert url.startswith(f"{sandbox.url}/connect/oauth2?") and "state=" in url
+    # Only the callback path with the state sent ends the wait (a favicon fetch once ended it, and failed it).
+    from urllib.parse import parse_qs, urlsplit
+
+    callback = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+    base = callback.rsplit("/", 1)[0]
+    assert requests.get(f"{base}/favicon.ico", timeout=10).status_code == 404
+    assert requests.get(f"{callback}?code=planted&state=forged", timeout=10).status_code == 400
+    assert proc.poll() is None  # still waiting for the real answer
     page = requests.get(url, timeout=30)  # the person's browser: consent, then the redirect to 127.0.0.1
     assert page.status_code == 200 and "connected" in page.text
     out, _ = proc.communicate(timeout=60)

@@ -62,3 +62,42 @@ def test_settings_hide_secrets_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.qbo_client_secret.get_secret_value() == "very-secret-value"
     assert "very-secret-value" not in repr(settings) and "rt-secret-value" not in repr(settings)
     assert settings.effective_state_database_url == settings.database_url
+
+
+def test_the_metrics_log_line_tells_the_address_it_really_listens_on() -> None:
+    """It said 127.0.0.1 whatever TTSYNC_METRICS_HOST was, so a container's operator was told a wrong URL."""
+    from prometheus_client import CollectorRegistry
+    from structlog.testing import capture_logs
+
+    from tests.services import free_port
+    from ttsync.cli import _serve_metrics
+
+    with capture_logs() as logs:
+        server = _serve_metrics(Settings(metrics_host="127.0.0.2"), None, CollectorRegistry(), free_port())
+    try:
+        (line,) = [entry for entry in logs if entry["event"] == "metrics_listening"]
+        assert line["url"] == f"http://127.0.0.2:{server.port}/metrics" and line["host"] == "127.0.0.2"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("values, refused", [
+    ({"qbo_base_url": "http://quickbooks.api.intuit.com", "qbo_token_url": "https://oauth.platform.intuit.com/t",
+      "qbo_client_secret": "an-app-secret"}, "TTSYNC_QBO_BASE_URL must be https"),
+    ({"qbo_base_url": "https://quickbooks.api.intuit.com", "qbo_token_url": "http://oauth.example/t",
+      "qbo_client_secret": "an-app-secret"}, "TTSYNC_QBO_TOKEN_URL must be https"),
+    ({"qbo_base_url": "https://quickbooks.api.intuit.com", "qbo_token_url": "https://oauth.platform.intuit.com/t"},
+     "published secret"),
+])
+def test_a_real_qbo_needs_https_and_a_secret_of_its_own(values: dict[str, str], refused: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=refused):
+        Settings(**values)
+
+
+def test_the_sandbox_defaults_stay_usable_locally_and_in_compose() -> None:
+    assert Settings().qbo_base_url.startswith("http://127.0.0.1")  # the demo's embedded defaults
+    Settings(qbo_sandbox=True, qbo_base_url="http://sandbox:8765", qbo_token_url="http://sandbox:8765/t")
+    Settings(qbo_base_url="https://quickbooks.api.intuit.com", qbo_token_url="https://oauth.platform.intuit.com/t",
+             qbo_authorize_url="https://appcenter.intuit.com/connect/oauth2", qbo_client_secret="an-app-secret")

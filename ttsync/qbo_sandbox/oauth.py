@@ -7,6 +7,10 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+SANDBOX_CLIENT_ID = "ttsync-local"
+SANDBOX_CLIENT_SECRET = "ttsync-local-secret"
+"""The sandbox's built-in app: public (every checkout has it), so ttsync.settings refuses it for any other QBO."""
+
 
 class OAuthError(Exception):
     def __init__(self, error: str, description: str, status: int = 400) -> None:
@@ -34,7 +38,7 @@ class AccessToken:
 
 @dataclass
 class TokenAuthority:
-    clients: dict[str, str] = field(default_factory=lambda: {"ttsync-local": "ttsync-local-secret"})
+    clients: dict[str, str] = field(default_factory=lambda: {SANDBOX_CLIENT_ID: SANDBOX_CLIENT_SECRET})
     access_lifetime_s: float = 3600.0
     refresh_lifetime_s: float = 100 * 24 * 3600.0
     rotate: str = "always"  # "always": each refresh returns a new refresh token; "never": the same one

@@ -27,7 +27,7 @@ import structlog
 from ttsync.qbo_sandbox import faults
 from ttsync.qbo_sandbox.company import RESOURCES, Company
 from ttsync.qbo_sandbox.faults import QboFault, qbo_time
-from ttsync.qbo_sandbox.oauth import OAuthError, TokenAuthority
+from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, OAuthError, TokenAuthority
 from ttsync.qbo_sandbox.throttle import Throttle
 
 log = structlog.get_logger("ttsync.sandbox")
@@ -43,7 +43,7 @@ class SandboxConfig:
     seed: int = 0
     access_token_lifetime_s: float = 3600.0
     refresh_rotation: str = "always"  # "always" | "never"
-    clients: dict[str, str] = field(default_factory=lambda: {"ttsync-local": "ttsync-local-secret"})
+    clients: dict[str, str] = field(default_factory=lambda: {SANDBOX_CLIENT_ID: SANDBOX_CLIENT_SECRET})
     default_realm: str = DEFAULT_REALM
     throttle_enabled: bool = True
     requests_per_minute: int = 500
