@@ -117,6 +117,7 @@ class GroupConsumer:
         self._stuck: dict[TopicPartition, int] = {}
         self.breaker = breaker or OutageBreaker()
         self._run_over: Callable[[], bool] = lambda: False
+        self._clock: Callable[[], float] = time.monotonic  # tests inject their own
 
     def stop(self) -> None:
         self._stop.set()
@@ -229,7 +230,7 @@ class GroupConsumer:
         if stable is None or stable():
             self._unjoined_since = None
             return
-        now = time.monotonic()
+        now = self._clock()
         if self._unjoined_since is None:
             self._unjoined_since = now
         elif self.unjoined_exit_s and now - self._unjoined_since > self.unjoined_exit_s:

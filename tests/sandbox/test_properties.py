@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consumer.wiring import build_parts
@@ -112,5 +112,90 @@ def test_any_order_duplication_or_replay_ends_at_the_latest_version(versions: li
         assert Decimal(str(stored[0]["TotalAmt"])) == Decimal(latest["total_amount"])
         assert [ln.get("Description") for ln in stored[0]["Line"] if ln.get("DetailType") != "SubTotalLineDetail"] \
             == [html.unescape(i["description"]) for i in latest["items"]]
+    finally:
+        h.close()
+
+
+CATEGORIES = ("travel", "meals", "accommodation", "supplies", "software", "equipment", "services", "marketing",
+              "training", "other")  # TimeTracker's ten expense categories
+PAYMENT_METHODS = ("cash", "check", "credit_card", "bank_transfer", "paypal", "company_card", None)
+
+
+def envelope_of(aggregate: str, payload: dict[str, Any], version: int = 1, action: str = "created") -> EventEnvelope:
+    return EventEnvelope(event_id=uuid.uuid4(), event_type=f"{aggregate}.{action}", aggregate_type=aggregate,
+                         aggregate_id=str(payload["id"]), aggregate_version=version,
+                         occurred_at=dt.datetime.now(dt.UTC), payload=payload)
+
+
+@st.composite
+def expenses(draw: Any) -> dict[str, Any]:
+    amount = draw(money)
+    return {"id": draw(st.integers(1, 10**9)), "user_id": 1, "title": draw(text), "description": draw(st.none() | text),
+            "category": draw(st.sampled_from(CATEGORIES)), "amount": str(amount),
+            "currency_code": draw(st.sampled_from(["USD", "EUR", "GBP"])),
+            "tax_amount": draw(st.sampled_from([None, "0", str((amount * Decimal("0.2")).quantize(Decimal("0.01")))])),
+            "payment_method": draw(st.sampled_from(PAYMENT_METHODS)),
+            "status": draw(st.sampled_from(["approved", "reimbursed"])), "expense_date": "2026-11-03",
+            "payment_date": draw(st.none() | st.just("2026-11-04")), "vendor": draw(st.none() | text),
+            "receipt_number": draw(st.none() | st.from_regex(r"[A-Z0-9-]{1,20}", fullmatch=True)),
+            "notes": draw(st.none() | text)}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(exp=expenses())
+def test_any_valid_expense_maps_to_a_purchase_the_sandbox_accepts(exp: dict[str, Any], tmp_path: Any) -> None:
+    h = Harness(str(tmp_path))
+    try:
+        outcome = h.applier.apply(envelope_of("expense", exp))
+        assert outcome.result == "created", outcome
+        (stored,) = h.qbo("Purchase")
+        tax = Decimal(exp["tax_amount"] or "0")
+        assert Decimal(str(stored["TotalAmt"])) == Decimal(exp["amount"]) + tax
+        assert stored["CurrencyRef"]["value"] == exp["currency_code"]
+    finally:
+        h.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(inv=invoices(), share=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1"), places=2),
+       method=st.sampled_from(PAYMENT_METHODS), reference=st.none() | text, notes=st.none() | text)
+def test_any_valid_payment_maps_to_a_payment_the_sandbox_links_to_its_invoice(
+        inv: dict[str, Any], share: Decimal, method: str | None, reference: str | None, notes: str | None,
+        tmp_path: Any) -> None:
+    total = Decimal(inv["total_amount"])
+    assume(total > 0)  # nothing to pay on an invoice of 0.25 x 0.01
+    h = Harness(str(tmp_path))
+    try:
+        assert h.applier.apply(envelope_of("invoice", inv)).result == "created"
+        amount = max(Decimal("0.01"), (total * share).quantize(Decimal("0.01")))
+        pay = {"id": 1, "invoice_id": inv["id"], "invoice_number": inv["invoice_number"], "amount": str(amount),
+               "currency": inv["currency_code"], "payment_date": "2026-11-10", "method": method,
+               "reference": reference, "notes": notes, "status": "completed"}
+        outcome = h.applier.apply(envelope_of("payment", pay))
+        assert outcome.result == "created", outcome
+        (payment,) = h.qbo("Payment")
+        (invoice,) = h.qbo("Invoice")
+        assert Decimal(str(payment["TotalAmt"])) == amount
+        assert payment["Line"][0]["LinkedTxn"][0]["TxnId"] == invoice["Id"]
+        assert payment["CustomerRef"]["value"] == invoice["CustomerRef"]["value"]
+        assert Decimal(str(invoice["Balance"])) == total - amount
+    finally:
+        h.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=text, contact=st.none() | text, email=st.none() | st.emails(), phone=st.none() | text,
+       address=st.none() | text)
+def test_any_valid_client_maps_to_a_customer_the_sandbox_accepts(name: str, contact: str | None, email: str | None,
+                                                                 phone: str | None, address: str | None,
+                                                                 tmp_path: Any) -> None:
+    h = Harness(str(tmp_path))
+    try:
+        client = {"id": 7, "name": name, "contact_person": contact, "email": email, "phone": phone,
+                  "address": address, "status": "active"}
+        outcome = h.applier.apply(envelope_of("client", client))
+        assert outcome.result == "created", outcome
+        (customer,) = h.qbo("Customer")
+        assert customer["DisplayName"].startswith(html.unescape(name).strip()[:50].strip()[:10])
     finally:
         h.close()

@@ -292,10 +292,20 @@ def test_forwarded_record_headers() -> None:
 def test_bucket_never_exceeds_the_limit_in_any_minute() -> None:
     rate, capacity = bucket_parameters(500, 0.95, 20)
     assert capacity + rate * 60 <= 500 and rate * 60 >= 0.95 * 500 - 1e-9
-    bucket = LocalTokenBucket(rate_per_s=1000, capacity=5)
-    assert sum(bucket.acquire() for _ in range(5)) == 0  # the burst is free
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    bucket = LocalTokenBucket(rate_per_s=rate, capacity=capacity, clock=lambda: clock[0], sleep=sleep)
+    assert sum(bucket.acquire() for _ in range(int(capacity))) == 0  # the burst is free
     assert bucket.acquire() > 0  # the next one waits
-    _ = Decimal
+    sent = [clock[0]]
+    for _ in range(3000):  # six minutes of a backlog, in no time
+        bucket.acquire()
+        sent.append(clock[0])
+    worst = max(sum(1 for t in sent if start <= t < start + 60) for start in sent)
+    assert worst <= 500, f"{worst} requests in one minute"
 
 
 def test_fields_that_can_become_empty_are_always_sent() -> None:
@@ -325,14 +335,18 @@ def test_a_consumer_out_of_its_group_too_long_exits_for_its_supervisor() -> None
     worker = object.__new__(GroupConsumer)
     state = {"stable": False}
     worker.consumer = SimpleNamespace(_coordinator=SimpleNamespace(stable=lambda: state["stable"]))
-    worker.group_id, worker.unjoined_exit_s, worker._unjoined_since = "g", 0.05, None
+    now = [1000.0]
+    worker.group_id, worker.unjoined_exit_s, worker._unjoined_since = "g", 120.0, None
+    worker._clock = lambda: now[0]
     worker._check_joined()  # starts the clock
+    now[0] += 119
+    worker._check_joined()  # not yet
     state["stable"] = True
-    time.sleep(0.1)
     worker._check_joined()  # joined in time: the clock is reset
     state["stable"] = False
+    now[0] += 500
     worker._check_joined()
-    time.sleep(0.1)
+    now[0] += 121
     with pytest.raises(ConsumerStuck, match="not in a stable consumer group"):
         worker._check_joined()
     worker.unjoined_exit_s = 0  # 0 = never
