@@ -56,6 +56,21 @@ def downgrade(engine: Engine, revision: str) -> str:
     return current_revision(engine) or "base"
 
 
+class SchemaNotMigrated(RuntimeError):
+    """ttsync's tables are missing or older than this release: `ttsync db upgrade` must run first."""
+
+
+def require_current(engine: Engine, what: str = "database") -> str:
+    """Read-only: the revision, or SchemaNotMigrated saying to run `ttsync db upgrade` (a command that cannot
+    work on an old schema stops at once instead of retrying for ever)."""
+    at, head = current_revision(engine), head_revision()
+    if at != head:
+        where = engine.url.render_as_string(hide_password=True)
+        raise SchemaNotMigrated(f"the {what} ({where}) is at migration {at or 'none'}, not {head}: run "
+                                "`ttsync db upgrade` first")
+    return at
+
+
 def current_revision(engine: Engine) -> str | None:
     """Read-only: a health check may call it."""
     with engine.connect() as conn:

@@ -14,9 +14,19 @@ from typing import Annotated, Any
 import structlog
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
+from ttsync.failures import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RECONNECT,
+    EXIT_USAGE,
+    SettingsInvalid,
+    describe,
+)
 from ttsync.logging_setup import configure_logging
 from ttsync.settings import Settings, get_settings
 
@@ -43,22 +53,30 @@ err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RECONNECT = 0, 1, 2, 3
-
-
 def _settings() -> Settings:
     try:
         settings = get_settings()
     except ValidationError as exc:
-        # A mistyped TTSYNC_* variable: say which, in one line each, instead of a traceback.
+        # A mistyped TTSYNC_* variable: say which, each in a few words, instead of a traceback.
+        problems = []
         for error in exc.errors():
-            name = "TTSYNC_" + "_".join(str(p) for p in error["loc"]).upper()
+            name = "TTSYNC_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
             secret = any(w in name for w in ("SECRET", "TOKEN", "PASSWORD", "KEY"))
-            got = "" if secret else f" (got {error.get('input')!r})"
-            err_console.print(f"[red]invalid setting[/red] {name}: {error['msg']}{got}")
-        raise typer.Exit(EXIT_USAGE) from None
+            got = "" if secret or not error["loc"] else f" (got {error.get('input')!r})"
+            problems.append(f"{name}: {error['msg']}{got}")
+        raise SettingsInvalid("invalid setting " + "; ".join(problems)) from None
+    except SettingsError as exc:  # a value pydantic-settings could not even parse (malformed JSON)
+        raise SettingsInvalid(f"invalid setting: {exc} (JSON settings take JSON, e.g. '{{\"a\": \"b\"}}')") from None
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _require_kafka(settings: Settings) -> None:
+    """Fail in seconds, not after kafka-python's 30 s bootstrap wait, when no broker answers."""
+    from ttsync.local_services import ServiceUnavailable, kafka_answers
+
+    if not kafka_answers(settings.kafka, timeout_s=5):
+        raise ServiceUnavailable(f"no answer within 5 s ({settings.kafka.security_protocol})")
 
 
 def _emit_json(data: Any) -> None:
@@ -88,12 +106,14 @@ def _fail(message: str, code: int, as_json: bool) -> None:
 def doctor(
     as_json: JsonOpt = False,
     start: Annotated[bool, typer.Option(help="Start a local Kafka broker when none answers.")] = True,
+    roundtrip: Annotated[bool, typer.Option(help="Also send one record through a probe topic of its own (creates "
+                                                 "and deletes that topic: not for a production broker).")] = False,
 ) -> None:
-    """Find or start Kafka and the database, send one event through the real broker and back."""
+    """Check the database, the broker, the topics and the QBO connection; reads only (see --roundtrip)."""
     from ttsync.doctor import run_doctor
 
     settings = _settings()
-    checks = run_doctor(settings, start_services=start)
+    checks = run_doctor(settings, start_services=start, roundtrip=roundtrip)
     ok = all(c.ok for c in checks)
     if as_json:
         _emit_json({"ok": ok, "checks": [c.__dict__ for c in checks]})
@@ -510,12 +530,14 @@ def relay(
     """Publish outbox rows to Kafka (keyed by aggregate), marking them published once acknowledged."""
     from producer.database import make_engine
     from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
+    from producer.migrate import require_current
     from producer.outbox_relay import OutboxRelay
     from schemas.contract import all_topics
 
     settings = _settings()
     log = structlog.get_logger("ttsync.cli")
     engine = make_engine(settings.database_url)
+    require_current(engine, "TimeTracker database")  # an old outbox would fail every batch, for ever
     if create_topics:
         try:
             created = ensure_topics(settings.kafka, all_topics(settings.topic_prefix),
@@ -562,11 +584,15 @@ def consume(
     from consumer.errors import ConsumerStuck, FatalError
     from consumer.group_consumer import consumer_topics
     from consumer.wiring import build_consumer, build_parts
+    from producer.database import make_engine
     from producer.kafka_publisher import ensure_topics
+    from producer.migrate import require_current
     from schemas.contract import dlq_topic, dlq_topic_configs
 
     settings = _settings()
     log = structlog.get_logger("ttsync.cli")
+    # Without its tables the consumer would retry every record for ever: say what to run instead.
+    require_current(make_engine(settings.effective_state_database_url), "state database")
     if create_topics:
         topics = consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s)
         ensure_topics(settings.kafka, topics, settings.topic_partitions,
@@ -628,6 +654,7 @@ def lag(
     group = group or settings.group_id
     while True:
         try:
+            _require_kafka(settings)
             result = evaluate(measure(settings.kafka, group, topic), window=window)
         except GroupNotFound as exc:
             if as_json:
@@ -690,6 +717,7 @@ def dlq_list(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt
     from schemas.contract import dlq_topic
 
     settings = _settings()
+    _require_kafka(settings)
     found, counts = list_dead_letters(settings.kafka, dlq_topic(settings.topic_prefix),
                                       _dlq_filter(event_type, aggregate, error, since, until))
     if as_json:
@@ -715,6 +743,7 @@ def dlq_show(ref: Annotated[str, typer.Argument(help="partition:offset, as `ttsy
     from schemas.contract import dlq_topic
 
     settings = _settings()
+    _require_kafka(settings)
     found = show(settings.kafka, dlq_topic(settings.topic_prefix), ref)
     if found is None:
         err_console.print(f"[red]no dead-lettered record {ref}[/]")
@@ -746,6 +775,7 @@ def dlq_replay(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrO
             log.info("dlq_replay" if not dry_run else "dlq_replay_dry_run", ref=d.ref, event_type=d.event_type,
                      aggregate_id=d.key, to=d.original_topic, reason=d.error_code)
 
+    _require_kafka(settings)
     result = replay(settings.kafka, dlq_topic(settings.topic_prefix), settings.group_id,
                     _dlq_filter(event_type, aggregate, error, since, until), dry_run=dry_run, limit=limit,
                     rate_per_s=rate, from_beginning=from_beginning, on_record=progress)
@@ -1121,8 +1151,30 @@ def schemas_export(
         console.print(f"wrote {len(written)} schemas to {directory}")
 
 
+def _end(exc: BaseException) -> None:
+    """Any failure a command did not handle: one line (or a JSON error object with --json) and its exit code."""
+    database = kafka = ""
+    try:
+        settings = get_settings()
+        database = make_url(settings.database_url).render_as_string(hide_password=True)
+        kafka = settings.kafka.bootstrap_servers
+    except Exception:  # noqa: BLE001 - the settings themselves may be what failed
+        pass
+    failure = describe(exc, database=database, kafka=kafka)
+    if failure.code == EXIT_FAILED:
+        structlog.get_logger("ttsync.cli").debug("unexpected_error", exc_info=exc)
+    if "--json" in sys.argv[1:]:
+        _emit_json(failure.to_json())
+    else:
+        err_console.print(f"[red]{failure.message}[/]", soft_wrap=True)
+    sys.exit(failure.code)
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - translated into one line and a documented exit code
+        _end(exc)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""``ttsync doctor``: find or start Kafka and the database, send one event through the broker and back,
-check the database, and say what it found."""
+"""``ttsync doctor``: check the database, the broker, the topics and the QBO connection, and say what it found.
+
+A health check must not write to what it checks: doctor reads only (no migration, no probe table, no probe
+topic). Two exceptions, each asked for: ``--roundtrip`` sends one record through a probe topic of its own, and
+a QBO check may refresh the access token (QBO rotates refresh tokens: the new one must be kept, or the
+connection would be lost)."""
 
 from __future__ import annotations
 
@@ -26,26 +30,22 @@ class Check:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def check_database(url: str) -> Check:
+def check_database(url: str, name: str = "database") -> Check:
+    """Reachable, and ttsync's tables at this release's migration (read-only)."""
     started = time.monotonic()
+    engine = make_engine(url)
     try:
-        engine = make_engine(url)
-        revision = migrate.upgrade(engine)
-        with engine.begin() as conn:
-            conn.execute(text("CREATE TABLE IF NOT EXISTS ttsync_doctor_probe (id VARCHAR(64) PRIMARY KEY)"))
-            probe = uuid.uuid4().hex
-            conn.execute(text("INSERT INTO ttsync_doctor_probe (id) VALUES (:id)"), {"id": probe})
-            back = conn.execute(text("SELECT id FROM ttsync_doctor_probe WHERE id = :id"), {"id": probe}).scalar()
-            conn.execute(text("DROP TABLE ttsync_doctor_probe"))
         version = _server_version(engine)
-        engine.dispose()
-        ok = back == probe
-        return Check(
-            "database", ok, f"{engine.dialect.name} {version}, migrations at {revision}",
-            time.monotonic() - started, {"dialect": engine.dialect.name, "revision": revision},
-        )
+        revision = migrate.require_current(engine, name.replace("_", " "))
+        return Check(name, True, f"{engine.dialect.name} {version}, migrations at {revision}",
+                     time.monotonic() - started, {"dialect": engine.dialect.name, "revision": revision})
+    except migrate.SchemaNotMigrated as exc:
+        return Check(name, False, str(exc), time.monotonic() - started, {"dialect": engine.dialect.name})
     except Exception as exc:  # noqa: BLE001 - doctor reports every failure instead of dying on the first
-        return Check("database", False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        return Check(name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                     time.monotonic() - started)
+    finally:
+        engine.dispose()
 
 
 def _server_version(engine: Any) -> str:
@@ -141,16 +141,58 @@ def check_mappings(settings: Settings) -> Check:
                  {"problems": bad, "checked": len(rows)})
 
 
-def run_doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
+def check_topics(kafka: KafkaConnection, settings: Settings) -> Check:
+    """ttsync's topics exist: the aggregate topics, the retry tiers and the dead-letter topic (read-only)."""
+    from kafka import KafkaAdminClient
+
+    from consumer.group_consumer import consumer_topics
+    from schemas.contract import dlq_topic
+
+    started = time.monotonic()
+    wanted = [*consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s), dlq_topic(settings.topic_prefix)]
+    try:
+        admin = KafkaAdminClient(**kafka.client_config(), client_id="ttsync-doctor")
+        try:
+            existing = set(admin.list_topics())
+        finally:
+            admin.close()
+    except Exception as exc:  # noqa: BLE001 - a check reports what went wrong, whatever it is
+        return Check("topics", False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+    missing = [t for t in wanted if t not in existing]
+    detail = f"all {len(wanted)} topics of prefix {settings.topic_prefix} exist" if not missing else \
+        f"missing {', '.join(missing)} (`ttsync relay` and `ttsync consume` create them at start)"
+    return Check("topics", not missing, detail, time.monotonic() - started, {"missing": missing})
+
+
+def check_qbo(settings: Settings) -> Check:
+    """The QBO connection answers: a token (refreshed if it must be) and the company's info."""
+    from ttsync.qbo_connect import status
+
+    started = time.monotonic()
+    try:
+        result = status(settings, check=True)
+    except Exception as exc:  # noqa: BLE001 - a check reports what went wrong, whatever it is
+        return Check("qbo", False, f"{type(exc).__name__}: {str(exc)[:300]}", time.monotonic() - started)
+    if not result["connected"]:
+        return Check("qbo", False, "not connected: run `ttsync qbo connect`", time.monotonic() - started)
+    ok = result.get("check") == "ok"
+    detail = f"realm {result['realm_id']} answers" if ok else f"realm {result['realm_id']}: {result.get('check')}"
+    return Check("qbo", ok, detail, time.monotonic() - started, {"realm_id": result["realm_id"]})
+
+
+def run_doctor(settings: Settings, *, start_services: bool = True, roundtrip: bool = False) -> list[Check]:
     checks = [check_database(settings.database_url)]
     if checks[0].ok:
         checks.append(check_capture_schema(settings.database_url))
-    kafka_check, address = check_kafka(settings.kafka, start=start_services)
+    if settings.state_database_url:
+        checks.append(check_database(settings.state_database_url, "state_database"))
+    kafka_check, connection = check_kafka(settings.kafka, start=start_services)
     checks.append(kafka_check)
-    if address:
-        checks.append(check_roundtrip(address))
-    else:
-        checks.append(Check("roundtrip", False, "skipped: no broker"))
+    if connection:
+        checks.append(check_topics(connection, settings))
+        if roundtrip:
+            checks.append(check_roundtrip(connection))
     if settings.secret_key is not None:  # QBO credentials are set up
+        checks.append(check_qbo(settings))
         checks.append(check_mappings(settings))
     return checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -41,6 +42,17 @@ def kafka_answers(kafka: KafkaConnection | str, timeout_s: float = 5.0) -> bool:
     host, port = _first_host_port(connection.bootstrap_servers)
     if not tcp_open(host, port):
         return False
+    # A probe that fails is an answer, not an error: kafka-python would log each refused connection at ERROR.
+    quiet = logging.getLogger("kafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return _cluster_answers(connection, timeout_s)
+    finally:
+        quiet.setLevel(level)
+
+
+def _cluster_answers(connection: KafkaConnection, timeout_s: float) -> bool:
     from kafka import KafkaAdminClient
 
     try:

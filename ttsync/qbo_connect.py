@@ -111,14 +111,19 @@ def connect(settings: Settings, *, port: int, timeout_s: float, on_url: Any) -> 
             "refresh_expires_in_s": tokens.get("x_refresh_token_expires_in")}
 
 
-def _store(settings: Settings) -> TokenStore:
+def _store(settings: Settings, *, read_only: bool = False) -> TokenStore:
+    """The token store; ``qbo connect`` (a setup step) brings the state tables up to date, a status never does:
+    it tells you to run `ttsync db upgrade` instead."""
     engine = make_engine(settings.effective_state_database_url)
-    migrate.upgrade(engine)
+    if read_only:
+        migrate.require_current(engine, "state database")
+    else:
+        migrate.upgrade(engine)
     return token_store(settings, engine)
 
 
 def status(settings: Settings, *, check: bool) -> dict[str, Any]:
-    store = _store(settings)
+    store = _store(settings, read_only=True)
     state = store.state()
     out: dict[str, Any] = {"realm_id": settings.qbo_realm_id, "base_url": settings.qbo_base_url,
                            "connected": state is not None}

@@ -66,23 +66,100 @@ def test_schemas_export(tmp_path: Path) -> None:
     assert len(json.loads(result.stdout)["files"]) == 16
 
 
-def test_doctor_json_against_the_real_services(kafka_bootstrap: str, tmp_path: Path) -> None:
-    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+def test_doctor_json_against_the_real_services(kafka_bootstrap: str, tmp_path: Path, topic_prefix: str) -> None:
+    from consumer.group_consumer import consumer_topics
+    from producer.kafka_publisher import ensure_topics
+    from schemas.contract import dlq_topic
+
+    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TTSYNC_TOPIC_PREFIX": topic_prefix,
            "TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'doctor.sqlite3'}"}
+    assert ttsync("db", "upgrade", env=env).returncode == 0
+    ensure_topics(kafka_bootstrap, [*consumer_topics(topic_prefix, [10, 60, 300]), dlq_topic(topic_prefix)], 1, 1)
     result = ttsync("doctor", "--json", "--no-start", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True
-    assert [c["name"] for c in report["checks"]] == ["database", "capture_schema", "kafka", "roundtrip"]
+    assert [c["name"] for c in report["checks"]] == ["database", "capture_schema", "kafka", "topics"]
+    probed = json.loads(ttsync("doctor", "--json", "--no-start", "--roundtrip", env=env).stdout)
+    assert [c["name"] for c in probed["checks"]][-1] == "roundtrip" and probed["ok"] is True
+
+
+def test_doctor_reads_only_an_unmigrated_database_is_reported_not_migrated(kafka_bootstrap: str,
+                                                                           pg_database: str) -> None:
+    """doctor once ran the migrations and created and dropped a probe table in TimeTracker's database."""
+    from sqlalchemy import create_engine, inspect
+
+    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TTSYNC_DATABASE_URL": pg_database}
+    result = ttsync("doctor", "--json", "--no-start", env=env)
+    assert result.returncode == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert "run `ttsync db upgrade`" in checks["database"]["detail"]
+    engine = create_engine(pg_database)
+    try:
+        assert inspect(engine).get_schema_names() == ["information_schema", "public"]  # no ttsync schema made
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
 
 
 def test_doctor_reports_a_missing_broker_with_exit_1(tmp_path: Path) -> None:
     env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
            "TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'doctor.sqlite3'}"}
+    assert ttsync("db", "upgrade", env=env).returncode == 0
     result = ttsync("doctor", "--json", "--no-start", env=env)
     assert result.returncode == 1
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["database"]["ok"] is True and checks["kafka"]["ok"] is False
+
+
+def test_consume_on_an_unmigrated_state_database_exits_2_at_once(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """It retried for ever (`--max-seconds 5` ran 60 s until killed)."""
+    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "TTSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'state.sqlite3'}"}
+    result = ttsync("consume", "--max-seconds", "5", env=env, timeout=60)
+    assert result.returncode == 2
+    assert "run `ttsync db upgrade`" in result.stderr and "Traceback" not in result.stderr
+
+
+BROKER_COMMANDS = [["lag"], ["dlq", "list"], ["dlq", "show", "0:0"], ["dlq", "replay", "--dry-run"]]
+DATABASE_COMMANDS = [["outbox", "status"], ["db", "current"], ["capture", "status"], ["map", "list"],
+                     ["qbo", "status"]]
+
+
+@pytest.mark.parametrize("command", BROKER_COMMANDS)
+def test_a_stopped_broker_ends_a_command_in_one_line_exit_4_and_a_json_error(command: list[str]) -> None:
+    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    plain = ttsync(*command, env=env, timeout=60)
+    assert plain.returncode == 4, plain.stdout + plain.stderr
+    lines = [ln for ln in plain.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no Kafka broker answers at 127.0.0.1:1" in lines[0], plain.stderr
+    as_json = ttsync(*command, "--json", env=env, timeout=60)
+    assert as_json.returncode == 4 and json.loads(as_json.stdout)["exit_code"] == 4
+
+
+@pytest.mark.parametrize("command", DATABASE_COMMANDS)
+def test_a_stopped_database_ends_a_command_in_one_line_exit_4_and_a_json_error(command: list[str]) -> None:
+    env = {"TTSYNC_DATABASE_URL": "postgresql+psycopg://ttsync:s3cret-pw@127.0.0.1:1/timetracker",
+           "TTSYNC_SECRET_KEY": "a-passphrase-of-16+chars"}
+    plain = ttsync(*command, env=env, timeout=60)
+    assert plain.returncode == 4, plain.stdout + plain.stderr
+    lines = [ln for ln in plain.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "does not answer" in lines[0] and "s3cret-pw" not in plain.stderr, plain.stderr
+    as_json = ttsync(*command, "--json", env=env, timeout=60)
+    assert as_json.returncode == 4 and json.loads(as_json.stdout)["error"].startswith("database postgresql")
+
+
+@pytest.mark.parametrize("command", [*BROKER_COMMANDS, *DATABASE_COMMANDS, ["relay", "--once"], ["consume"],
+                                     ["doctor"], ["reconcile"]])
+def test_a_malformed_setting_ends_every_command_in_one_line_with_exit_2(command: list[str]) -> None:
+    env = {"TTSYNC_EXPENSE_ACCOUNT_MAP": "{not json"}
+    plain = ttsync(*command, env=env, timeout=60)
+    assert plain.returncode == 2, plain.stdout + plain.stderr
+    assert len([ln for ln in plain.stderr.splitlines() if ln.strip()]) == 1, plain.stderr
+    assert "expense_account_map" in plain.stderr
+    as_json = ttsync(*command, "--json", env=env, timeout=60) if command[0] not in ("relay", "consume") else None
+    if as_json is not None:
+        assert as_json.returncode == 2 and json.loads(as_json.stdout)["exit_code"] == 2
 
 
 def test_relay_once_on_sqlite_publishes_the_backlog(kafka_bootstrap: str, tmp_path: Path, topic_prefix: str) -> None:
