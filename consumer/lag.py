@@ -1,10 +1,16 @@
 """``ttsync lag``: per partition committed offset, log-end offset, lag in messages and in seconds (age of the
 oldest unconsumed record, read from the broker), the owning member, and a status in Burrow's spirit judged
-over a window of samples kept between runs (``~/.cache/ttsync/lag/<group>.json``).
+over samples kept between runs (``TTSYNC_LAG_STATE_DIR``, default ``~/.cache/ttsync/lag/<group>.json``) and over
+time: every partition remembers since when its committed offset has stood still.
 
-Statuses, worst last: OK; WARN (lag grew over the whole window); STALL (the group is alive but its committed
-offset does not move while there is lag); STOP (nobody commits: no live member and lag); ERR (the committed
-offset went backwards, or the group is unusable).
+Statuses, Burrow's (github.com/linkedin/Burrow/wiki/Consumer-Lag-Evaluation-Rules) judged with time, worst last:
+
+- OK: no lag, or the consumer keeps up.
+- WARN: lag grew over the window, though it shrank at times.
+- STALL: the committed offset moves, but the lag never shrinks over the window (a consumer that cannot keep up).
+- STOP: the committed offset has not moved for longer than ``stop_after_s`` while there is lag (a stuck member).
+- REWIND: a committed offset went back (a reset, or a member that lost its place).
+- ERR: the group has no active members and there is lag: nobody is consuming.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from schemas.kafka_client import KafkaConnection, as_connection
 
-STATUSES = ("OK", "WARN", "STALL", "STOP", "ERR")
+STATUSES = ("OK", "WARN", "STALL", "STOP", "REWIND", "ERR")
+DEFAULT_STOP_AFTER_S = 300.0
 REBALANCING = ("PreparingRebalance", "CompletingRebalance")
 
 
@@ -150,47 +157,67 @@ def state_path(group: str) -> Path:
     return base / f"{group.replace('/', '_')}.json"
 
 
-def evaluate(result: GroupLag, *, window: int = 10, path: Path | None = None) -> GroupLag:
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        state = {}
+    if not isinstance(state, dict):  # the list of samples earlier versions kept
+        state = {"samples": state}
+    state.setdefault("samples", [])
+    state.setdefault("since", {})
+    return state
+
+
+def evaluate(result: GroupLag, *, window: int = 10, path: Path | None = None,
+             stop_after_s: float = DEFAULT_STOP_AFTER_S) -> GroupLag:
     """Add this sample to the group's window, judge every partition and the group."""
     path = path or state_path(result.group)
-    try:
-        samples = json.loads(path.read_text()) if path.exists() else []
-    except (OSError, ValueError):
-        samples = []
-    samples.append({"ts": result.measured_at,
-                    "p": {f"{p.topic}:{p.partition}": [p.committed, p.lag] for p in result.partitions}})
-    samples = samples[-window:]
+    state = _load(path)
+    now = result.measured_at
+    samples = [*state["samples"], {"ts": now, "p": {f"{p.topic}:{p.partition}": [p.committed, p.lag]
+                                                     for p in result.partitions}}][-window:]
+    since: dict[str, list[Any]] = state["since"]
+    for p in result.partitions:
+        key = f"{p.topic}:{p.partition}"
+        if key not in since or since[key][0] != p.committed:
+            since[key] = [p.committed, now]  # the committed offset moved (or is new): its clock starts now
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(samples))
+    path.write_text(json.dumps({"samples": samples, "since": since}))
     alive = bool(result.members)
     for p in result.partitions:
-        history = [s["p"].get(f"{p.topic}:{p.partition}") for s in samples]
-        history = [h for h in history if h is not None]
-        p.status = judge(history, alive)
+        key = f"{p.topic}:{p.partition}"
+        history = [s["p"][key] for s in samples if key in s["p"]]
+        p.status = judge(history, alive, still_for_s=now - since[key][1], stop_after_s=stop_after_s)
     result.window_samples = len(samples)
     result.status = max((p.status for p in result.partitions), key=STATUSES.index, default="OK")
     if result.state in REBALANCING:
         result.message = f"group {result.group} is rebalancing: members and assignments are changing"
     elif not alive and any(p.lag for p in result.partitions):
-        result.message = f"group {result.group} has no active members"
+        result.message = f"group {result.group} has no active members, and lag: nobody is consuming"
+    elif result.status == "STOP":
+        result.message = f"a committed offset of group {result.group} has not moved for over {stop_after_s:.0f}s"
     return result
 
 
-def judge(history: list[list[int | None]], alive: bool) -> str:
-    """Burrow's rules, simplified to what we can sample: history is [committed offset, lag] oldest first."""
-    if not history:
+def judge(history: list[list[int | None]], alive: bool, *, still_for_s: float = 0.0,
+          stop_after_s: float = DEFAULT_STOP_AFTER_S) -> str:
+    """Burrow's rules with time. ``history``: [committed offset, lag], oldest first, the last one now;
+    ``still_for_s``: how long the committed offset has stood where it is now."""
+    if not history or not int(history[-1][1] or 0):
         return "OK"
+    if not alive:
+        return "ERR"
     offsets = [h[0] for h in history]
     lags = [int(h[1] or 0) for h in history]
-    if lags[-1] == 0 or 0 in lags:
-        return "OK"
     known = [o for o in offsets if o is not None]
     if any(b < a for a, b in pairwise(known)):
-        return "ERR"
-    if len(history) >= 2 and len(set(offsets)) == 1:
-        return "STALL" if alive else "STOP"
-    if not alive and len(history) == 1:
+        return "REWIND"
+    if still_for_s > stop_after_s:
         return "STOP"
-    if len(history) >= 3 and all(b >= a for a, b in pairwise(lags)) and lags[-1] > lags[0]:
+    moved = len(set(offsets)) > 1
+    if len(history) >= 3 and moved and all(b >= a for a, b in pairwise(lags)):
+        return "STALL"
+    if len(history) >= 3 and lags[-1] > lags[0]:
         return "WARN"
     return "OK"

@@ -646,8 +646,11 @@ def lag(
     watch: Annotated[float | None, typer.Option(help="Refresh every N seconds until Ctrl-C.")] = None,
     check: Annotated[bool, typer.Option(help="Exit 1 when the group is WARN or worse (cron, alerting).")] = False,
     window: Annotated[int, typer.Option(help="Samples kept between runs to judge the status.")] = 10,
+    stop_after: Annotated[float, typer.Option(help="STOP when a committed offset stands still this many seconds "
+                                                   "while there is lag.")] = 300.0,
 ) -> None:
-    """Consumer lag per partition: messages and seconds behind, owner, and an OK/WARN/STALL/STOP/ERR status."""
+    """Consumer lag per partition: messages and seconds behind, owner, and a status (Burrow's rules, with time):
+    OK, WARN, STALL, STOP, REWIND, ERR."""
     from consumer.lag import STATUSES, GroupNotFound, evaluate, measure
 
     settings = _settings()
@@ -655,7 +658,7 @@ def lag(
     while True:
         try:
             _require_kafka(settings)
-            result = evaluate(measure(settings.kafka, group, topic), window=window)
+            result = evaluate(measure(settings.kafka, group, topic), window=window, stop_after_s=stop_after)
         except GroupNotFound as exc:
             if as_json:
                 _emit_json({"group": group, "status": "NOTFOUND", "message": str(exc)})
@@ -673,7 +676,8 @@ def lag(
     raise typer.Exit(EXIT_FAILED if check and bad else EXIT_OK)
 
 
-_STATUS_COLOUR = {"OK": "green", "WARN": "yellow", "STALL": "magenta", "STOP": "red", "ERR": "bold red"}
+_STATUS_COLOUR = {"OK": "green", "WARN": "yellow", "STALL": "magenta", "STOP": "red", "REWIND": "bold red",
+                  "ERR": "bold red"}
 
 
 def _print_lag(result: Any) -> None:

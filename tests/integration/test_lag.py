@@ -66,45 +66,49 @@ def test_lag_in_seconds_is_the_age_of_the_oldest_unconsumed_record(kafka_bootstr
     assert abs(part.lag_seconds - 30) < 1.0
 
 
-def test_stop_when_nobody_commits(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_err_at_once_when_the_group_has_no_members_and_lag(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A dead group with lag 80 was reported OK (and `--check` exit 0) run after run."""
     topic = topic_with(kafka_bootstrap, 1)
     produce(kafka_bootstrap, topic, 0, 5)
     group = f"g-{uuid.uuid4().hex[:6]}"
     commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 2})
-    for _ in range(2):
-        result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
-    assert result.status == "STOP" and "no active members" in result.message
+    result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
+    assert result.status == "ERR" and "no active members" in result.message
 
 
-def test_stall_when_a_live_member_does_not_move(kafka_bootstrap: str, tmp_path: Path) -> None:
+def _live_member(bootstrap: str, topic: str, group: str) -> KafkaConsumer:
+    member = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                           auto_offset_reset="earliest")
+    deadline = time.time() + 20
+    while not member.assignment() and time.time() < deadline:
+        member.poll(timeout_ms=200)
+    return member
+
+
+def test_stop_when_a_live_member_does_not_commit_for_longer_than_the_threshold(kafka_bootstrap: str,
+                                                                             tmp_path: Path) -> None:
     topic = topic_with(kafka_bootstrap, 1)
     produce(kafka_bootstrap, topic, 0, 5)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    member = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
-                           enable_auto_commit=False, auto_offset_reset="earliest")
+    member = _live_member(kafka_bootstrap, topic, group)
     try:
-        deadline = time.time() + 20
-        while not member.assignment() and time.time() < deadline:
-            member.poll(timeout_ms=200)
         member.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, None, -1)})
-        results = [evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json") for _ in range(2)]
+        first = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json", stop_after_s=1.0)
+        time.sleep(1.5)  # time, not the number of runs, makes a STOP
+        later = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json", stop_after_s=1.0)
     finally:
         member.close()
-    assert results[-1].status == "STALL"
-    assert results[-1].partitions[0].member is not None and len(results[-1].members) == 1
+    assert first.status == "OK" and later.status == "STOP" and "has not moved" in later.message
+    assert later.partitions[0].member is not None and len(later.members) == 1
 
 
-def test_warn_when_lag_keeps_growing(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_stall_when_commits_move_but_lag_never_shrinks(kafka_bootstrap: str, tmp_path: Path) -> None:
     topic = topic_with(kafka_bootstrap, 1)
     group = f"g-{uuid.uuid4().hex[:6]}"
     tp = TopicPartition(topic, 0)
     produce(kafka_bootstrap, topic, 0, 5)
-    member = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False,
-                           auto_offset_reset="earliest")
+    member = _live_member(kafka_bootstrap, topic, group)
     try:
-        deadline = time.time() + 20
-        while not member.assignment() and time.time() < deadline:
-            member.poll(timeout_ms=200)
         statuses = []
         for step in range(4):  # the consumer moves by 1, the producer adds 5: lag grows every sample
             member.commit({tp: OffsetAndMetadata(step + 1, None, -1)})
@@ -112,16 +116,62 @@ def test_warn_when_lag_keeps_growing(kafka_bootstrap: str, tmp_path: Path) -> No
             statuses.append(evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json").status)
     finally:
         member.close()
-    assert statuses[-1] == "WARN"
+    assert statuses[-1] == "STALL"
+
+
+def test_warn_when_lag_grows_though_it_shrank_at_times(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 1)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    tp = TopicPartition(topic, 0)
+    produce(kafka_bootstrap, topic, 0, 10)
+    member = _live_member(kafka_bootstrap, topic, group)
+    try:
+        statuses = []
+        for committed, more in ((5, 0), (8, 0), (9, 20)):  # lag 5, then 2, then 21
+            member.commit({tp: OffsetAndMetadata(committed, None, -1)})
+            produce(kafka_bootstrap, topic, 0, more)
+            statuses.append(evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json").status)
+    finally:
+        member.close()
+    assert statuses == ["OK", "OK", "WARN"]
+
+
+def test_rewind_when_a_committed_offset_goes_back(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_with(kafka_bootstrap, 1)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    tp = TopicPartition(topic, 0)
+    produce(kafka_bootstrap, topic, 0, 10)
+    member = _live_member(kafka_bootstrap, topic, group)
+    try:
+        member.commit({tp: OffsetAndMetadata(6, None, -1)})
+        evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
+        member.commit({tp: OffsetAndMetadata(2, None, -1)})
+        result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
+    finally:
+        member.close()
+    assert result.status == "REWIND"
 
 
 def test_rules_without_a_broker() -> None:
     assert judge([[5, 0]], alive=True) == "OK"
-    assert judge([[5, 3], [5, 3]], alive=True) == "STALL"
-    assert judge([[5, 3], [5, 3]], alive=False) == "STOP"
-    assert judge([[5, 3], [4, 4]], alive=True) == "ERR"
-    assert judge([[1, 3], [2, 5], [3, 8]], alive=True) == "WARN"
+    assert judge([[5, 3]], alive=False) == "ERR"  # one sample is enough to see nobody consumes
+    assert judge([[5, 3], [5, 3]], alive=True, still_for_s=10, stop_after_s=300) == "OK"
+    assert judge([[5, 3], [5, 3]], alive=True, still_for_s=301, stop_after_s=300) == "STOP"
+    assert judge([[5, 3], [4, 4]], alive=True) == "REWIND"
+    assert judge([[1, 3], [2, 5], [3, 8]], alive=True) == "STALL"
+    assert judge([[1, 3], [2, 5], [3, 5]], alive=True) == "STALL"  # flat lag while committing
+    assert judge([[1, 6], [5, 2], [6, 9]], alive=True) == "WARN"
     assert judge([[1, 3], [2, 5], [9, 0]], alive=True) == "OK"
+
+
+def test_a_sample_file_of_an_earlier_version_is_read(tmp_path: Path) -> None:
+    from consumer.lag import GroupLag, PartitionLag
+
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps([{"ts": 1.0, "p": {"t:0": [3, 2]}}]))  # the old list of samples
+    part = PartitionLag("t", 0, 3, 5, 2, 1.0, "m")
+    result = evaluate(GroupLag("g", "Stable", [{"member_id": "m"}], [part]), path=path)
+    assert result.window_samples == 2
 
 
 def test_missing_group_and_cli(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -138,7 +188,7 @@ def test_missing_group_and_cli(kafka_bootstrap: str, tmp_path: Path) -> None:
     data = json.loads(out.stdout)
     assert data["total_lag"] == 3 and data["partitions"][0]["committed"] == 1
     check = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True, timeout=60)
-    assert check.returncode == 1 and "STOP" in check.stdout  # second sample, nobody committing
+    assert check.returncode == 1 and "ERR" in check.stdout and "no active members" in check.stdout
     missing = subprocess.run([sys.executable, "-m", "ttsync", "lag", "--group", "nobody-at-all"], env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
