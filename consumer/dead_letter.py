@@ -63,7 +63,7 @@ def forward(record: Any, *, target_topic: str, error: BaseException, group_id: s
     for name, value in record.headers or []:
         if name.startswith(Header.PREFIX):
             headers[name] = (value or b"").decode("utf-8", "replace")
-        else:
+        elif not name.startswith(Header.CONNECT_PREFIX):  # written afresh below, from ours
             passthrough.append((name, value or b""))
     previous_attempts = _count(headers.get(Header.ATTEMPTS)) or 0
     if Header.ORIGINAL_TOPIC not in headers:
@@ -81,8 +81,9 @@ def forward(record: Any, *, target_topic: str, error: BaseException, group_id: s
     headers[Header.LAST_FAILURE] = _iso(now)
     if due_at is not None:
         headers[Header.RETRY_DUE_AT] = _iso(due_at)
+    connect = [(alias, headers[ours]) for ours, alias in Header.CONNECT_ALIASES.items() if ours in headers]
     return OutgoingRecord(target_topic, record.key, record.value,
-                          passthrough + [(k, v.encode()) for k, v in headers.items()])
+                          passthrough + [(k, v.encode()) for k, v in [*headers.items(), *connect]])
 
 
 # The headers the consumer reads back from a record of any of its topics (a forged or damaged one included).

@@ -64,6 +64,10 @@ class DeadLetter:
     def replay_count(self) -> int:
         return int(self.headers.get(Header.REPLAY_COUNT, "0") or 0)
 
+    @property
+    def event_id(self) -> str | None:
+        return self.headers.get(Header.EVENT_ID)
+
     def summary(self) -> dict[str, Any]:
         return {
             "ref": self.ref, "dead_lettered_at": dt.datetime.fromtimestamp(self.timestamp, dt.UTC).isoformat(),
@@ -146,6 +150,30 @@ def list_dead_letters(bootstrap: KafkaConnection | str, topic: str,
                       flt: DlqFilter) -> tuple[list[DeadLetter], Counter[str]]:
     found = [d for _, d in scan(bootstrap, topic) if flt.matches(d)]
     return found, Counter(d.error_code for d in found)
+
+
+DLQ_STATES = ("open", "replayed", "resolved")
+
+
+def dead_letter_state(d: DeadLetter, replay_position: int | None, processed: set[str]) -> str:
+    """resolved: its event has been applied since (the consumer knows its event id); replayed: a replay sent it
+    back (the replay position, which never passes a record it did not replay, is beyond it) and it has not been
+    applied yet; open: neither, it waits for an operator."""
+    if d.event_id and d.event_id in processed:
+        return "resolved"
+    if replay_position is not None and d.offset < replay_position:
+        return "replayed"
+    return "open"
+
+
+def replay_positions(bootstrap: KafkaConnection | str, topic: str, base_group: str) -> dict[int, int | None]:
+    """The replay group's saved position in each partition of the dead-letter topic (None: never replayed)."""
+    consumer = KafkaConsumer(**as_connection(bootstrap).client_config(), enable_auto_commit=False,
+                             group_id=base_group + DLQ_REPLAY_GROUP_SUFFIX)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in consumer.partitions_for_topic(topic) or []}
+    finally:
+        consumer.close()
 
 
 def show(bootstrap: KafkaConnection | str, topic: str, ref: str) -> DeadLetter | None:

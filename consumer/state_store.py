@@ -33,6 +33,17 @@ class StateStore:
 
     # -- processed events ----------------------------------------------------------------------------
 
+    def processed_among(self, event_ids: list[str]) -> set[str]:
+        """Which of these events this group has processed (read-only; ``dlq list`` marks them resolved)."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(event_ids), 500):
+                chunk = event_ids[start:start + 500]
+                found.update(conn.execute(select(processed_events.c.event_id).where(
+                    processed_events.c.consumer_group == self.group,
+                    processed_events.c.event_id.in_(chunk))).scalars())
+        return found
+
     # -- entity map ----------------------------------------------------------------------------------
 
     def _key(self, aggregate_type: str, aggregate_id: str) -> Any:

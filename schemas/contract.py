@@ -70,6 +70,17 @@ class Header:
     RETRY_DUE_AT: Final = PREFIX + "retry.due.at"
     REPLAY_COUNT: Final = "ttsync.replay.count"
 
+    # Kafka Connect's dead-letter header names (errors.deadletterqueue.context.headers.enable), written beside
+    # ours so that Kafka UIs that decode Connect's DLQs decode ttsync's too.
+    CONNECT_PREFIX: Final = "__connect.errors."
+    CONNECT_ALIASES: Final = {
+        ORIGINAL_TOPIC: CONNECT_PREFIX + "topic",
+        ORIGINAL_PARTITION: CONNECT_PREFIX + "partition",
+        ORIGINAL_OFFSET: CONNECT_PREFIX + "offset",
+        ERROR_CLASS: CONNECT_PREFIX + "exception.class.name",
+        ERROR_MESSAGE: CONNECT_PREFIX + "exception.message",
+    }
+
 MISSING_COLUMNS: Final = "_missing_columns"
 """Key of a state that lists the ``table.column`` capture could not read (TimeTracker renamed or dropped it)."""
 

@@ -715,28 +715,47 @@ UntilOpt = Annotated[str | None, typer.Option(help="Dead-lettered at or before (
 
 @dlq_app.command("list")
 def dlq_list(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt = None, since: SinceOpt = None,
-             until: UntilOpt = None, as_json: JsonOpt = False) -> None:
-    """Dead-lettered records with their reason, and counts by reason."""
-    from consumer.dlq_tools import list_dead_letters
+             until: UntilOpt = None, as_json: JsonOpt = False,
+             state: Annotated[str | None, typer.Option(help="Only open, replayed or resolved dead letters.")] = None,
+             limit: Annotated[int | None, typer.Option(min=1, help="Show at most this many (oldest first).")] = None,
+             check: Annotated[bool, typer.Option(help="Exit 1 when open dead letters exist (cron, alerting).")]
+             = False) -> None:
+    """Dead-lettered records with their reason and state (open, replayed, resolved), and counts."""
+    from collections import Counter
+
+    from consumer.dlq_tools import DLQ_STATES, dead_letter_state, list_dead_letters, replay_positions
     from schemas.contract import dlq_topic
 
     settings = _settings()
+    if state is not None and state not in DLQ_STATES:
+        _fail(f"--state must be one of {', '.join(DLQ_STATES)}", EXIT_USAGE, as_json)
     _require_kafka(settings)
-    found, counts = list_dead_letters(settings.kafka, dlq_topic(settings.topic_prefix),
-                                      _dlq_filter(event_type, aggregate, error, since, until))
+    topic = dlq_topic(settings.topic_prefix)
+    found, _ = list_dead_letters(settings.kafka, topic, _dlq_filter(event_type, aggregate, error, since, until))
+    positions = replay_positions(settings.kafka, topic, settings.group_id)
+    processed = _state_store().processed_among([d.event_id for d in found if d.event_id]) if found else set()
+    states = {d.ref: dead_letter_state(d, positions.get(d.partition), processed) for d in found}
+    by_state = Counter(states.values())
+    shown = [d for d in found if state is None or states[d.ref] == state][:limit]
+    counts = Counter(d.error_code for d in found if states[d.ref] == "open")
     if as_json:
-        _emit_json({"count": len(found), "by_reason": dict(counts), "records": [d.summary() for d in found]})
-        return
-    table = Table(title=f"{dlq_topic(settings.topic_prefix)}: {len(found)} record(s)")
-    for col in ("ref", "dead-lettered at", "event", "aggregate", "reason", "message", "replays"):
-        table.add_column(col)
-    for d in found:
-        info = d.summary()
-        table.add_row(d.ref, info["dead_lettered_at"][:19], d.event_type, d.key or "-", d.error_code,
-                      info["message"][:80], str(d.replay_count))
-    console.print(table)
-    for reason, n in counts.most_common():
-        console.print(f"  {reason}: {n}")
+        _emit_json({"count": len(found), "by_state": {s: by_state.get(s, 0) for s in DLQ_STATES},
+                    "by_reason": dict(Counter(d.error_code for d in found)), "open_by_reason": dict(counts),
+                    "records": [{**d.summary(), "state": states[d.ref]} for d in shown]})
+    else:
+        table = Table(title=f"{topic}: {len(found)} record(s), " + ", ".join(
+            f"{by_state.get(s, 0)} {s}" for s in DLQ_STATES))
+        for col in ("ref", "dead-lettered at", "event", "aggregate", "reason", "message", "replays", "state"):
+            table.add_column(col)
+        for d in shown:
+            info = d.summary()
+            table.add_row(d.ref, info["dead_lettered_at"][:19], d.event_type, d.key or "-", d.error_code,
+                          info["message"][:80], str(d.replay_count), states[d.ref])
+        console.print(table)
+        for reason, n in counts.most_common():
+            console.print(f"  open, {reason}: {n}")
+    if check and by_state.get("open"):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @dlq_app.command("show")

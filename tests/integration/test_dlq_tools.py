@@ -52,6 +52,9 @@ def test_list_show_dry_run_and_replay_after_the_fix(pipeline: Pipeline) -> None:
     shown = json.loads(cli(pipeline, "dlq", "show", ref, "--json").stdout)
     assert shown["value"]["payload"]["category"] == "Equipment Rental"
     assert shown["headers"]["ttsync.errors.class.name"] == "consumer.errors.MissingMapping"
+    # Kafka Connect's names too, for Kafka UIs that decode Connect dead-letter queues.
+    assert shown["headers"]["__connect.errors.topic"] == topic_for("expense", pipeline.prefix)
+    assert shown["headers"]["__connect.errors.exception.class.name"] == "consumer.errors.MissingMapping"
     assert cli(pipeline, "dlq", "show", "0:99999").returncode == 1
 
     expense_topic = topic_for("expense", pipeline.prefix)
@@ -68,6 +71,14 @@ def test_list_show_dry_run_and_replay_after_the_fix(pipeline: Pipeline) -> None:
     assert first["replayed"] == 1
     pipeline.consume_until(lambda st: st.applied >= 1)
     assert len(pipeline.qbo("Purchase")) == 1
+    # A replayed-and-applied dead letter is resolved; the malformed one is still open, and --check says so.
+    states = json.loads(cli(pipeline, "dlq", "list", "--json").stdout)
+    assert {r["error_code"]: r["state"] for r in states["records"]} == {"missing_account": "resolved",
+                                                                         "malformed_event": "open"}
+    assert states["by_state"] == {"open": 1, "replayed": 0, "resolved": 1}
+    assert cli(pipeline, "dlq", "list", "--check").returncode == 1
+    only_open = json.loads(cli(pipeline, "dlq", "list", "--json", "--state", "open", "--limit", "5").stdout)
+    assert [r["error_code"] for r in only_open["records"]] == ["malformed_event"]
     everything = json.loads(cli(pipeline, "dlq", "replay", "--json").stdout)  # unfiltered: the position moves
     assert everything["replayed"] == everything["considered"] >= 1
     rest = json.loads(cli(pipeline, "dlq", "replay", "--json").stdout)
