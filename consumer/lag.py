@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -152,9 +153,25 @@ def _oldest_timestamps(reader: KafkaConsumer, tps: list[TopicPartition],
 # -- status over a window of samples ------------------------------------------------------------------
 
 
+def state_dir() -> Path:
+    """TTSYNC_LAG_STATE_DIR, else $XDG_CACHE_HOME/ttsync/lag (~/.cache), else a directory of this user under the
+    system's temporary directory: a container user may have no home, or a read-only one."""
+    configured = os.environ.get("TTSYNC_LAG_STATE_DIR")
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path(os.path.expanduser("~")) / ".cache")
+    candidate = Path(cache) / "ttsync" / "lag"
+    try:
+        candidate.mkdir(parents=True, exist_ok=True)
+        if os.access(candidate, os.W_OK):
+            return candidate
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"ttsync-lag-{os.getuid()}"
+
+
 def state_path(group: str) -> Path:
-    base = Path(os.environ.get("TTSYNC_LAG_STATE_DIR", Path.home() / ".cache" / "ttsync" / "lag"))
-    return base / f"{group.replace('/', '_')}.json"
+    return state_dir() / f"{group.replace('/', '_')}.json"
 
 
 def _load(path: Path) -> dict[str, Any]:

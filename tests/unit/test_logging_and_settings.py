@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import structlog
@@ -101,3 +102,20 @@ def test_the_sandbox_defaults_stay_usable_locally_and_in_compose() -> None:
     Settings(qbo_sandbox=True, qbo_base_url="http://sandbox:8765", qbo_token_url="http://sandbox:8765/t")
     Settings(qbo_base_url="https://quickbooks.api.intuit.com", qbo_token_url="https://oauth.platform.intuit.com/t",
              qbo_authorize_url="https://appcenter.intuit.com/connect/oauth2", qbo_client_secret="an-app-secret")
+
+
+def test_the_lag_window_finds_a_writable_place_without_a_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ttsync lag` crashed in the image: its user had no home directory for ~/.cache."""
+    from consumer.lag import state_dir
+
+    monkeypatch.delenv("TTSYNC_LAG_STATE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    no_home = tmp_path / "no-home"
+    no_home.write_text("")  # a home that cannot hold ~/.cache, even for root (useradd --system leaves none)
+    monkeypatch.setenv("HOME", str(no_home))
+    where = state_dir()
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "probe.json").write_text("[]")
+    assert not str(where).startswith(str(no_home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert state_dir() == tmp_path / "ttsync" / "lag"
