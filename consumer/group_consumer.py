@@ -118,6 +118,7 @@ class GroupConsumer:
         self.breaker = breaker or OutageBreaker()
         self._run_over: Callable[[], bool] = lambda: False
         self._clock: Callable[[], float] = time.monotonic  # tests inject their own
+        self.heartbeat = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,6 +145,7 @@ class GroupConsumer:
                     break
                 if until is not None and until(self.stats):
                     break
+                self.heartbeat = time.monotonic()  # /livez: the loop turns
                 self._resume_due()
                 release_parked_records(self.consumer)
                 batch = self.consumer.poll(timeout_ms=250)
@@ -371,6 +373,7 @@ class GroupConsumer:
                     metrics.RETRIES.labels("in_place").inc()
                     if step.delay_s and getattr(exc, "retry_after_s", None):
                         metrics.THROTTLE_WAIT.inc(step.delay_s)
+                    self.heartbeat = time.monotonic()  # waiting in place is the loop turning, not hanging
                     if self._stop.wait(step.delay_s) or self._run_over():
                         raise StopRequested("stopping: the record stays uncommitted and is read again") from raw
                     continue

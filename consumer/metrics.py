@@ -21,10 +21,6 @@ APPLY_SECONDS = Histogram("ttsync_consumer_apply_seconds", "Time to apply one ev
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 OUTAGE = Gauge("ttsync_consumer_outage", "1 while the consumer is paused because record after record fails alike "
                "(a service is down; consumer.outage)", registry=REGISTRY)
-LAG = Gauge("ttsync_consumer_lag_messages", "Messages behind the log end, per partition",
-            ["topic", "partition"], registry=REGISTRY)
-LAG_SECONDS = Gauge("ttsync_consumer_lag_seconds", "Age of the oldest unconsumed record, per partition",
-                    ["topic", "partition"], registry=REGISTRY)
 
 
 def count_qbo_call(entity: str, operation: str, outcome: str) -> None:

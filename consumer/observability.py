@@ -14,18 +14,24 @@ from consumer.lag import measure
 from schemas.kafka_client import KafkaConnection, as_connection
 from ttsync.local_services import kafka_answers
 
+# kafka-lag-exporter's names, so its dashboards and alerts read ours.
+LAG_MESSAGES, LAG_SECONDS, COMMITTED_OFFSET = (
+    "kafka_consumergroup_group_lag", "kafka_consumergroup_group_lag_seconds", "kafka_consumergroup_group_offset")
+
 
 class LagCollector(Collector):
+    FAMILIES = (LAG_MESSAGES, LAG_SECONDS, COMMITTED_OFFSET)
+
     def __init__(self, bootstrap: KafkaConnection | str, group: str) -> None:
         self.bootstrap = bootstrap
         self.group = group
 
     def collect(self) -> Iterator[Any]:
-        messages = GaugeMetricFamily("kafka_consumergroup_group_lag", "Messages behind the log end",
+        messages = GaugeMetricFamily(LAG_MESSAGES, "Messages behind the log end",
                                      labels=["group", "topic", "partition"])
-        seconds = GaugeMetricFamily("kafka_consumergroup_group_lag_seconds",
+        seconds = GaugeMetricFamily(LAG_SECONDS,
                                     "Age of the oldest unconsumed record", labels=["group", "topic", "partition"])
-        committed = GaugeMetricFamily("kafka_consumergroup_group_offset", "Committed offset",
+        committed = GaugeMetricFamily(COMMITTED_OFFSET, "Committed offset",
                                       labels=["group", "topic", "partition"])
         try:
             result = measure(self.bootstrap, self.group)

@@ -149,6 +149,7 @@ class OutboxRelay:
         self.pipeline = pipeline and self.is_postgres
         self.leases = BucketLeases(engine, buckets) if self.is_postgres else None
         self._stop = threading.Event()
+        self.heartbeat = time.monotonic()  # last turn of the loop, for /livez
         self._listener: Any = None
         self._last_purge = 0.0
 
@@ -307,6 +308,7 @@ class OutboxRelay:
                  dialect=self.engine.dialect.name, pipeline=self.pipeline)
         try:
             while not self._stop.is_set():
+                self.heartbeat = time.monotonic()  # /livez: the loop turns
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 try:

@@ -563,7 +563,8 @@ def relay(
     signal.signal(signal.SIGINT, _graceful)
     from producer.relay_metrics import relay_registry
 
-    server = _serve_metrics(settings, engine, relay_registry(engine, worker), metrics_port)
+    server = _serve_metrics(settings, engine, relay_registry(engine, worker), metrics_port,
+                            heartbeat=lambda: worker.heartbeat)
     try:
         stats = worker.run(max_seconds=max_seconds, idle_exit=once)
     finally:
@@ -610,7 +611,8 @@ def consume(
 
     if metrics_port or settings.metrics_port:
         metrics.REGISTRY.register(LagCollector(settings.kafka, settings.group_id))
-    server = _serve_metrics(settings, parts.engine, metrics.REGISTRY, metrics_port)
+    server = _serve_metrics(settings, parts.engine, metrics.REGISTRY, metrics_port,
+                            heartbeat=lambda: worker.heartbeat)
 
     def _graceful(signum: int, _frame: Any) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name, action="finishing the current event")
@@ -929,8 +931,10 @@ def _state_store() -> Any:
     return StateStore(make_engine(settings.effective_state_database_url), settings.qbo_realm_id, settings.group_id)
 
 
-def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | None) -> Any:
-    """/metrics and /healthz (ready when broker and database answer), or None when no port is set."""
+def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | None,
+                   heartbeat: Any = None) -> Any:
+    """/metrics, /healthz (ready when broker and database answer) and /livez (the worker's loop turns), or None
+    when no port is set."""
     port = settings.metrics_port if port is None else port
     if not port:
         return None
@@ -938,7 +942,7 @@ def _serve_metrics(settings: Settings, engine: Any, registry: Any, port: int | N
     from ttsync.health_server import HealthServer
 
     server = HealthServer(registry, lambda: readiness(settings.kafka, engine), port,
-                          settings.metrics_host).start()
+                          settings.metrics_host, heartbeat=heartbeat).start()
     host = str(server.httpd.server_address[0])  # where it really listens (TTSYNC_METRICS_HOST may be 0.0.0.0)
     shown = f"[{host}]" if ":" in host else host
     structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://{shown}:{server.port}/metrics",

@@ -37,7 +37,7 @@ def test_config_and_secret_keys_are_real_settings() -> None:
 
 
 @pytest.mark.parametrize(("name", "command"), [("relay.yaml", "relay"), ("consumer.yaml", "consume")])
-def test_deployments_probe_healthz_on_the_metrics_port(name: str, command: str) -> None:
+def test_deployments_probe_readiness_and_liveness_on_the_metrics_port(name: str, command: str) -> None:
     manifests = docs()
     dep = manifests[name]
     assert dep["kind"] == "Deployment"
@@ -47,8 +47,9 @@ def test_deployments_probe_healthz_on_the_metrics_port(name: str, command: str) 
     assert container["args"] == [command]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == int(manifests["configmap.yaml"]["data"]["TTSYNC_METRICS_PORT"])
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # Readiness asks the dependencies; liveness only whether the loop turns (a broker outage restarted every pod).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     refs = {next(iter(e.values()))["name"] for e in container["envFrom"]}
     assert refs == {manifests["configmap.yaml"]["metadata"]["name"], manifests["secret.yaml"]["metadata"]["name"]}
     assert CliRunner().invoke(app, [command, "--help"]).exit_code == 0
@@ -189,3 +190,27 @@ def test_connect_sh_keeps_the_database_password_out_of_configs_and_command_lines
     assert "--database-url " not in register and "--secrets-dir" in register
     source = (ROOT / "deploy" / "debezium" / "register.py").read_text()
     assert "password_file=str(secrets)" in source and "chmod(0o600)" in source
+
+
+def test_the_alerts_name_only_metrics_ttsync_exports() -> None:
+    """An alert on a metric nobody exports never fires: each name in each rule must be one of ours (or the
+    Prometheus / kube-state-metrics series named on purpose)."""
+    import re
+
+    from consumer import metrics
+    from consumer.observability import LagCollector
+    from producer.relay_metrics import RelayCollector
+
+    names = {m.name for m in metrics.REGISTRY.collect()}
+    names |= {f"{n}_total" for n in names}
+    names |= set(LagCollector.FAMILIES) | set(RelayCollector.FAMILIES)
+    rules = docs()["prometheusrule.yaml"]["spec"]["groups"][0]["rules"]
+    assert {r["alert"] for r in rules} >= {"TtsyncConsumerLagGrowing", "TtsyncConsumerStopped", "TtsyncDeadLetters",
+                                           "TtsyncOutboxBacklogOld", "TtsyncQboReconnectNeeded"}
+    external = {"up", "kube_pod_container_status_last_terminated_exitcode"}
+    for rule in rules:
+        expr = re.sub(r"\{[^}]*\}", "{}", rule["expr"])  # label matchers are not metric names
+        used = set(re.findall(r"\b([a-z_]+)(?=\{|\)|\s*[<>=]|\[)", expr)) - {"by", "sum", "max", "absent",
+                                                                                   "increase", "or", "group"}
+        assert used, rule["alert"]
+        assert used <= names | external, (rule["alert"], used - names - external)

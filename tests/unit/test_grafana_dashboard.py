@@ -31,3 +31,17 @@ def test_dashboard_uses_only_exported_metrics() -> None:
         for target in panel["targets"]:
             used |= set(re.findall(r"\b((?:ttsync|kafka)_[a-z_]+)", target["expr"]))
     assert used and used <= EXPORTED, used - EXPORTED
+
+
+def test_series_every_replica_exports_are_not_summed_across_replicas() -> None:
+    """Every consumer replica exports the group's lag, every relay the outbox backlog: summed directly, two
+    replicas showed twice the lag. Such series are taken with max per partition (or type) first."""
+    from consumer.observability import LagCollector
+
+    per_replica = (*LagCollector.FAMILIES, "ttsync_outbox_backlog", "ttsync_outbox_oldest_unpublished_age_seconds",
+                   "ttsync_outbox_failing_rows")
+    dash = json.loads((ROOT / "deploy" / "grafana" / "ttsync-dashboard.json").read_text())
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            for name in per_replica:
+                assert not re.search(rf"sum(?: by \([^)]*\))? \({name}\b", target["expr"]), target["expr"]

@@ -119,3 +119,25 @@ def test_the_lag_window_finds_a_writable_place_without_a_home(tmp_path: Any, mon
     assert not str(where).startswith(str(no_home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert state_dir() == tmp_path / "ttsync" / "lag"
+
+
+def test_livez_follows_the_loop_and_not_the_dependencies() -> None:
+    """Liveness once asked the broker and the database: an outage of either restarted every pod."""
+    import time as _time
+
+    import requests
+    from prometheus_client import CollectorRegistry
+
+    from ttsync.health_server import HealthServer
+
+    turned = [_time.monotonic()]
+    server = HealthServer(CollectorRegistry(), lambda: {"broker": "no Kafka broker answers"}, 0,
+                          heartbeat=lambda: turned[0], stale_after_s=60).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert requests.get(f"{base}/healthz", timeout=5).status_code == 503  # not ready: the broker is away
+        assert requests.get(f"{base}/livez", timeout=5).status_code == 200  # but alive: no restart
+        turned[0] -= 61  # the loop has not turned for a minute: hung
+        assert requests.get(f"{base}/livez", timeout=5).status_code == 503
+    finally:
+        server.stop()
