@@ -121,6 +121,18 @@ class KafkaRecordPublisher:
             self._producer = None
 
 
+def delete_topics(bootstrap_servers: KafkaConnection | str, topics: Sequence[str]) -> None:
+    """Delete these topics (the demo's own, at its end)."""
+    admin = KafkaAdminClient(**as_connection(bootstrap_servers).client_config(), client_id="ttsync-admin")
+    try:
+        existing = set(admin.list_topics())
+        doomed = [t for t in topics if t in existing]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
+
+
 def ensure_topics(bootstrap_servers: KafkaConnection | str, topics: Sequence[str], partitions: int, replication: int,
                   configs: dict[str, str] | None = None) -> list[str]:
     """Create the topics that do not exist yet (with ``configs``, e.g. retention); returns those created."""

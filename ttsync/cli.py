@@ -32,6 +32,20 @@ from ttsync.settings import Settings, get_settings
 
 app = typer.Typer(help="Keep QuickBooks Online in step with TimeTracker.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"ttsync {version('ttsync')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print ttsync's version and exit.")] = False) -> None:
+    """Keep QuickBooks Online in step with TimeTracker."""
 db_app = typer.Typer(help="ttsync's own tables (Alembic migrations).", no_args_is_help=True)
 capture_app = typer.Typer(help="Change capture into the outbox.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
@@ -134,12 +148,16 @@ def demo(
     = False,
     quick: Annotated[bool, typer.Option(help="A shorter stretch of activity (used by the tests).")] = False,
     keep: Annotated[bool, typer.Option(help="Keep the sandbox and the broker running afterwards.")] = False,
+    kafka: Annotated[str | None, typer.Option(help="Use this broker (bootstrap servers) instead of starting one; "
+                                                   "the demo's topics are deleted at the end.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole pipeline on this machine: TimeTracker activity -> outbox -> Kafka -> QuickBooks sandbox."""
     from ttsync.demo import Demo
 
     settings = _settings()
+    if kafka:
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": kafka})
     configure_logging("WARNING", settings.log_format)  # the live tables are the demo's output
     out = Console(stderr=True) if as_json else console
     runner = Demo(postgres=postgres, quick=quick, keep=keep, console=out)

@@ -32,7 +32,7 @@ from consumer.lag import measure
 from consumer.wiring import build_consumer, build_parts
 from producer import migrate
 from producer.database import create_database, make_engine
-from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
+from producer.kafka_publisher import KafkaRecordPublisher, delete_topics, ensure_topics
 from producer.outbox_relay import OutboxRelay
 from producer.outbox_tables import outbox
 from producer.session_capture import install_session_capture
@@ -194,8 +194,11 @@ class Demo:
             "secret_key": base.qbo_client_secret.__class__(uuid.uuid4().hex), "retry_topic_delays_s": [2, 5],
             "relay_poll_interval_s": 0.2,
         })
-        ensure_topics(kafka, [*consumer_topics(prefix, settings.retry_topic_delays_s)], 3, 1)
-        ensure_topics(kafka, [dlq_topic(prefix)], 1, 1, dlq_topic_configs(settings.dlq_retention_days))
+        demo_topics = [*consumer_topics(prefix, settings.retry_topic_delays_s), dlq_topic(prefix)]
+        ensure_topics(kafka, demo_topics[:-1], 3, 1)
+        ensure_topics(kafka, demo_topics[-1:], 1, 1, dlq_topic_configs(settings.dlq_retention_days))
+        if not started_kafka:  # a broker of the user's: leave it as the demo found it
+            self.cleanups.append(lambda: delete_topics(kafka, demo_topics))
 
         publisher = KafkaRecordPublisher(kafka)
         relay = OutboxRelay(engine, publisher, topic_prefix=prefix, poll_interval_s=0.2)

@@ -191,14 +191,25 @@ def test_relay_once_on_sqlite_publishes_the_backlog(kafka_bootstrap: str, tmp_pa
 @pytest.mark.slow
 def test_the_readme_first_command_runs_the_demo_to_a_green_end(kafka_bootstrap: str, tmp_path: Path) -> None:
     """The README's main job, in its short mode (the same code path on fewer records)."""
-    env = {"TTSYNC_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "HOME": str(tmp_path)}
-    result = ttsync("demo", "--quick", "--json", env=env, timeout=240)
+    from kafka import KafkaAdminClient
+
+    def demo_topics() -> set[str]:
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            return {t for t in admin.list_topics() if t.startswith("demo")}
+        finally:
+            admin.close()
+
+    before = demo_topics()
+    env = {"HOME": str(tmp_path)}
+    result = ttsync("demo", "--quick", "--json", "--kafka", kafka_bootstrap, env=env, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["replayed"] == 1
     assert report["qbo"]["Invoice"] == 4 and report["qbo"]["Purchase"] == 3 and report["qbo"]["Customer"] == 5
     assert report["dead_letters_left"] == {"malformed_event": 1}
     assert report["seconds"] < 120
+    assert demo_topics() == before  # an existing broker is left as the demo found it
 
 
 def test_capture_snapshot_on_sqlite_dry_run_then_run_then_bad_options(tmp_path: Path) -> None:
