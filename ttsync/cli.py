@@ -671,27 +671,38 @@ def lag(
 ) -> None:
     """Consumer lag per partition: messages and seconds behind, owner, and a status (Burrow's rules, with time):
     OK, WARN, STALL, STOP, REWIND, ERR."""
+    from rich.live import Live
+
     from consumer.lag import STATUSES, GroupNotFound, evaluate, measure
 
     settings = _settings()
     group = group or settings.group_id
-    while True:
-        try:
-            _require_kafka(settings)
-            result = evaluate(measure(settings.kafka, group, topic), window=window, stop_after_s=stop_after)
-        except GroupNotFound as exc:
+    live = Live(console=console, auto_refresh=False) if watch is not None and not as_json else None
+    try:
+        if live is not None:
+            live.start()
+        while True:
+            try:
+                _require_kafka(settings)
+                result = evaluate(measure(settings.kafka, group, topic), window=window, stop_after_s=stop_after)
+            except GroupNotFound as exc:
+                if as_json:
+                    _emit_json({"group": group, "status": "NOTFOUND", "message": str(exc)})
+                else:
+                    err_console.print(f"[red]{exc}[/]")
+                raise typer.Exit(EXIT_FAILED) from exc
             if as_json:
-                _emit_json({"group": group, "status": "NOTFOUND", "message": str(exc)})
+                _emit_json(result.to_json())
+            elif live is not None:  # --watch: the same screen, refreshed in place
+                live.update(_lag_view(result), refresh=True)
             else:
-                err_console.print(f"[red]{exc}[/]")
-            raise typer.Exit(EXIT_FAILED) from exc
-        if as_json:
-            _emit_json(result.to_json())
-        else:
-            _print_lag(result)
-        if watch is None:
-            break
-        time.sleep(watch)
+                console.print(_lag_view(result))
+            if watch is None:
+                break
+            time.sleep(watch)
+    finally:
+        if live is not None:
+            live.stop()
     bad = STATUSES.index(result.status) >= STATUSES.index("WARN")
     raise typer.Exit(EXIT_FAILED if check and bad else EXIT_OK)
 
@@ -700,7 +711,8 @@ _STATUS_COLOUR = {"OK": "green", "WARN": "yellow", "STALL": "magenta", "STOP": "
                   "ERR": "bold red"}
 
 
-def _print_lag(result: Any) -> None:
+def _lag_view(result: Any) -> Any:
+    from rich.console import Group
     table = Table(title=f"group {result.group} ({result.state}, {len(result.members)} members) - "
                         f"[{_STATUS_COLOUR[result.status]}]{result.status}[/]")
     for col in ("topic", "partition", "committed", "log end", "lag", "lag (s)", "owner", "status"):
@@ -713,10 +725,8 @@ def _print_lag(result: Any) -> None:
     for t, totals in sorted(result.totals().items()):
         table.add_row(f"[bold]{t}[/]", "all", "", "", f"[bold]{int(totals['lag'])}[/]",
                       f"{totals['max_lag_seconds']:.1f}", "", "")
-    console.print(table)
-    if result.message:
-        console.print(f"[yellow]{result.message}[/]")
-    console.print(f"status judged over {result.window_samples} sample(s)")
+    notes = [f"[yellow]{result.message}[/]"] if result.message else []
+    return Group(table, *notes, f"status judged over {result.window_samples} sample(s)")
 
 
 def _dlq_filter(event_type: str | None, aggregate: str | None, error: str | None, since: str | None,
