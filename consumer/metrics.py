@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The process_* and python_* series every Prometheus client exports (memory, CPU, open files, GC): a registry of
+# our own would otherwise leave them out.
+for _standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_standard)
 
 EVENTS = Counter("ttsync_consumer_events_total", "Events handled, by topic and outcome",
                  ["topic", "outcome"], registry=REGISTRY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
@@ -53,4 +53,6 @@ class RelayCollector(Collector):
 def relay_registry(engine: Engine, relay: OutboxRelay) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(engine, relay))
+    for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_* and python_*, as usual
+        registry.register(standard)
     return registry

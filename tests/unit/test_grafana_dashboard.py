@@ -45,3 +45,12 @@ def test_series_every_replica_exports_are_not_summed_across_replicas() -> None:
         for target in panel["targets"]:
             for name in per_replica:
                 assert not re.search(rf"sum(?: by \([^)]*\))? \({name}\b", target["expr"]), target["expr"]
+
+
+def test_the_standard_process_and_python_series_are_exported() -> None:
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert "python_info{" in text and "python_gc_objects_collected_total" in text
+    assert "process_resident_memory_bytes" in text  # read from /proc: Linux, as everywhere ttsync runs
+    assert "ttsync_consumer_lag_messages" not in text  # declared once, never set: gone
