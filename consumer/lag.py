@@ -44,10 +44,13 @@ class PartitionLag:
     partition: int
     committed: int | None
     log_end: int
-    lag: int
+    lag: int | None
+    """None without a committed offset, as Kafka's own tool shows it ("-")."""
     lag_seconds: float
     member: str | None
     status: str = "OK"
+    from_log_start: int = 0
+    """Without a committed offset: the records a member starting now would read (auto.offset.reset=earliest)."""
 
 
 @dataclass
@@ -65,20 +68,22 @@ class GroupLag:
         out: dict[str, dict[str, float]] = {}
         for p in self.partitions:
             t = out.setdefault(p.topic, {"lag": 0, "max_lag_seconds": 0.0})
-            t["lag"] += p.lag
+            t["lag"] += p.lag or 0
             t["max_lag_seconds"] = max(t["max_lag_seconds"], p.lag_seconds)
         return out
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["totals"] = self.totals()
-        data["total_lag"] = sum(p.lag for p in self.partitions)
+        data["total_lag"] = sum(p.lag or 0 for p in self.partitions)
         return data
 
 
 def _members(described: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], str]]:
     members, owner = [], {}
     for m in described.get("members") or []:
+        # The member id and host: every replica has the same client id (ttsync-consumer).
+        who = f"{m.get('member_id') or m.get('client_id')} {m.get('client_host') or ''}".strip()
         assignment = m.get("member_assignment") or {}
         parts = []
         entries = (assignment.get("assigned_partitions") or assignment.get("assignment") or []) \
@@ -88,7 +93,7 @@ def _members(described: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[tupl
             plist = entry.get("partitions") if isinstance(entry, dict) else entry[1]
             for p in plist or []:
                 parts.append((topic, int(p)))
-                owner[(topic, int(p))] = m.get("client_id") or m.get("member_id")
+                owner[(topic, int(p))] = who
         members.append({"member_id": m.get("member_id"), "client_id": m.get("client_id"),
                         "host": m.get("client_host"), "partitions": len(parts)})
     return members, owner
@@ -124,11 +129,13 @@ def measure(bootstrap: KafkaConnection | str, group: str, topic: str | None = No
     parts = []
     for tp in tps:
         has_commit = tp in committed and committed[tp].offset >= 0
-        lag = max(0, ends[tp] - positions[tp])
+        behind = max(0, ends[tp] - positions[tp])
         ts = oldest.get(tp)
         parts.append(PartitionLag(tp.topic, tp.partition, committed[tp].offset if has_commit else None, ends[tp],
-                                  lag, round(max(0.0, now - ts), 3) if (lag and ts) else 0.0,
-                                  owner.get((tp.topic, tp.partition))))
+                                  behind if has_commit else None,
+                                  round(max(0.0, now - ts), 3) if (behind and ts and has_commit) else 0.0,
+                                  owner.get((tp.topic, tp.partition)),
+                                  from_log_start=0 if has_commit else behind))
     return GroupLag(group, state, members, parts)
 
 

@@ -39,7 +39,8 @@ class LagCollector(Collector):
             result = None
         for p in result.partitions if result else []:
             labels = [self.group, p.topic, str(p.partition)]
-            messages.add_metric(labels, p.lag)
+            # Without a committed offset, what is there to read: a backlog nobody started must still alert.
+            messages.add_metric(labels, p.lag if p.lag is not None else p.from_log_start)
             seconds.add_metric(labels, p.lag_seconds)
             if p.committed is not None:
                 committed.add_metric(labels, p.committed)

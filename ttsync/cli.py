@@ -715,16 +715,17 @@ def _lag_view(result: Any) -> Any:
     from rich.console import Group
     table = Table(title=f"group {result.group} ({result.state}, {len(result.members)} members) - "
                         f"[{_STATUS_COLOUR[result.status]}]{result.status}[/]")
-    for col in ("topic", "partition", "committed", "log end", "lag", "lag (s)", "owner", "status"):
+    for col in ("topic", "partition", "committed", "log end", "lag", "lag (s)", "owner", "status", "note"):
         table.add_column(col, justify="right" if col in ("partition", "committed", "log end", "lag", "lag (s)")
                          else "left")
     for p in result.partitions:
         table.add_row(p.topic, str(p.partition), "-" if p.committed is None else str(p.committed), str(p.log_end),
-                      str(p.lag), f"{p.lag_seconds:.1f}", p.member or "-",
-                      f"[{_STATUS_COLOUR[p.status]}]{p.status}[/]")
+                      "-" if p.lag is None else str(p.lag), f"{p.lag_seconds:.1f}", p.member or "-",
+                      f"[{_STATUS_COLOUR[p.status]}]{p.status}[/]",
+                      f"no committed offset ({p.from_log_start} from the log start)" if p.committed is None else "")
     for t, totals in sorted(result.totals().items()):
         table.add_row(f"[bold]{t}[/]", "all", "", "", f"[bold]{int(totals['lag'])}[/]",
-                      f"{totals['max_lag_seconds']:.1f}", "", "")
+                      f"{totals['max_lag_seconds']:.1f}", "", "", "")
     notes = [f"[yellow]{result.message}[/]"] if result.message else []
     return Group(table, *notes, f"status judged over {result.window_samples} sample(s)")
 

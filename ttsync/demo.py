@@ -283,7 +283,7 @@ class Demo:
             for col in ("captured", "published", "applied", "skipped", "retried", "dead-lettered", "lag"):
                 t.add_column(col, justify="right")
             try:
-                lag = sum(p.lag for p in measure(settings.kafka, settings.group_id).partitions)
+                lag = sum(p.lag or 0 for p in measure(settings.kafka, settings.group_id).partitions)
             except Exception:  # noqa: BLE001 - the group may not have committed yet
                 lag = 0
             t.add_row(str(captured()), str(relay.stats.published), str(s.applied), str(s.skipped),

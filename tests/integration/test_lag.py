@@ -192,3 +192,24 @@ def test_missing_group_and_cli(kafka_bootstrap: str, tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "ttsync", "lag", "--group", "nobody-at-all"], env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_a_partition_without_a_committed_offset_shows_no_lag_and_says_why(kafka_bootstrap: str,
+                                                                          tmp_path: Path) -> None:
+    """As Kafka's own tool: "-", not lag counted from the start of the log; the owner names member and host."""
+    topic = topic_with(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, 0, 4)
+    produce(kafka_bootstrap, topic, 1, 6)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    member = _live_member(kafka_bootstrap, topic, group)
+    try:
+        member.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, None, -1)})
+        result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
+    finally:
+        member.close()
+    by_partition = {p.partition: p for p in result.partitions}
+    assert (by_partition[0].committed, by_partition[0].lag) == (1, 3)
+    assert (by_partition[1].committed, by_partition[1].lag, by_partition[1].from_log_start) == (None, None, 6)
+    owner = by_partition[0].member or ""
+    assert owner.startswith("kafka-python") and "127.0.0.1" in owner  # member id, then host
+    assert result.to_json()["total_lag"] == 3
