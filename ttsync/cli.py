@@ -1135,7 +1135,11 @@ def sandbox_settings(url: str, token_url: str, realm: str, refresh_token: str, n
 
 @app.command()
 def sandbox(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1, or 0.0.0.0 inside a container "
+                                           "(compose) for the other services to reach it.")] = "127.0.0.1",
+    public_url: Annotated[str | None, typer.Option(help="The URL the other services reach it by, written in "
+                                                        "--env-file (compose: http://sandbox:8765).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault-injection random source.")] = 0,
     throttle: Annotated[bool, typer.Option(help="Enforce QBO's per-realm limits.")] = True,
     requests_per_minute: Annotated[int, typer.Option(help="Per-realm request limit.")] = 500,
@@ -1156,7 +1160,7 @@ def sandbox(
 
     settings = _settings()
     config = SandboxConfig(
-        port=port, seed=seed, throttle_enabled=throttle, requests_per_minute=requests_per_minute,
+        host=host, port=port, seed=seed, throttle_enabled=throttle, requests_per_minute=requests_per_minute,
         concurrent_requests=concurrent, error_rate=error_rate, latency_ms=latency_ms, timeout_rate=timeout_rate,
         access_token_lifetime_s=token_lifetime, duplicate_requestid_mode=duplicate_requestid, default_realm=realm,
         clients={settings.qbo_client_id: settings.qbo_client_secret.get_secret_value()},
@@ -1170,10 +1174,14 @@ def sandbox(
     # What a first `ttsync consume` needs, ready to paste: a refresh token of this sandbox's realm (printed,
     # never logged; a new one at every start, since the sandbox keeps its tokens in memory).
     token = server.state.authority.issue_refresh_token(settings.qbo_client_id, realm)
-    env = sandbox_settings(server.url, server.token_url, realm, token, settings.secret_key is None)
+    base = (public_url or server.url).rstrip("/")
+    env = sandbox_settings(base, f"{base}/oauth2/v1/tokens/bearer", realm, token, settings.secret_key is None)
     if env_file is not None:
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        env_file.chmod(0o600)
+        # Written whole, then renamed: a service waiting for the file never reads half of it.
+        partial = env_file.with_name(env_file.name + ".partial")
+        partial.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        partial.chmod(0o600)
+        partial.replace(env_file)
         console.print(f"settings for this sandbox written to {env_file}")
     else:
         console.print("Settings for `ttsync consume` against this sandbox:", highlight=False)

@@ -211,7 +211,10 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    settings = Settings()
+    # TTSYNC_ENV_FILE: one more file of settings, read after ./.env (compose hands the sandbox's token over so);
+    # the environment still wins over both.
+    extra = os.environ.get("TTSYNC_ENV_FILE")
+    settings = Settings(_env_file=(".env", extra) if extra else ".env")  # type: ignore[call-arg]
     # Engines read the schema from the environment (producer.database.ttsync_schema): one from a .env file too.
     os.environ.setdefault(SCHEMA_ENV, settings.db_schema)
     return settings

@@ -62,12 +62,15 @@ def test_deployments_probe_readiness_and_liveness_on_the_metrics_port(name: str,
 def test_compose_services_use_real_commands_and_settings() -> None:
     compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "postgres", "sandbox", "relay", "consumer", "migrate"} <= set(services)
-    for name in ("sandbox", "relay", "consumer", "migrate"):
+    assert {"kafka", "postgres", "sandbox", "relay", "consumer", "migrate", "capture"} <= set(services)
+    for name in ("sandbox", "relay", "consumer", "migrate", "capture"):
         command = services[name]["command"]
-        assert CliRunner().invoke(app, [*command[:2 if command[0] == "db" else 1], "--help"]).exit_code == 0
+        assert CliRunner().invoke(app, [*command[:2 if command[0] in ("db", "capture") else 1], "--help"]
+                                  ).exit_code == 0
         env = services[name].get("environment", {})
-        assert set(env) <= setting_names(), set(env) - setting_names()
+        assert set(env) - {"TTSYNC_ENV_FILE"} <= setting_names(), set(env) - setting_names()
+    for name in ("sandbox", "relay", "consumer"):  # a crash or a reboot brings the pipeline back
+        assert services[name]["restart"] == "unless-stopped"
     for name in ("kafka", "postgres", "relay", "consumer", "sandbox"):
         for port in services[name].get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"

@@ -558,8 +558,8 @@ class SandboxServer:
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
-        if self.config.host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("the sandbox listens on loopback only")
+        # Loopback unless told otherwise (`ttsync sandbox --host 0.0.0.0` inside a container, whose port the
+        # compose file publishes on the host's 127.0.0.1 only): its data is fake, its /__admin API open.
         self.state = SandboxState(self.config)
         self.httpd = _HTTPServer((self.config.host, self.config.port), self.state)
         self.port = self.httpd.server_address[1]
@@ -567,7 +567,8 @@ class SandboxServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        return f"http://{host}:{self.port}"
 
     @property
     def token_url(self) -> str:
