@@ -210,6 +210,7 @@ def test_the_readme_first_command_runs_the_demo_to_a_green_end(kafka_bootstrap: 
     assert report["dead_letters_left"] == {"malformed_event": 1}
     assert report["seconds"] < 120
     assert demo_topics() == before  # an existing broker is left as the demo found it
+    assert "event_failed" not in result.stderr and "event_dead_lettered" not in result.stderr  # counted, not warned
 
 
 def test_capture_snapshot_on_sqlite_dry_run_then_run_then_bad_options(tmp_path: Path) -> None:

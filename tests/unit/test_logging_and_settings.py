@@ -141,3 +141,24 @@ def test_livez_follows_the_loop_and_not_the_dependencies() -> None:
         assert requests.get(f"{base}/livez", timeout=5).status_code == 503
     finally:
         server.stop()
+
+
+def test_progress_bars_show_a_count_and_an_eta_at_a_terminal_and_nothing_for_scripts() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ttsync.cli import _progress
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=100)
+    with _progress("snapshot", 10, as_json=False, out=terminal) as bar:
+        bar(completed=3)
+        terminal.print("")  # let the live display render once
+    assert "snapshot" in screen.getvalue() and "3/10" in screen.getvalue() and "ETA" in screen.getvalue()
+    piped = io.StringIO()
+    with _progress("snapshot", 10, as_json=False, out=Console(file=piped, force_terminal=False)) as bar:
+        bar(completed=3)
+    with _progress("snapshot", 10, as_json=True, out=terminal) as bar:
+        bar(completed=3)
+    assert piped.getvalue() == ""
