@@ -51,6 +51,9 @@ class PartitionLag:
     status: str = "OK"
     from_log_start: int = 0
     """Without a committed offset: the records a member starting now would read (auto.offset.reset=earliest)."""
+    consumer_id: str = ""
+    member_host: str = ""
+    client_id: str = ""
 
 
 @dataclass
@@ -79,11 +82,12 @@ class GroupLag:
         return data
 
 
-def _members(described: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], str]]:
+def _members(described: dict[str, Any]
+             ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], tuple[str, str, str]]]:
     members, owner = [], {}
     for m in described.get("members") or []:
         # The member id and host: every replica has the same client id (ttsync-consumer).
-        who = f"{m.get('member_id') or m.get('client_id')} {m.get('client_host') or ''}".strip()
+        who = (m.get("member_id") or "", m.get("client_host") or "", m.get("client_id") or "")
         assignment = m.get("member_assignment") or {}
         parts = []
         entries = (assignment.get("assigned_partitions") or assignment.get("assignment") or []) \
@@ -131,11 +135,13 @@ def measure(bootstrap: KafkaConnection | str, group: str, topic: str | None = No
         has_commit = tp in committed and committed[tp].offset >= 0
         behind = max(0, ends[tp] - positions[tp])
         ts = oldest.get(tp)
+        member_id, host, client = owner.get((tp.topic, tp.partition), ("", "", ""))
         parts.append(PartitionLag(tp.topic, tp.partition, committed[tp].offset if has_commit else None, ends[tp],
                                   behind if has_commit else None,
                                   round(max(0.0, now - ts), 3) if (behind and ts and has_commit) else 0.0,
-                                  owner.get((tp.topic, tp.partition)),
-                                  from_log_start=0 if has_commit else behind))
+                                  f"{member_id} {host}".strip() or None,
+                                  from_log_start=0 if has_commit else behind, consumer_id=member_id,
+                                  member_host=host, client_id=client))
     return GroupLag(group, state, members, parts)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -83,22 +84,39 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+class _Service(Protocol):
+    state_dir: Path
+
+    def start(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Service)
+
+
+@contextmanager
+def _owned(service: S, what: str) -> Iterator[S]:
+    """Start a service of our own, hand it over, then stop it and remove its state directory."""
+    try:
+        service.start()
+    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
+        shutil.rmtree(service.state_dir, ignore_errors=True)
+        unavailable(f"cannot start {what}: {exc}")
+    try:
+        yield service
+    finally:
+        try:
+            service.stop()
+        finally:
+            shutil.rmtree(service.state_dir, ignore_errors=True)
+
+
 @contextmanager
 def private_broker() -> Iterator[LocalBroker]:
     state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-"))
-    broker = LocalBroker(_free_port_pair(), state)
-    try:
-        broker.start()
-    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
-        shutil.rmtree(state, ignore_errors=True)
-        unavailable(f"cannot start a private Kafka broker: {exc}")
-    try:
+    with _owned(LocalBroker(_free_port_pair(), state), "a private Kafka broker") as broker:
         yield broker
-    finally:
-        try:
-            broker.stop()
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 @contextmanager
@@ -127,10 +145,23 @@ class SecuredBroker:
     state_dir: Path
     prefix: str
     group: str
+    retry_delays: str
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {"KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.port + 1),
+                "KAFKA_STATE_DIR": str(self.state_dir), "KAFKA_SECURITY": "sasl_ssl",
+                "KAFKA_ACL_PREFIX": self.prefix, "KAFKA_ACL_GROUP": self.group,
+                "KAFKA_ACL_RETRY_DELAYS": self.retry_delays}
+
+    def start(self) -> str:
+        return run_script("kafka.sh", "start", self._env())
+
+    def stop(self) -> None:
+        run_script("kafka.sh", "stop", self._env())
 
     def env(self, user: str) -> dict[str, str]:
         """The TTSYNC_KAFKA_* settings kafka.sh wrote for ``user`` (admin, ttsync-relay, ttsync-consumer)."""
@@ -154,22 +185,9 @@ class SecuredBroker:
 def secured_broker(prefix: str, group: str, retry_delays: str) -> Iterator[SecuredBroker]:
     """A private SASL_SSL broker whose ACLs are those ttsync documents for ``prefix`` and ``group``."""
     state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-sasl-"))
-    broker = SecuredBroker(_free_port_pair(), state, prefix, group)
-    env = {"KAFKA_PORT": str(broker.port), "KAFKA_CONTROLLER_PORT": str(broker.port + 1),
-           "KAFKA_STATE_DIR": str(state), "KAFKA_SECURITY": "sasl_ssl", "KAFKA_ACL_PREFIX": prefix,
-           "KAFKA_ACL_GROUP": group, "KAFKA_ACL_RETRY_DELAYS": retry_delays}
-    try:
-        run_script("kafka.sh", "start", env)
-    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
-        shutil.rmtree(state, ignore_errors=True)
-        unavailable(f"cannot start a SASL_SSL Kafka broker: {exc}")
-    try:
+    with _owned(SecuredBroker(_free_port_pair(), state, prefix, group, retry_delays),
+                "a SASL_SSL Kafka broker") as broker:
         yield broker
-    finally:
-        try:
-            run_script("kafka.sh", "stop", env)
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 @dataclass
@@ -194,19 +212,8 @@ class LocalPostgres:
 @contextmanager
 def private_postgres() -> Iterator[LocalPostgres]:
     state = Path(tempfile.mkdtemp(prefix="ttsync-pg-"))
-    pg = LocalPostgres(free_port(), state)
-    try:
-        pg.start()
-    except Exception as exc:  # noqa: BLE001 - reported as unavailable (fails under CI)
-        shutil.rmtree(state, ignore_errors=True)
-        unavailable(f"cannot start a private PostgreSQL: {exc}")
-    try:
+    with _owned(LocalPostgres(free_port(), state), "a private PostgreSQL") as pg:
         yield pg
-    finally:
-        try:
-            pg.stop()
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 @contextmanager

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = Field(default=None, description="Client key (PEM), for mutual TLS")
     kafka_ssl_key_password: SecretStr | None = Field(default=None, description="Password of the client key")
     kafka_ssl_check_hostname: bool = Field(default=True, description="Check the broker certificate's host name")
+    kafka_cluster_name: str = Field(default="default", description="The cluster_name label of the lag metrics "
+                                    "(kafka-lag-exporter's)")
     topic_prefix: str = Field(default="timetracker", description="Topics are <prefix>.<aggregate type>")
     group_id: str = Field(default="ttsync-qbo", description="Consumer group of the QBO consumer")
     source: str = Field(default="timetracker", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",

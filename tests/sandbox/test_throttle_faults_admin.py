@@ -122,9 +122,17 @@ def test_admin_api_and_html_page(sandbox: SandboxServer, qbo: QboTestClient) -> 
         admin(sandbox, "config", {"host": "0.0.0.0"})  # not a run-time setting
 
 
-def test_sandbox_refuses_non_loopback_addresses() -> None:
-    with pytest.raises(ValueError, match="loopback"):
-        SandboxServer(SandboxConfig(host="0.0.0.0", port=0))
+def test_the_sandbox_listens_on_loopback_unless_told_otherwise() -> None:
+    server = SandboxServer(SandboxConfig(port=0))
+    try:
+        assert server.httpd.server_address[0] == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
+    finally:
+        server.httpd.server_close()
+    told = SandboxServer(SandboxConfig(host="0.0.0.0", port=0))  # `ttsync sandbox --host 0.0.0.0` (compose)
+    try:
+        assert told.httpd.server_address[0] == "0.0.0.0" and told.url.startswith("http://127.0.0.1:")
+    finally:
+        told.httpd.server_close()
 
 
 def test_the_admin_api_refuses_other_sites_and_rebound_hosts(sandbox: SandboxServer) -> None:

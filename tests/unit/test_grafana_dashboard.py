@@ -54,3 +54,23 @@ def test_the_standard_process_and_python_series_are_exported() -> None:
     assert "python_info{" in text and "python_gc_objects_collected_total" in text
     assert "process_resident_memory_bytes" in text  # read from /proc: Linux, as everywhere ttsync runs
     assert "ttsync_consumer_lag_messages" not in text  # declared once, never set: gone
+
+
+def test_each_partition_s_lag_is_exported_once_by_the_replica_that_owns_it() -> None:
+    """Every replica exported the whole group's lag: two replicas, twice the lag in any sum."""
+    from unittest import mock
+
+    from consumer.lag import GroupLag, PartitionLag
+    from consumer.observability import LABELS, LagCollector
+
+    parts = [PartitionLag("t", n, 10, 15, 5, 1.0, f"m{n % 2} /10.0.0.{n % 2}", consumer_id=f"m{n % 2}",
+                          member_host=f"/10.0.0.{n % 2}", client_id="ttsync-consumer") for n in range(4)]
+    measured = GroupLag("g", "Stable", [{"member_id": "m0"}, {"member_id": "m1"}], parts)
+    replicas = [LagCollector("b:9092", "g", owned=lambda n=n: {("t", p) for p in range(4) if p % 2 == n})
+                for n in range(2)]
+    with mock.patch("consumer.observability.measure", return_value=measured):
+        exported = [s for r in replicas for fam in r.collect() if fam.name == "kafka_consumergroup_group_lag"
+                    for s in fam.samples]
+    assert sorted(s.labels["partition"] for s in exported) == ["0", "1", "2", "3"]  # once each
+    assert sum(s.value for s in exported) == 20
+    assert list(exported[0].labels) == LABELS  # kafka-lag-exporter's label set
