@@ -272,9 +272,14 @@ def customer_request(client: ClientState, opts: MappingOptions, display_name: st
                      currency: str | None = None) -> dict[str, Any]:
     """A customer's body. ``currency`` (the first invoice's, else ``opts.default_currency``) is sent on create
     only: in a multicurrency company a customer's currency is fixed, and its invoices must be in it."""
+    # QBO keeps names without their surrounding blanks; a name of blanks only it refuses (Fault 2020).
+    name = (display_name or client.name).strip()
+    if not name:
+        raise MappingError(f"client {client.id} has a blank name: a QBO customer needs a DisplayName",
+                           code="blank_name")
     body: dict[str, Any] = {
-        "DisplayName": _text(display_name or client.name, 500),
-        "CompanyName": _text(client.name, 100),
+        "DisplayName": _text(name, 500),
+        "CompanyName": _text(client.name.strip(), 100),
         "Active": client.status != "inactive",
         "Notes": _text(marker("client", client.id, opts.source)),
     }

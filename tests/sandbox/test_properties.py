@@ -184,7 +184,8 @@ def test_any_valid_payment_maps_to_a_payment_the_sandbox_links_to_its_invoice(
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=text, contact=st.none() | text, email=st.none() | st.emails(), phone=st.none() | text,
+@given(name=text.filter(lambda n: html.unescape(n).strip()), contact=st.none() | text,
+       email=st.none() | st.emails(), phone=st.none() | text,
        address=st.none() | text)
 def test_any_valid_client_maps_to_a_customer_the_sandbox_accepts(name: str, contact: str | None, email: str | None,
                                                                  phone: str | None, address: str | None,
@@ -196,6 +197,6 @@ def test_any_valid_client_maps_to_a_customer_the_sandbox_accepts(name: str, cont
         outcome = h.applier.apply(envelope_of("client", client))
         assert outcome.result == "created", outcome
         (customer,) = h.qbo("Customer")
-        assert customer["DisplayName"].startswith(html.unescape(name).strip()[:50].strip()[:10])
+        assert customer["DisplayName"] == html.unescape(name).strip()[:500]
     finally:
         h.close()

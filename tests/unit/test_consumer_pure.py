@@ -499,3 +499,12 @@ def test_capture_source_and_snapshot_chunk_size_are_validated() -> None:
     refused = subprocess.run([sys.executable, "-m", "ttsync", "capture", "snapshot", "--chunk-size", "0"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "chunk-size" in refused.stderr
+
+
+def test_a_client_name_is_sent_without_surrounding_blanks_and_a_blank_one_is_a_mapping_error() -> None:
+    """Found by the property test: ' 0' went to QBO as ' 0', and ' ' made QBO answer Fault 2020."""
+    opts = MappingOptions()
+    assert customer_request(ClientState(id=1, name="  Acme & Co "), opts)["DisplayName"] == "Acme & Co"
+    with pytest.raises(MappingError, match="blank name") as blank:
+        customer_request(ClientState(id=2, name="   "), opts)
+    assert blank.value.code == "blank_name" and not blank.value.retryable
