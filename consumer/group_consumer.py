@@ -133,6 +133,13 @@ class GroupConsumer:
 
     def run(self, *, max_seconds: float | None = None, until: Callable[[ConsumerStats], bool] | None = None,
             on_progress: Callable[[ConsumerStats], None] | None = None) -> ConsumerStats:
+        try:
+            # Metadata of every topic before the first join: a group leader without it assigns nothing ("No
+            # partition metadata for topic ...") and the member waits for a metadata refresh (up to
+            # metadata_max_age_ms) and another rebalance before it reads anything.
+            self.consumer.partitions_for_topic(self.topics[0])
+        except KafkaError as exc:  # the broker is away: subscribing waits for it anyway
+            log.info("metadata_prefetch_failed", error=f"{type(exc).__name__}: {exc}")
         self.consumer.subscribe(self.topics)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         # A record waiting in place (an outage, the state database) must not outlive the run it belongs to.
