@@ -81,6 +81,11 @@ def test_dockerfile_installs_every_package_and_runs_unprivileged() -> None:
     for package in ("schemas", "producer", "consumer", "ttsync"):
         assert f"COPY {package} {package}" in dockerfile
     assert 'ENTRYPOINT ["ttsync"]' in dockerfile and "USER 10001" in dockerfile
+    # State the commands keep (lag's window under ~/.cache, relative paths such as the demo's .local/) needs a
+    # home and a working directory the image's user can write.
+    assert "--create-home --home-dir /home/ttsync" in dockerfile and "ENV HOME=/home/ttsync" in dockerfile
+    assert dockerfile.rstrip().splitlines().index("WORKDIR /home/ttsync") > dockerfile.splitlines().index(
+        "USER 10001")
 
 
 def test_the_image_base_is_pinned_by_digest_and_dependencies_by_hash() -> None:
