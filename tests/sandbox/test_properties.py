@@ -143,7 +143,7 @@ def expenses(draw: Any) -> dict[str, Any]:
             "notes": draw(st.none() | text)}
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(exp=expenses())
 def test_any_valid_expense_maps_to_a_purchase_the_sandbox_accepts(exp: dict[str, Any], tmp_path: Any) -> None:
     h = Harness(str(tmp_path))
@@ -158,7 +158,7 @@ def test_any_valid_expense_maps_to_a_purchase_the_sandbox_accepts(exp: dict[str,
         h.close()
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(inv=invoices(), share=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1"), places=2),
        method=st.sampled_from(PAYMENT_METHODS), reference=st.none() | text, notes=st.none() | text)
 def test_any_valid_payment_maps_to_a_payment_the_sandbox_links_to_its_invoice(
@@ -185,7 +185,7 @@ def test_any_valid_payment_maps_to_a_payment_the_sandbox_links_to_its_invoice(
         h.close()
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=names, contact=st.none() | text,
        email=st.none() | st.emails(), phone=st.none() | text,
        address=st.none() | text)
