@@ -11,6 +11,7 @@ aggregate topics, the consumer only reads them and writes its retry and dead-let
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -107,6 +108,17 @@ class KafkaConnection:
             config.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
                            "sasl.password": self.sasl_password})
         return config
+
+
+def connection_from_env(env: Mapping[str, str], bootstrap: str | None = None) -> KafkaConnection:
+    """The TTSYNC_KAFKA_* variables (as ttsync.settings reads them, and as deploy/local/kafka.sh writes them per
+    user) without pydantic: for the scripts of deploy/local and the tests."""
+    return KafkaConnection(
+        bootstrap_servers=bootstrap or env.get("TTSYNC_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        security_protocol=env.get("TTSYNC_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),  # type: ignore[arg-type]
+        sasl_mechanism=env.get("TTSYNC_KAFKA_SASL_MECHANISM"),  # type: ignore[arg-type]
+        sasl_username=env.get("TTSYNC_KAFKA_SASL_USERNAME"), sasl_password=env.get("TTSYNC_KAFKA_SASL_PASSWORD"),
+        ssl_cafile=env.get("TTSYNC_KAFKA_SSL_CAFILE")).check()
 
 
 def as_connection(kafka: KafkaConnection | str) -> KafkaConnection:

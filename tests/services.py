@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from schemas.kafka_client import KafkaConnection
+from schemas.kafka_client import KafkaConnection, connection_from_env
 from ttsync.local_services import DEPLOY_LOCAL, kafka_answers, run_script
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -138,30 +138,16 @@ def kafka_service() -> Iterator[str]:
 
 
 @dataclass
-class SecuredBroker:
+class SecuredBroker(LocalBroker):
     """A broker of deploy/local/kafka.sh with KAFKA_SECURITY=sasl_ssl: SASL_SSL only, SCRAM users, ACLs."""
 
-    port: int
-    state_dir: Path
-    prefix: str
-    group: str
-    retry_delays: str
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    prefix: str = "timetracker"
+    group: str = "ttsync-qbo"
+    retry_delays: str = "10,60,300"
 
     def _env(self) -> dict[str, str]:
-        return {"KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.port + 1),
-                "KAFKA_STATE_DIR": str(self.state_dir), "KAFKA_SECURITY": "sasl_ssl",
-                "KAFKA_ACL_PREFIX": self.prefix, "KAFKA_ACL_GROUP": self.group,
-                "KAFKA_ACL_RETRY_DELAYS": self.retry_delays}
-
-    def start(self) -> str:
-        return run_script("kafka.sh", "start", self._env())
-
-    def stop(self) -> None:
-        run_script("kafka.sh", "stop", self._env())
+        return {**super()._env(), "KAFKA_SECURITY": "sasl_ssl", "KAFKA_ACL_PREFIX": self.prefix,
+                "KAFKA_ACL_GROUP": self.group, "KAFKA_ACL_RETRY_DELAYS": self.retry_delays}
 
     def env(self, user: str) -> dict[str, str]:
         """The TTSYNC_KAFKA_* settings kafka.sh wrote for ``user`` (admin, ttsync-relay, ttsync-consumer)."""
@@ -173,12 +159,7 @@ class SecuredBroker:
         return {k.removeprefix("TTSYNC_").lower(): v for k, v in self.env(user).items()}
 
     def connection(self, user: str) -> KafkaConnection:
-        s = self.settings(user)
-        return KafkaConnection(bootstrap_servers=s["kafka_bootstrap_servers"],
-                               security_protocol=s["kafka_security_protocol"],  # type: ignore[arg-type]
-                               sasl_mechanism=s["kafka_sasl_mechanism"],  # type: ignore[arg-type]
-                               sasl_username=s["kafka_sasl_username"], sasl_password=s["kafka_sasl_password"],
-                               ssl_cafile=s["kafka_ssl_cafile"])
+        return connection_from_env(self.env(user))
 
 
 @contextmanager

@@ -102,54 +102,39 @@ def test_stop_when_a_live_member_does_not_commit_for_longer_than_the_threshold(k
     assert later.partitions[0].member is not None and len(later.members) == 1
 
 
-def test_stall_when_commits_move_but_lag_never_shrinks(kafka_bootstrap: str, tmp_path: Path) -> None:
-    topic = topic_with(kafka_bootstrap, 1)
+def _statuses_over(bootstrap: str, path: Path, start: int, steps: list[tuple[int, int]]) -> list[str]:
+    """A live member of a fresh group on a fresh topic of ``start`` records: per step it commits an offset, the
+    producer adds records, and the status is sampled."""
+    topic = topic_with(bootstrap, 1)
     group = f"g-{uuid.uuid4().hex[:6]}"
     tp = TopicPartition(topic, 0)
-    produce(kafka_bootstrap, topic, 0, 5)
-    member = _live_member(kafka_bootstrap, topic, group)
+    produce(bootstrap, topic, 0, start)
+    member = _live_member(bootstrap, topic, group)
     try:
         statuses = []
-        for step in range(4):  # the consumer moves by 1, the producer adds 5: lag grows every sample
-            member.commit({tp: OffsetAndMetadata(step + 1, None, -1)})
-            produce(kafka_bootstrap, topic, 0, 5)
-            statuses.append(evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json").status)
+        for committed, more in steps:
+            member.commit({tp: OffsetAndMetadata(committed, None, -1)})
+            produce(bootstrap, topic, 0, more)
+            statuses.append(evaluate(measure(bootstrap, group), path=path).status)
     finally:
         member.close()
+    return statuses
+
+
+def test_stall_when_commits_move_but_lag_never_shrinks(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # the consumer moves by 1, the producer adds 5: lag grows every sample
+    statuses = _statuses_over(kafka_bootstrap, tmp_path / "w.json", 5, [(n + 1, 5) for n in range(4)])
     assert statuses[-1] == "STALL"
 
 
 def test_warn_when_lag_grows_though_it_shrank_at_times(kafka_bootstrap: str, tmp_path: Path) -> None:
-    topic = topic_with(kafka_bootstrap, 1)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    tp = TopicPartition(topic, 0)
-    produce(kafka_bootstrap, topic, 0, 10)
-    member = _live_member(kafka_bootstrap, topic, group)
-    try:
-        statuses = []
-        for committed, more in ((5, 0), (8, 0), (9, 20)):  # lag 5, then 2, then 21
-            member.commit({tp: OffsetAndMetadata(committed, None, -1)})
-            produce(kafka_bootstrap, topic, 0, more)
-            statuses.append(evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json").status)
-    finally:
-        member.close()
+    statuses = _statuses_over(kafka_bootstrap, tmp_path / "w.json", 10, [(5, 0), (8, 0), (9, 20)])  # lag 5, 2, 21
     assert statuses == ["OK", "OK", "WARN"]
 
 
 def test_rewind_when_a_committed_offset_goes_back(kafka_bootstrap: str, tmp_path: Path) -> None:
-    topic = topic_with(kafka_bootstrap, 1)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    tp = TopicPartition(topic, 0)
-    produce(kafka_bootstrap, topic, 0, 10)
-    member = _live_member(kafka_bootstrap, topic, group)
-    try:
-        member.commit({tp: OffsetAndMetadata(6, None, -1)})
-        evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
-        member.commit({tp: OffsetAndMetadata(2, None, -1)})
-        result = evaluate(measure(kafka_bootstrap, group), path=tmp_path / "w.json")
-    finally:
-        member.close()
-    assert result.status == "REWIND"
+    statuses = _statuses_over(kafka_bootstrap, tmp_path / "w.json", 10, [(6, 0), (2, 0)])
+    assert statuses[-1] == "REWIND"
 
 
 def test_rules_without_a_broker() -> None:
