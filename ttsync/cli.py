@@ -646,7 +646,11 @@ def consume(
     settings = _settings()
     log = structlog.get_logger("ttsync.cli")
     # Without its tables the consumer would retry every record for ever: say what to run instead.
-    require_current(make_engine(settings.effective_state_database_url), "state database")
+    state = make_engine(settings.effective_state_database_url)
+    try:
+        require_current(state, "state database")
+    finally:
+        state.dispose()  # the consumer makes its own engine (build_parts)
     if create_topics:
         topics = consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s)
         ensure_topics(settings.kafka, topics, settings.topic_partitions,
