@@ -3,8 +3,10 @@
     SyncError
     ├── RetryableError      try again later: in place a few times, then retry topics
     │   ├── QboUnavailable      network error, timeout, 5xx, a token endpoint answering no token    (*)
-    │   ├── QboThrottled        429 (wait Retry-After, else 60 s)                                   (*)
+    │   ├── QboThrottled        429 or Fault 3001 ThrottleExceeded (wait Retry-After, else 60 s)    (*)
     │   ├── StaleSyncToken      5010 after re-reading too often
+    │   ├── DuplicateRequestId  600: QBO saw this requestid and does not repeat its answer; every writer
+    │   │                       translates it (look the entity up); one that escapes waits for QBO to show it
     │   ├── DependencyNotReady  e.g. a payment whose invoice is not in QBO yet
     │   └── StateUnavailable    the state database is unreachable (restart, failover)              (*)
     ├── PermanentError      can never succeed as it is: dead-letter topic at once
@@ -60,6 +62,13 @@ class QboThrottled(RetryableError):
 
 class StaleSyncToken(RetryableError):
     code = "5010"
+
+
+class DuplicateRequestId(RetryableError):
+    """Fault 600: QBO saw this requestid before and did not say what it answered then. The write happened: the
+    caller finds what it wrote (by natural key) instead of writing again."""
+
+    code = "600"
 
 
 class DependencyNotReady(RetryableError):

@@ -23,11 +23,14 @@ from kafka.structs import OffsetAndMetadata
 from sqlalchemy import exc as sa_exc
 
 from consumer import metrics
-from consumer.applier import EventApplier, Outcome, PlannedWrite, crash_point
+from consumer.applier import EventApplier
+from consumer.crash_points import CrashHook, no_crash
 from consumer.dead_letter import base_topic, check_headers, due_at, failing_for_s, forward, replay_count, retry_tier
 from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
+from consumer.execute import BATCH_LIMIT
 from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
+from consumer.writes import Outcome, Write
 from schemas.codec import EventDecodeError, decode_event
 from schemas.contract import all_topics, dlq_topic, retry_topic
 from schemas.kafka_client import KafkaConnection, as_connection
@@ -90,7 +93,8 @@ class GroupConsumer:
     def __init__(self, *, bootstrap_servers: KafkaConnection | str, group_id: str, topic_prefix: str,
                  applier: EventApplier, policy: RetryPolicy, max_poll_records: int = 100,
                  client_id: str = "ttsync-consumer", session_timeout_ms: int = 10_000, batch_min_records: int = 10,
-                 unjoined_exit_s: float = 120.0, breaker: OutageBreaker | None = None) -> None:
+                 unjoined_exit_s: float = 120.0, breaker: OutageBreaker | None = None,
+                 crash: CrashHook = no_crash) -> None:
         self.group_id = group_id
         self.prefix = topic_prefix
         self.applier = applier
@@ -119,6 +123,7 @@ class GroupConsumer:
         self._run_over: Callable[[], bool] = lambda: False
         self._clock: Callable[[], float] = time.monotonic  # tests inject their own
         self.heartbeat = time.monotonic()
+        self.crash = crash
 
     def stop(self) -> None:
         self._stop.set()
@@ -275,7 +280,7 @@ class GroupConsumer:
             if done is not None:
                 # Committed only now: every record up to here is applied, a duplicate, skipped, forwarded or
                 # dead-lettered (a crash before this line redelivers them; the applier dedupes).
-                crash_point("before_offset_commit")
+                self.crash("before_offset_commit")
                 self.consumer.commit({tp: OffsetAndMetadata(done + 1, None, -1)})
 
     def _resume_due(self) -> None:
@@ -290,14 +295,14 @@ class GroupConsumer:
         """A backlog: plain creates and updates of distinct aggregates go to QBO 30 at a time in one batch
         request (one request of the realm's budget instead of 30). Order per aggregate holds: a second event of
         an aggregate already in the batch sends the batch first. Anything unusual takes the one-by-one path."""
-        pending: list[tuple[Any, PlannedWrite]] = []
+        pending: list[tuple[Any, Write]] = []
         done: int | None = None
 
         def flush() -> None:
             if not pending:
                 return
             try:
-                outcomes: list[Outcome | None] = self.applier.apply_batch([w for _, w in pending])
+                outcomes: list[Outcome | None] = self.applier.execute_batch([w for _, w in pending])
             except Exception as exc:  # noqa: BLE001 - the single path retries, recovers or dead-letters each
                 log.warning("batch_failed", size=len(pending), error=repr(exc)[:300])
                 outcomes = [None] * len(pending)
@@ -313,25 +318,25 @@ class GroupConsumer:
                 try:
                     event = decode_event(rec.value)
                     key = (event.aggregate_type, event.aggregate_id)
-                    if len(pending) >= 30 or any((w.event.aggregate_type, w.event.aggregate_id) == key
+                    if len(pending) >= BATCH_LIMIT or any((w.event.aggregate_type, w.event.aggregate_id) == key
                                                  for _, w in pending):
                         flush()
-                    planned = self.applier.plan(event, delivery_generation(rec, None))
+                    prepared = self.applier.prepare(event, delivery_generation(rec, None))
+                    if isinstance(prepared, Write) and prepared.batchable:
+                        pending.append((rec, prepared))
+                    else:  # a final outcome, or a write that goes alone (a void, an adoption, a settlement)
+                        outcome = prepared if isinstance(prepared, Outcome) else self.applier.execute(prepared)
+                        self._count(base_topic(rec.topic), outcome)
                 except Exception:  # noqa: BLE001 - decode errors and the like: the single path handles them
                     flush()
                     self._handle(rec, None)
-                else:
-                    if isinstance(planned, PlannedWrite):
-                        pending.append((rec, planned))
-                    else:
-                        self._count(base_topic(rec.topic), planned)
                 if self._stop.is_set():
                     break
                 done = rec.offset
             flush()
         finally:
             if done is not None and not pending:
-                crash_point("before_offset_commit")
+                self.crash("before_offset_commit")
                 self.consumer.commit({tp: OffsetAndMetadata(done + 1, None, -1)})
 
     def _count(self, topic: str, outcome: Outcome) -> None:

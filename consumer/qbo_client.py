@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,25 +11,14 @@ from typing import Any
 import requests
 import structlog
 
-from consumer.errors import (
-    QboThrottled,
-    QboUnavailable,
-    QboValidationFault,
-    StaleSyncToken,
-    SyncError,
-)
+from consumer.errors import QboUnavailable
+from consumer.qbo_faults import read_answer
 from consumer.rate_limit import RateLimiter
 from consumer.token_store import TokenStore
 
 log = structlog.get_logger("ttsync.qbo")
 
 MINOR_VERSION = 75
-
-
-class DuplicateRequestId(SyncError):
-    """Fault 600: QBO saw this requestid before and did not say what it answered then."""
-
-    code = "600"
 
 
 class QboClient:
@@ -92,44 +80,13 @@ class QboClient:
         raise QboUnavailable(f"{method} {path}: 401 even with a fresh access token")
 
     def _result(self, resp: requests.Response, entity: str, operation: str) -> dict[str, Any]:
-        status = resp.status_code
-        if status == 429:
-            self._count(entity, operation, "throttled")
-            wait = _retry_after(resp.headers.get("Retry-After"), self.throttle_default_wait_s)
-            raise QboThrottled(f"QBO throttled the realm (429), retry in {wait:.0f}s", retry_after_s=wait,
-                               detail=resp.text[:2000])
-        if status >= 500:
-            self._count(entity, operation, "server_error")
-            raise QboUnavailable(f"QBO answered {status}", detail=resp.text[:2000])
-        try:
-            body = resp.json()
-        except ValueError as exc:
-            self._count(entity, operation, "bad_response")
-            if status == 200:
-                raise QboUnavailable("QBO answered 200 with a body that is not JSON") from exc
-            raise QboValidationFault(f"QBO answered {status}: {resp.text[:300]}", code=str(status),
-                                     body=resp.text[:4000], http_status=status) from exc
-        fault = body.get("Fault") if isinstance(body, dict) else None
-        if fault or status >= 400:
-            self._raise_fault(status, body, entity, operation)
-        self._count(entity, operation, "ok")
+        answer = read_answer(resp.status_code, resp.content.decode("utf-8", "replace"),
+                             retry_after=resp.headers.get("Retry-After"), default_wait_s=self.throttle_default_wait_s)
+        self._count(entity, operation, answer.outcome)
+        if answer.error is not None:
+            raise answer.error
         self.tokens.mark_success()
-        return dict(body)
-
-    def _raise_fault(self, status: int, body: Any, entity: str, operation: str) -> None:
-        errors = ((body or {}).get("Fault") or {}).get("Error") or [{}]
-        first = errors[0]
-        code = str(first.get("code", status))
-        message = f"QBO Fault {code}: {first.get('Message', '')}: {first.get('Detail', '')}".strip(": ")
-        raw = json.dumps(body)[:4000]
-        self._count(entity, operation, f"fault_{code}")
-        if code == "5010":
-            raise StaleSyncToken(message, detail=raw)
-        if code == "600":
-            raise DuplicateRequestId(message, detail=raw)
-        if code in ("3001", "3200") or status == 401:
-            raise QboUnavailable(message, detail=raw)
-        raise QboValidationFault(message, code=code, body=raw, http_status=status)
+        return answer.body
 
     def _count(self, entity: str, operation: str, outcome: str) -> None:
         if self.on_call is not None:
@@ -174,13 +131,3 @@ class QboClient:
                             entity="Batch", operation="batch")
         return list(body.get("BatchItemResponse", []))
 
-
-def quote(value: str) -> str:
-    """A QBO query string literal: backslash-escape backslashes and single quotes."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _retry_after(value: str | None, default: float) -> float:
-    if value and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-        return float(value)
-    return default

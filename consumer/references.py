@@ -12,9 +12,10 @@ from typing import Any
 
 import structlog
 
-from consumer.errors import MissingMapping, QboValidationFault
+from consumer.errors import DuplicateRequestId, MissingMapping, QboValidationFault
 from consumer.mapping import MappingOptions, customer_request, request_id, vendor_request
-from consumer.qbo_client import QboClient, quote
+from consumer.qbo_port import QboPort
+from consumer.qbo_queries import quote
 from consumer.state_store import StateStore
 from schemas.events import ClientState
 
@@ -70,7 +71,7 @@ class ResolverConfig:
 
 
 class ReferenceResolver:
-    def __init__(self, client: QboClient, store: StateStore, config: ResolverConfig, options: MappingOptions):
+    def __init__(self, client: QboPort, store: StateStore, config: ResolverConfig, options: MappingOptions) -> None:
         self.client = client
         self.store = store
         self.config = config
@@ -81,6 +82,26 @@ class ReferenceResolver:
     def _find(self, entity: str, field_name: str, value: str) -> dict[str, Any] | None:
         rows = self.client.query(f"SELECT * FROM {entity} WHERE {field_name} = {quote(value)}", entity)
         return rows[0] if rows else None
+
+    def _create(self, entity: str, candidates: list[tuple[dict[str, Any], str]], name_field: str
+                ) -> dict[str, Any] | None:
+        """Create a name-list entity under the first of its candidate names QBO takes: (body, requestid) each. A
+        name refused as taken (6240), or a requestid QBO says it saw (600: an earlier attempt of ours, whose answer
+        was lost, created it, or was refused and QBO does not repeat why), is looked up by that name (QBO keeps
+        names unique): found, it is the one. None when every name belongs to another kind of entity."""
+        for body, requestid in candidates:
+            try:
+                return self.client.create(entity, body, requestid)
+            except DuplicateRequestId:
+                log.info("reference_create_seen", entity=entity, requestid=requestid)
+            except QboValidationFault as fault:
+                if fault.code != "6240":
+                    raise
+            found = self._find(entity, name_field, str(body[name_field]))
+            if found is not None:  # created by a previous attempt of ours, or by a person
+                return found
+            # the name belongs to another list (a vendor's is a customer's too): the next candidate
+        return None
 
     def _cached(self, kind: str, key: str) -> str | None:
         return self.store.ref(kind, key.lower())
@@ -164,8 +185,10 @@ class ReferenceResolver:
                         account_type=found.get("AccountType"), reason="not an expense account; not used")
         if self.config.auto_create_accounts:
             name = category.strip().title()
-            created = self.client.create("Account", {"Name": name, "AccountType": "Expense"},
-                                         request_id(f"account:{key}", "create", name))
+            created = self._create("Account", [({"Name": name, "AccountType": "Expense"},
+                                                 request_id(f"account:{key}", "create", name))], "Name")
+            if created is None:
+                raise MissingMapping(f"QBO refused to create the expense account {name!r}", code="missing_account")
             log.info("account_created", name=name, id=created["Id"])
             return self._remember("account", name, created["Id"], name)
         raise MissingMapping(
@@ -247,9 +270,10 @@ class ReferenceResolver:
         income = self.client.query("SELECT * FROM Account WHERE AccountType = 'Income' MAXRESULTS 1", "Account")
         if not income:
             raise MissingMapping("QBO has no income account to create the invoice item with", code="missing_account")
-        created = self.client.create("Item", {"Name": name, "Type": "Service",
-                                              "IncomeAccountRef": {"value": income[0]["Id"]}},
-                                     request_id(f"item:{name}", "create", name))
+        body = {"Name": name, "Type": "Service", "IncomeAccountRef": {"value": income[0]["Id"]}}
+        created = self._create("Item", [(body, request_id(f"item:{name}", "create", name))], "Name")
+        if created is None:
+            raise MissingMapping(f"QBO refused to create the item {name!r}", code="missing_item")
         return self._remember("item", name, created["Id"], name)
 
     def vendor(self, name: str | None) -> str | None:
@@ -268,18 +292,11 @@ class ReferenceResolver:
             return self._remember("vendor", name, found["Id"], name)
         if not self.config.auto_create_vendors:
             raise MissingMapping(f"no QBO vendor {name!r}", code="missing_vendor")
-        for display in (name, f"{name} (vendor)"):
-            try:
-                created = self.client.create("Vendor", vendor_request(display),
-                                             request_id(f"vendor:{display}", "create", display))
-                return self._remember("vendor", name, created["Id"], display)
-            except QboValidationFault as fault:
-                if fault.code != "6240":
-                    raise
-                again = self._find("Vendor", "DisplayName", display)
-                if again:  # created by a previous attempt of ours, or by a person
-                    return self._remember("vendor", name, again["Id"], display)
-                # the name belongs to a customer: QBO names are unique across both; try the suffixed one
+        candidates = [(vendor_request(display), request_id(f"vendor:{display}", "create", display))
+                      for display in (name, f"{name} (vendor)")]
+        created = self._create("Vendor", candidates, "DisplayName")
+        if created is not None:
+            return self._remember("vendor", name, created["Id"], str(created["DisplayName"]))
         raise MissingMapping(f"cannot create a QBO vendor for {name!r}", code="missing_vendor")
 
     # -- customers ---------------------------------------------------------------------------------------
@@ -296,18 +313,11 @@ class ReferenceResolver:
         state = client or ClientState(id=client_id, name=name, email=email)
         found = self._find("Customer", "DisplayName", state.name)
         if found is None and self.config.auto_create_customers:
-            for display in (state.name, f"{state.name} (customer)"):
-                body = customer_request(state, self.options, display_name=display,
-                                        currency=currency or self.options.default_currency)
-                try:
-                    found = self.client.create("Customer", body, request_id(f"client:{client_id}", "create", body))
-                    break
-                except QboValidationFault as fault:
-                    if fault.code != "6240":
-                        raise
-                    found = self._find("Customer", "DisplayName", display)
-                    if found:
-                        break
+            bodies = [customer_request(state, self.options, display_name=display,
+                                       currency=currency or self.options.default_currency)
+                      for display in (state.name, f"{state.name} (customer)")]
+            found = self._create("Customer", [(b, request_id(f"client:{client_id}", "create", b)) for b in bodies],
+                                 "DisplayName")
         if found is None:
             raise MissingMapping(f"no QBO customer for client {client_id} ({state.name!r})", code="missing_customer")
         self.store.adopt("client", str(client_id), found)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from consumer import metrics
 from consumer.applier import EventApplier
+from consumer.crash_points import crash_hook_from_env
 from consumer.errors import ConfigurationError
 from consumer.group_consumer import GroupConsumer
 from consumer.lifecycle import SyncPolicy
@@ -77,7 +79,8 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
         sync_clients=settings.sync_clients,
         max_version_jump=settings.max_version_jump,
     )
-    applier = EventApplier(client, store, resolver, policy, options, adopt_legacy=settings.adopt_legacy)
+    applier = EventApplier(client, store, resolver, policy, options, adopt_legacy=settings.adopt_legacy,
+                           crash=crash_hook_from_env(os.environ))
     retry = RetryPolicy(inplace_attempts=settings.retry_inplace_attempts, backoff_base_s=settings.retry_backoff_s,
                         backoff_max_s=settings.retry_backoff_max_s,
                         topic_delays_s=tuple(settings.retry_topic_delays_s),
@@ -95,4 +98,5 @@ def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                          session_timeout_ms=session_timeout_ms,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
-                                               max_open_s=settings.consumer_outage_exit_s))
+                                               max_open_s=settings.consumer_outage_exit_s),
+                         crash=parts.applier.executor.crash)

@@ -210,12 +210,13 @@ def test_customers_get_the_client_currency_and_qbo_holds_transactions_to_it(h: A
 
 
 def test_a_backlog_batch_never_leaves_a_marked_paid_invoice_without_its_settlement(h: Any) -> None:
-    from consumer.applier import Outcome, PlannedWrite
+    from consumer.writes import Write
 
-    planned = h.applier.plan(ev("invoice", invoice("sent"), 1, "created"))
-    assert isinstance(planned, PlannedWrite)  # an ordinary create goes into a batch
-    paid = h.applier.plan(ev("invoice", invoice("paid", amount_paid="240.00", invoice_id=2), 1, "created"))
-    assert isinstance(paid, Outcome) and paid.result == "created"  # written at once, with its settlement
+    planned = h.applier.prepare(ev("invoice", invoice("sent"), 1, "created"))
+    assert isinstance(planned, Write) and planned.batchable  # an ordinary create goes into a batch
+    paid = h.applier.prepare(ev("invoice", invoice("paid", amount_paid="240.00", invoice_id=2), 1, "created"))
+    assert isinstance(paid, Write) and not paid.batchable  # written alone, with its settlement
+    assert h.applier.execute(paid).result == "created"
     (inv,) = h.qbo("Invoice")
     assert money(inv["Balance"]) == 0 and len(h.qbo("Payment")) == 1
 
@@ -259,7 +260,7 @@ def test_a_cancel_after_a_create_whose_answer_was_lost_voids_what_reached_qbo(h:
     h.applier.store.mark_pending("invoice", "1", "lost-answer")
     body = invoice_request(readable_state("invoice", sent, h.applier.options),
                            InvoiceRefs(customer, h.applier.resolver.item()), h.applier.options)
-    h.applier.client.create("Invoice", body, "lost-answer")  # the write that happened
+    h.applier.qbo.create("Invoice", body, "lost-answer")  # the write that happened
     assert h.applier.apply(ev("invoice", invoice("cancelled"), 2)).result == "voided"
     assert the_invoice(h)["Voided"] is True
     assert h.applier.apply(ev("invoice", sent, 1, "created")).result == "skipped"  # back from its retry topic

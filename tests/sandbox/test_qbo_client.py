@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from consumer.errors import QboThrottled, QboUnavailable, QboValidationFault, ReconnectNeeded, StaleSyncToken
-from consumer.qbo_client import DuplicateRequestId, QboClient, quote
+from consumer.errors import (
+    DuplicateRequestId,
+    QboThrottled,
+    QboUnavailable,
+    QboValidationFault,
+    ReconnectNeeded,
+    StaleSyncToken,
+)
+from consumer.qbo_client import QboClient
+from consumer.qbo_queries import quote
 from consumer.rate_limit import LocalTokenBucket
 from consumer.state_tables import oauth_tokens
 from consumer.token_store import TokenStore, make_cipher

@@ -1,0 +1,25 @@
+"""The consumer's port to QuickBooks Online: what the applier asks of it. ``QboClient`` implements it over HTTP;
+``tests.fakes.InMemoryQbo`` implements it in-process on the sandbox's company model, for fast tests.
+
+Every method raises the typed errors of consumer.errors (translated by consumer.qbo_faults), never a transport's
+own exceptions."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class QboPort(Protocol):
+    def create(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]: ...
+
+    def update(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]: ...
+
+    def read(self, entity: str, qbo_id: str) -> dict[str, Any]: ...
+
+    def void(self, entity: str, qbo_id: str, sync_token: str, requestid: str) -> dict[str, Any]: ...
+
+    def delete(self, entity: str, qbo_id: str, sync_token: str, requestid: str) -> dict[str, Any]: ...
+
+    def query(self, sql: str, entity: str = "") -> list[dict[str, Any]]: ...
+
+    def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]: ...

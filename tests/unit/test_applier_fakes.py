@@ -1,0 +1,198 @@
+"""The consumer's exactly-once rules on fakes: the in-memory QBO (tests.fakes.InMemoryQbo, the sandbox's company
+model in-process) and a SQLite state store. Seconds, no broker, no HTTP; the chaos suite proves the same on real
+services."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from consumer.applier import EventApplier
+from consumer.errors import DependencyNotReady, MalformedEvent, QboUnavailable
+from consumer.lifecycle import SyncPolicy
+from consumer.mapping import MappingOptions
+from consumer.references import ReferenceResolver, ResolverConfig
+from consumer.state_store import StateStore
+from consumer.writes import Operation, Result, Write
+from producer import migrate
+from producer.database import make_engine
+from tests.fakes import InMemoryQbo
+from tests.sandbox.test_books import CLIENT, ev, invoice
+
+REALM = "9130000000000001"
+
+
+class Parts:
+    def __init__(self, tmp: Any, **qbo_config: Any) -> None:
+        self.engine = make_engine(f"sqlite:///{tmp}/state-{uuid.uuid4().hex[:6]}.sqlite3")
+        migrate.upgrade(self.engine)
+        self.qbo = InMemoryQbo(REALM, **qbo_config)
+        self.store = StateStore(self.engine, REALM, "ttsync-test")
+        self.resolver = ReferenceResolver(self.qbo, self.store, ResolverConfig(), MappingOptions())
+        self.applier = EventApplier(self.qbo, self.store, self.resolver, SyncPolicy(), MappingOptions())
+
+    def entities(self, entity: str) -> list[dict[str, Any]]:
+        return self.qbo.query(f"SELECT * FROM {entity}", entity)
+
+    def writes(self, operation: str, entity: str) -> int:
+        return self.qbo.calls.count((operation, entity))
+
+
+@pytest.fixture
+def parts(tmp_path: Any) -> Iterator[Parts]:
+    p = Parts(tmp_path)
+    yield p
+    p.engine.dispose()
+
+
+@pytest.fixture
+def strict_parts(tmp_path: Any) -> Iterator[Parts]:
+    """QBO answering a repeated requestid with Fault 600 instead of replaying its first answer."""
+    p = Parts(tmp_path, duplicate_requestid_mode="fault")
+    yield p
+    p.engine.dispose()
+
+
+# -- references: a create whose answer was lost ----------------------------------------------------------
+
+def test_a_customer_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: Parts) -> None:
+    """The name belongs to a vendor, so the customer is created as "<name> (customer)"; that answer is lost. The
+    retry looks for the plain name (not there), is refused it again (6240), sends the suffixed create with the
+    same requestid and gets Fault 600: it must find the customer, not dead-letter the invoice."""
+    p = strict_parts
+    p.qbo.create("Vendor", {"DisplayName": "Acme"}, "someone-else")
+    p.qbo.lose_answer("create", "Customer", nth=2)  # the plain name is refused (6240), the suffixed one is lost
+    with pytest.raises(QboUnavailable):
+        p.resolver.customer(7, None, "Acme", None)
+    customer_id = p.resolver.customer(7, None, "Acme", None)
+    customers = p.entities("Customer")
+    assert [c["DisplayName"] for c in customers] == ["Acme (customer)"] and customers[0]["Id"] == customer_id
+
+
+def test_a_vendor_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: Parts) -> None:
+    p = strict_parts
+    p.qbo.create("Customer", {"DisplayName": "Hotel Kranz"}, "someone-else")
+    p.qbo.lose_answer("create", "Vendor", nth=2)
+    with pytest.raises(QboUnavailable):
+        p.resolver.vendor("Hotel Kranz")
+    vendor_id = p.resolver.vendor("Hotel Kranz")
+    assert [(v["Id"], v["DisplayName"]) for v in p.entities("Vendor")] == [(vendor_id, "Hotel Kranz (vendor)")]
+
+
+def test_item_and_account_creates_answered_600_are_found_by_name(strict_parts: Parts, monkeypatch: Any) -> None:
+    """QBO's query can lag a write: the first lookup misses the item a lost attempt made, the create is refused
+    with Fault 600, the second lookup finds it."""
+    p = strict_parts
+    p.resolver.config = dataclasses.replace(p.resolver.config, auto_create_items=True, default_item="Consulting")
+    p.qbo.lose_answer("create", "Item")
+    with pytest.raises(QboUnavailable):
+        p.resolver.item()
+    real_find = p.resolver._find
+    misses = iter([True])
+    monkeypatch.setattr(p.resolver, "_find", lambda *a: None if next(misses, False) else real_find(*a))
+    item_id = p.resolver.item()
+    assert [(i["Id"], i["Name"]) for i in p.entities("Item") if i["Name"] == "Consulting"] == [(item_id, "Consulting")]
+
+    p.resolver.config = dataclasses.replace(p.resolver.config, auto_create_accounts=True)
+    p.qbo.lose_answer("create", "Account")
+    with pytest.raises(QboUnavailable):
+        p.resolver.expense_account("Kiln Firing")
+    misses = iter([True])
+    account_id = p.resolver.expense_account("Kiln Firing")
+    assert [a["Id"] for a in p.entities("Account") if a["Name"] == "Kiln Firing"] == [account_id]
+
+
+# -- the exactly-once rules --------------------------------------------------------------------------------
+
+def test_a_redelivered_event_is_a_duplicate_and_writes_nothing(parts: Parts) -> None:
+    event = ev("invoice", invoice(), 1, "created")
+    assert parts.applier.apply(event).result is Result.CREATED
+    calls = len(parts.qbo.calls)
+    assert parts.applier.apply(event).result is Result.DUPLICATE
+    assert len(parts.qbo.calls) == calls and len(parts.entities("Invoice")) == 1
+
+
+def test_an_older_version_is_skipped(parts: Parts) -> None:
+    parts.applier.apply(ev("invoice", invoice(), 2, "created"))
+    outcome = parts.applier.apply(ev("invoice", invoice(items=[("1.00", "1.00")]), 1))
+    assert outcome.result is Result.SKIPPED
+    assert parts.entities("Invoice")[0]["TotalAmt"] == 240
+
+
+def test_a_crash_between_the_write_and_its_record_adopts_instead_of_creating_twice(parts: Parts) -> None:
+    event = ev("invoice", invoice(), 1, "created")
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    parts.qbo.lose_answer("create", "Invoice")
+    with pytest.raises(QboUnavailable):
+        parts.applier.apply(event)
+    assert parts.store.mapped("invoice", "1").pending_requestid  # type: ignore[union-attr]
+    assert parts.applier.apply(event).result is Result.ADOPTED
+    assert len(parts.entities("Invoice")) == 1 and parts.writes("create", "Invoice") == 1
+
+
+def test_a_crash_between_the_write_and_its_record_adopts_under_fault_600(strict_parts: Parts) -> None:
+    """The pending create's lookup misses (QBO's query lags): the create is sent again with its requestid and
+    answered 600; the lookup after it finds the invoice."""
+    p = strict_parts
+    event = ev("invoice", invoice(), 1, "created")
+    p.qbo.lose_answer("create", "Invoice")
+    with pytest.raises(QboUnavailable):
+        p.applier.apply(event)
+    real_query = p.qbo.query
+    misses = iter([True])
+    p.qbo.query = lambda sql, entity="": [] if entity == "Invoice" and next(misses, False) \
+        else real_query(sql, entity)  # type: ignore[method-assign]
+    assert p.applier.apply(event).result is Result.ADOPTED
+    assert len(p.entities("Invoice")) == 1
+
+
+def test_a_payment_before_its_invoice_waits(parts: Parts) -> None:
+    pay = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "method": "bank_transfer",
+           "status": "completed"}
+    with pytest.raises(DependencyNotReady):
+        parts.applier.apply(ev("payment", pay, 1, "created"))
+    parts.applier.apply(ev("invoice", invoice(), 1, "created"))
+    assert parts.applier.apply(ev("payment", pay, 1, "created")).result is Result.CREATED
+
+
+def test_a_batch_item_refused_falls_back_to_the_single_path(parts: Parts) -> None:
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    prepared = [parts.applier.prepare(ev("invoice", invoice(invoice_id=n), 1, "created")) for n in (1, 2, 3)]
+    writes = [w for w in prepared if isinstance(w, Write)]
+    assert len(writes) == 3 and all(w.batchable and w.operation is Operation.CREATE for w in writes)
+    parts.qbo.create("Invoice", {**writes[1].body}, "a-person-made-it")  # INV-0002 is taken: 6140 in the batch
+    outcomes = parts.applier.execute_batch(writes)
+    assert [o.result if o else None for o in outcomes] == [Result.CREATED, None, Result.CREATED]
+    assert parts.applier.execute(writes[1]).result is Result.ADOPTED  # the single path recovers it
+    assert sorted(i["DocNumber"] for i in parts.entities("Invoice")) == ["INV-0001", "INV-0002", "INV-0003"]
+
+
+def test_a_batch_that_fails_whole_is_safe_to_apply_one_by_one(parts: Parts) -> None:
+    writes = [w for n in (1, 2) if isinstance(w := parts.applier.prepare(ev("invoice", invoice(invoice_id=n), 1,
+                                                                           "created")), Write)]
+    parts.qbo.lose_answer("batch", "Batch")
+    with pytest.raises(QboUnavailable):
+        parts.applier.execute_batch(writes)
+    assert [parts.applier.apply(w.event).result for w in writes] == [Result.ADOPTED, Result.ADOPTED]
+    assert len(parts.entities("Invoice")) == 2
+
+
+def test_voiding_an_invoice_voids_its_settlement_and_the_invoice(parts: Parts) -> None:
+    """The settlement's void and the invoice's belong to one event, here both at SyncToken 0 in the entity map:
+    their requestids must differ, or QBO answers the invoice's void with the settlement's answer."""
+    parts.applier.apply(ev("invoice", invoice("paid", amount_paid="240.00"), 1, "created"))
+    assert parts.store.mapped("settlement", "1").sync_token == parts.store.mapped("invoice", "1").sync_token  # type: ignore[union-attr]
+    assert parts.applier.apply(ev("invoice", invoice("cancelled", amount_paid="240.00"), 2)).result is Result.VOIDED
+    [inv], [settlement] = parts.entities("Invoice"), parts.entities("Payment")
+    assert inv["TotalAmt"] == 0 and "Voided" in inv.get("PrivateNote", "")
+    assert settlement["TotalAmt"] == 0
+
+
+def test_an_unknown_aggregate_type_is_malformed(parts: Parts) -> None:
+    event = ev("invoice", invoice(), 1).model_copy(update={"aggregate_type": "timesheet"})
+    with pytest.raises(MalformedEvent):
+        parts.applier.apply(event)
