@@ -27,10 +27,11 @@ from sqlalchemy import text
 
 from benchmarks._env import kafka_bootstrap, percentile, postgres_url, print_table, scratch_database
 from producer.database import make_engine
-from producer.kafka_publisher import MAX_RECORD_BYTES, KafkaRecordPublisher
+from producer.kafka_publisher import KafkaRecordPublisher
 from producer.outbox_relay import OutboxRelay
 from producer.outbox_writer import build_envelope
 from schemas import topic_for
+from schemas.kafka_client import as_connection
 from ttsync.logging_setup import configure_logging
 
 SEED_SQL = text(
@@ -51,9 +52,8 @@ SELECT s.u, 'client', (s.g % 1000)::text, 'client.updated',
 
 def producer_config(bootstrap: str) -> dict:
     # The same settings KafkaRecordPublisher uses, so the comparison is about the relay's own overhead.
-    return dict(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                max_in_flight_requests_per_connection=5, linger_ms=0, batch_size=256 * 1024,
-                max_request_size=MAX_RECORD_BYTES)
+    return {**as_connection(bootstrap).producer_config("ttsync-bench"), "max_in_flight_requests_per_connection": 5,
+            "linger_ms": 0, "batch_size": 256 * 1024}
 
 
 def throughput(db_url: str, bootstrap: str, events: int, pad: int) -> dict:

@@ -1,38 +1,35 @@
-"""Records forwarded to a retry topic or the dead-letter topic: the original key, value and headers, plus
-context headers in the spirit of Kafka Connect's ``__connect.errors.*`` and Spring's ``kafka_dlt-*``."""
+"""Where a record is dead-lettered, or forwarded to a retry topic: ``Forwarder`` sends it, ``forward`` builds it
+(the original key, value and headers, plus context headers in the spirit of Kafka Connect's
+``__connect.errors.*`` and Spring's ``kafka_dlt-*``); the helpers below read those headers back."""
 
 from __future__ import annotations
 
 import datetime as dt
-import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from consumer.errors import MalformedEvent, QboValidationFault, SyncError
-from schemas.contract import RETRY_SUFFIX, Header
+import structlog
 
-_RETRY_TOPIC = re.compile(rf"^(?P<base>.+){re.escape(RETRY_SUFFIX)}\.(?P<delay>\d+)s$")
+from consumer import metrics
+from consumer.errors import MalformedEvent, QboValidationFault, StopRequested, SyncError
+from schemas.backoff import Backoff
+from schemas.contract import Header, parse_retry_topic, retry_topic
+from schemas.kafka_client import OutRecord
 
-
-@dataclass(frozen=True)
-class OutgoingRecord:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
+log = structlog.get_logger("ttsync.consumer")
 
 
 def retry_tier(topic: str, delays: tuple[int, ...]) -> int | None:
-    m = _RETRY_TOPIC.match(topic)
-    if not m:
+    parsed = parse_retry_topic(topic)
+    if parsed is None:
         return None
-    delay = int(m.group("delay"))
+    delay = parsed[1]
     return delays.index(delay) if delay in delays else len(delays) - 1
 
 
 def base_topic(topic: str) -> str:
-    m = _RETRY_TOPIC.match(topic)
-    return m.group("base") if m else topic
+    parsed = parse_retry_topic(topic)
+    return parsed[0] if parsed else topic
 
 
 def _iso(ts: dt.datetime) -> str:
@@ -54,7 +51,7 @@ def error_headers(error: BaseException) -> dict[str, str]:
 
 
 def forward(record: Any, *, target_topic: str, error: BaseException, group_id: str, attempts_here: int,
-            due_at: dt.datetime | None = None, now: dt.datetime | None = None) -> OutgoingRecord:
+            due_at: dt.datetime | None = None, now: dt.datetime | None = None) -> OutRecord:
     """The record as it goes to ``target_topic``. Original-topic headers are set once, at the first failure,
     so a record that went through the retry tiers still names where it came from."""
     now = now or dt.datetime.now(dt.UTC)
@@ -82,8 +79,49 @@ def forward(record: Any, *, target_topic: str, error: BaseException, group_id: s
     if due_at is not None:
         headers[Header.RETRY_DUE_AT] = _iso(due_at)
     connect = [(alias, headers[ours]) for ours, alias in Header.CONNECT_ALIASES.items() if ours in headers]
-    return OutgoingRecord(target_topic, record.key, record.value,
+    return OutRecord(target_topic, record.key, record.value,
                           passthrough + [(k, v.encode()) for k, v in [*headers.items(), *connect]])
+
+
+class Forwarder:
+    """Sends failed records on, and waits for the broker's acknowledgement: the caller commits the record's offset
+    only after it. A broker that does not acknowledge is waited for (with backoff) until ``stopping`` says stop."""
+
+    def __init__(self, send: Callable[[OutRecord], None], *, group_id: str, dlq: str,
+                 retry_delays_s: tuple[int, ...], stopping: Callable[[float], bool]) -> None:
+        self.send = send
+        self.group_id = group_id
+        self.dlq = dlq
+        self.retry_delays_s = retry_delays_s
+        self.stopping = stopping  # waits up to the given seconds; True when the consumer is stopping
+
+    def to_retry_topic(self, record: Any, error: BaseException, *, attempts: int, tier: int, delay_s: float) -> None:
+        now = dt.datetime.now(dt.UTC)
+        target = retry_topic(base_topic(record.topic), self.retry_delays_s[tier])
+        self._deliver(forward(record, target_topic=target, error=error, group_id=self.group_id,
+                              attempts_here=attempts, due_at=now + dt.timedelta(seconds=delay_s), now=now))
+        metrics.RETRIES.labels("retry_topic").inc()
+        metrics.EVENTS.labels(base_topic(record.topic), "retry_topic").inc()
+
+    def to_dead_letter(self, record: Any, error: BaseException, *, attempts: int, reason: str) -> None:
+        self._deliver(forward(record, target_topic=self.dlq, error=error, group_id=self.group_id,
+                              attempts_here=attempts))
+        metrics.DEAD_LETTERED.labels(getattr(error, "code", type(error).__name__)).inc()
+        metrics.EVENTS.labels(base_topic(record.topic), "dead_lettered").inc()
+        log.error("event_dead_lettered", topic=record.topic, partition=record.partition, offset=record.offset,
+                  error=type(error).__name__, reason=reason[:500])
+
+    def _deliver(self, out: OutRecord) -> None:
+        backoff = Backoff(base_s=0.5, max_s=10.0)
+        while True:
+            try:
+                self.send(out)
+                return
+            except Exception as exc:
+                delay = backoff.next()
+                log.error("forward_failed", topic=out.topic, error=repr(exc), retry_in_s=round(delay, 2))
+                if self.stopping(delay):
+                    raise StopRequested("stopping before the forward was acknowledged") from exc
 
 
 # The headers the consumer reads back from a record of any of its topics (a forged or damaged one included).

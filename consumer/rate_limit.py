@@ -15,6 +15,8 @@ from typing import Protocol
 
 from sqlalchemy import Engine, text
 
+from consumer.state_db import begin
+
 
 class RateLimiter(Protocol):
     def acquire(self) -> float:
@@ -71,7 +73,7 @@ class SharedTokenBucket:
         while True:
             now = time.time()  # wall clock: shared between processes
             params = {"r": self.realm_id, "cap": self.capacity, "rate": self.rate, "now": now}
-            with self.engine.begin() as conn:
+            with begin(self.engine) as conn:
                 # The common case is one statement: refill, and take a token if there is one.
                 taken = conn.execute(text(
                     "UPDATE ttsync_rate_budget SET tokens = LEAST(:cap, tokens + GREATEST(0, :now - updated_at) "

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from consumer.errors import DependencyNotReady, FatalError, PermanentError, QboThrottled, StateUnavailable
 from consumer.outage import tied_to_record
+from schemas.backoff import compute_backoff
 
 
 class StepKind(enum.Enum):
@@ -96,10 +97,3 @@ class RetryPolicy:
                                                                  self.outage_probe_max_s, rng))
         return Step(StepKind.DEAD_LETTER, reason=f"retries exhausted: {error}")
 
-
-def compute_backoff(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None,
-                    jitter: float = 0.2) -> float:
-    """Exponential backoff with +-``jitter`` spread, so consumers that failed together do not retry together."""
-    delay = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
-    spread = (rng or random).uniform(-jitter, jitter)
-    return max(0.0, delay * (1 + spread))

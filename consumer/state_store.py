@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from consumer.lifecycle import QBO_ENTITY, Mapped
+from consumer.state_db import begin, connect
 from consumer.state_tables import entity_map, processed_events, qbo_refs
 from schemas.events import EventEnvelope
 
@@ -36,7 +37,7 @@ class StateStore:
     def processed_among(self, event_ids: list[str]) -> set[str]:
         """Which of these events this group has processed (read-only; ``dlq list`` marks them resolved)."""
         found: set[str] = set()
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             for start in range(0, len(event_ids), 500):
                 chunk = event_ids[start:start + 500]
                 found.update(conn.execute(select(processed_events.c.event_id).where(
@@ -51,18 +52,18 @@ class StateStore:
                     entity_map.c.aggregate_id == str(aggregate_id))
 
     def mapped(self, aggregate_type: str, aggregate_id: str) -> Mapped | None:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             return _to_mapped(conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first())
 
     def all_mapped(self) -> dict[str, Mapped]:
         """The whole entity map of this realm, keyed "type:id" (reconcile reads it once)."""
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             rows = conn.execute(select(entity_map).where(entity_map.c.realm_id == self.realm_id)).all()
         return {f"{r.aggregate_type}:{r.aggregate_id}": m for r in rows if (m := _to_mapped(r)) is not None}
 
     def lookup(self, event_id: Any, aggregate_type: str, aggregate_id: str) -> tuple[bool, Mapped | None]:
         """(already processed?, what the entity map holds) in one round trip to the pool."""
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             processed = conn.execute(select(processed_events.c.event_id).where(
                 processed_events.c.consumer_group == self.group,
                 processed_events.c.event_id == str(event_id))).first() is not None
@@ -91,7 +92,7 @@ class StateStore:
     def mark_pending(self, aggregate_type: str, aggregate_id: str, requestid: str) -> None:
         """Before a create: if we crash after QBO wrote but before we recorded it, the redelivery sees this
         and looks for the entity in QBO instead of creating a second one."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             self._upsert(conn, aggregate_type, aggregate_id,
                          {"pending_requestid": requestid, "pending_since": _now()})
 
@@ -105,7 +106,7 @@ class StateStore:
             values["qbo_status"] = status
         if customer_ref is not None:
             values["customer_ref"] = customer_ref
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             self._upsert(conn, event.aggregate_type, event.aggregate_id, values, version=event.aggregate_version)
             # A second consumer may have processed it during a rebalance: same effect, nothing to add.
             conn.execute(self._insert(conn, processed_events).values(
@@ -120,19 +121,19 @@ class StateStore:
                                   "qbo_status": "active"}
         if customer_ref:
             values["customer_ref"] = customer_ref
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             self._upsert(conn, aggregate_type, aggregate_id, values, version=version)
 
     def clear_pending(self, aggregate_type: str, aggregate_id: str) -> None:
         """A pending create turned out never to have reached QBO."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(
                 pending_requestid=None, pending_since=None, updated_at=_now()))
 
     def forget(self, aggregate_type: str, aggregate_id: str, *, status: str = "deleted") -> None:
         """The mapped QBO entity is gone (deleted by hand, or removed by reconcile): the next event creates
         anew. ``last_version`` stays, so older events are still skipped."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(
                 qbo_id=None, sync_token=None, qbo_status=status, pending_requestid=None, pending_since=None,
                 updated_at=_now()))
@@ -140,13 +141,13 @@ class StateStore:
     # -- resolved references (customers, items, vendors, accounts) and operator overrides --------------
 
     def ref(self, kind: str, key: str) -> str | None:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             return conn.execute(select(qbo_refs.c.qbo_id).where(
                 qbo_refs.c.realm_id == self.realm_id, qbo_refs.c.kind == kind,
                 qbo_refs.c.key == key)).scalar()
 
     def set_ref(self, kind: str, key: str, qbo_id: str, name: str | None = None) -> None:
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             stmt = self._insert(conn, qbo_refs).values(realm_id=self.realm_id, kind=kind, key=key, qbo_id=qbo_id,
                                                        name=name, updated_at=_now())
             conn.execute(stmt.on_conflict_do_update(
@@ -154,18 +155,18 @@ class StateStore:
                 set_={"qbo_id": qbo_id, "name": name, "updated_at": _now()}))
 
     def delete_ref(self, kind: str, key: str) -> int:
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             return conn.execute(delete(qbo_refs).where(qbo_refs.c.realm_id == self.realm_id,
                                                        qbo_refs.c.kind == kind, qbo_refs.c.key == key)).rowcount
 
     def refs(self, kind: str | None = None) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             stmt = select(qbo_refs).where(qbo_refs.c.realm_id == self.realm_id)
             if kind:
                 stmt = stmt.where(qbo_refs.c.kind == kind)
             return [dict(r._mapping) for r in conn.execute(stmt.order_by(qbo_refs.c.kind, qbo_refs.c.key))]
 
     def purge_processed(self, older_than: dt.timedelta) -> int:
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             return conn.execute(delete(processed_events).where(
                 processed_events.c.processed_at < _now() - older_than)).rowcount

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from consumer.errors import ConfigurationError, QboUnavailable, ReconnectNeeded
+from consumer.state_db import begin, connect
 from consumer.state_tables import oauth_tokens
 
 log = structlog.get_logger("ttsync.qbo.tokens")
@@ -142,7 +143,7 @@ class TokenStore:
     # -- reads and writes ----------------------------------------------------------------------------
 
     def state(self) -> TokenState | None:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             row = conn.execute(select(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)).first()
         if row is None:
             return None
@@ -168,7 +169,7 @@ class TokenStore:
     def _write_row(self, values: dict[str, Any], *, replace: bool) -> None:
         """Insert the realm's row; when it exists, replace it or (``replace=False``) leave it: two consumers
         seeding at once must not both insert."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             insert_fn = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             stmt = insert_fn(oauth_tokens).values(realm_id=self.realm_id, rotations=0, **values)
             if replace:
@@ -179,7 +180,7 @@ class TokenStore:
 
     def _seed_if_needed(self) -> None:
         seed = self.seed_refresh_token
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             row = conn.execute(select(oauth_tokens.c.seed_fingerprint).where(
                 oauth_tokens.c.realm_id == self.realm_id)).first()
         if row is None:
@@ -208,7 +209,7 @@ class TokenStore:
             if cached is not None and cached[0] != failed_token and cached[1] > time.monotonic():
                 return cached[0]
             self._seed_if_needed()
-            with self.engine.begin() as conn:
+            with begin(self.engine) as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT 1 FROM ttsync_oauth_tokens WHERE realm_id = :r FOR UPDATE"),
                                  {"r": self.realm_id})
@@ -284,7 +285,7 @@ class TokenStore:
         if time.monotonic() - self._last_success_write < 60:
             return
         self._last_success_write = time.monotonic()
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)
                          .values(last_success_at=_now()))
 

@@ -12,6 +12,7 @@ from consumer.applier import EventApplier
 from consumer.crash_points import crash_hook_from_env
 from consumer.errors import ConfigurationError
 from consumer.group_consumer import GroupConsumer
+from consumer.kafka_port import KafkaPythonConsumer
 from consumer.lifecycle import SyncPolicy
 from consumer.mapping import MappingOptions
 from consumer.outage import OutageBreaker
@@ -91,11 +92,12 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
 def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-consumer",
                    session_timeout_ms: int = 10_000) -> GroupConsumer:
     parts = parts or build_parts(settings)
-    return GroupConsumer(bootstrap_servers=settings.kafka, group_id=settings.group_id,
-                         topic_prefix=settings.topic_prefix, applier=parts.applier, policy=parts.policy,
-                         max_poll_records=settings.consumer_max_poll_records, client_id=client_id,
+    port = KafkaPythonConsumer(settings.kafka, group_id=settings.group_id, client_id=client_id,
+                               max_poll_records=settings.consumer_max_poll_records,
+                               session_timeout_ms=session_timeout_ms)
+    return GroupConsumer(port=port, group_id=settings.group_id, topic_prefix=settings.topic_prefix,
+                         applier=parts.applier, policy=parts.policy,
                          batch_min_records=settings.qbo_batch_min_backlog,
-                         session_timeout_ms=session_timeout_ms,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
                                                max_open_s=settings.consumer_outage_exit_s),

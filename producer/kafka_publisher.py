@@ -15,19 +15,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from schemas.kafka_client import KafkaConnection, as_connection
+from schemas.kafka_client import KafkaConnection, OutRecord, as_connection
 
 log = structlog.get_logger("ttsync.relay.kafka")
-
-MAX_RECORD_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class OutRecord:
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 class RecordPublisher(Protocol):
@@ -62,15 +52,11 @@ class KafkaRecordPublisher:
         if self._producer is None:
             timeout_ms = int(self._timeout_s * 1000)
             self._producer = KafkaProducer(
-                **self._connection.client_config(),
-                client_id=self._client_id,
-                acks="all",
-                enable_idempotence=True,
+                **self._connection.producer_config(self._client_id),
                 # Idempotence keeps order with up to 5 requests in flight per connection.
                 max_in_flight_requests_per_connection=5,
                 linger_ms=0,
                 batch_size=256 * 1024,
-                max_request_size=MAX_RECORD_BYTES,
                 request_timeout_ms=min(timeout_ms, 10_000),
                 delivery_timeout_ms=timeout_ms + 10_000,
                 max_block_ms=min(timeout_ms, 10_000),

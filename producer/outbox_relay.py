@@ -26,11 +26,14 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.engine import make_url
 
-from producer.kafka_publisher import OutRecord, RecordPublisher
+from producer.kafka_publisher import RecordPublisher
 from producer.outbox_status import purge as purge_outbox
 from producer.relay_buckets import BucketLeases, bucket_of_sql
 from producer.trigger_capture import NOTIFY_CHANNEL
-from schemas.contract import SCHEMA_VERSION, Header, topic_for
+from schemas.backoff import Backoff
+from schemas.codec import record_headers
+from schemas.contract import topic_for
+from schemas.kafka_client import OutRecord
 
 log = structlog.get_logger("ttsync.relay")
 
@@ -179,13 +182,8 @@ class OutboxRelay:
         return _Batch(conn, tx, rows)
 
     def _record(self, row: Any) -> OutRecord:
-        headers = [
-            # SQLite hands back the uuid as 32 hex digits: normalise to the canonical form.
-            (Header.EVENT_ID, str(uuid.UUID(str(row.id))).encode()),
-            (Header.EVENT_TYPE, row.type.encode()),
-            (Header.AGGREGATE_VERSION, str(row.aggregate_version).encode()),
-            (Header.SCHEMA_VERSION, SCHEMA_VERSION.encode()),
-        ]
+        # SQLite hands back the uuid as 32 hex digits: normalise to the canonical form.
+        headers = record_headers(str(uuid.UUID(str(row.id))), row.type, row.aggregate_version)
         if row.headers:
             extra = json.loads(row.headers)
             if isinstance(extra, dict):
@@ -302,7 +300,7 @@ class OutboxRelay:
         never overtaken by a later row of its aggregate.
         """
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        backoff = 0.5
+        backoff = Backoff(base_s=0.5, max_s=5.0)
         inflight: _Batch | None = None
         log.info("relay_started", buckets=self.buckets, batch_size=self.batch_size,
                  dialect=self.engine.dialect.name, pipeline=self.pipeline)
@@ -340,21 +338,21 @@ class OutboxRelay:
                             self._abandon(upcoming)
                             raise
                         inflight = upcoming
-                    backoff = 0.5
+                    backoff.reset()
                 except PublishFailed as exc:
-                    log.warning("relay_backoff", seconds=backoff, error=str(exc))
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    delay = backoff.next()
+                    log.warning("relay_backoff", seconds=round(delay, 2), error=str(exc))
+                    self._stop.wait(delay)
                 except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the relay
-                    log.error("relay_batch_error", error=repr(exc), backoff_s=backoff)
+                    delay = backoff.next()
+                    log.error("relay_batch_error", error=repr(exc), backoff_s=round(delay, 2))
                     if inflight is not None:
                         self._safe_abandon(inflight)
                         inflight = None
                     self._close_listener()
                     if self.leases is not None:
                         self.leases.close()
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    self._stop.wait(delay)
         finally:
             if inflight is not None:
                 try:

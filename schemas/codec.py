@@ -85,13 +85,15 @@ def encode_event(envelope: EventEnvelope) -> bytes:
     return envelope.model_dump_json().encode()
 
 
-def record_headers(envelope: EventEnvelope) -> list[tuple[str, bytes]]:
-    """The headers the relay sets (a Debezium EventRouter can be configured to set the same)."""
+def record_headers(event_id: str, event_type: str, aggregate_version: int,
+                   schema_version: str = SCHEMA_VERSION) -> list[tuple[str, bytes]]:
+    """The headers of an event's record, as the relay sets them (a Debezium EventRouter can be configured to set
+    the same)."""
     return [
-        (Header.EVENT_ID, str(envelope.event_id).encode()),
-        (Header.EVENT_TYPE, envelope.event_type.encode()),
-        (Header.AGGREGATE_VERSION, str(envelope.aggregate_version).encode()),
-        (Header.SCHEMA_VERSION, envelope.schema_version.encode()),
+        (Header.EVENT_ID, event_id.encode()),
+        (Header.EVENT_TYPE, event_type.encode()),
+        (Header.AGGREGATE_VERSION, str(aggregate_version).encode()),
+        (Header.SCHEMA_VERSION, schema_version.encode()),
     ]
 
 

@@ -5,6 +5,7 @@ One place, so that the relay, the consumer, the operator tools and a Debezium co
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 SCHEMA_VERSION: Final = "1.0"
@@ -39,6 +40,15 @@ def dlq_topic(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
 
 def retry_topic(topic: str, delay_s: int) -> str:
     return f"{topic}{RETRY_SUFFIX}.{delay_s}s"
+
+
+_RETRY_TOPIC = re.compile(rf"^(?P<base>.+){re.escape(RETRY_SUFFIX)}\.(?P<delay>\d+)s$")
+
+
+def parse_retry_topic(topic: str) -> tuple[str, int] | None:
+    """``retry_topic``'s inverse: (the topic it retries, its delay in seconds), or None for any other topic."""
+    m = _RETRY_TOPIC.match(topic)
+    return (m.group("base"), int(m.group("delay"))) if m else None
 
 
 class Header:

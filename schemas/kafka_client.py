@@ -24,6 +24,21 @@ SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+# The largest record a ttsync producer sends (relay, retry and dead-letter forwards, DLQ replay): an invoice with
+# hundreds of lines and its client fits. The broker's max.message.bytes (1 MiB by default) applies on top.
+MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """A record a ttsync producer sends: the relay's events, the consumer's forwards, the DLQ's replays."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
 class KafkaConfigError(ValueError):
     """The Kafka security settings do not describe a usable connection (said before any client is made)."""
 
@@ -93,6 +108,11 @@ class KafkaConnection:
             config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                           sasl_plain_password=self.sasl_password)
         return config
+
+    def producer_config(self, client_id: str) -> dict[str, Any]:
+        """A kafka-python producer that never writes a record twice nor out of order: idempotent, acks=all."""
+        return {**self.client_config(), "client_id": client_id, "acks": "all", "enable_idempotence": True,
+                "max_request_size": MAX_RECORD_BYTES}
 
     def librdkafka_config(self) -> dict[str, Any]:
         """The same connection in librdkafka's (confluent-kafka's) property names."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from consumer.errors import QboUnavailable
+from consumer.kafka_port import Partition
 from consumer.qbo_faults import read_answer
-from producer.kafka_publisher import OutRecord
+from schemas.kafka_client import OutRecord
 from ttsync.qbo_sandbox.company import Company
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, AccessToken
 from ttsync.qbo_sandbox.server import Api, SandboxConfig, SandboxState
@@ -107,3 +111,111 @@ class InMemoryQbo:
         params = {"requestid": requestid} if requestid else {}
         return list(self._call("batch", "Batch", "POST", "batch", params=params,
                                body={"BatchItemRequest": items}).get("BatchItemResponse", []))
+
+
+@dataclass(frozen=True)
+class StubRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: int
+
+
+class StubBroker:
+    """An in-memory Kafka for ``consumer.kafka_port.ConsumerPort`` (as dramatiq's ``StubBroker``): topics of
+    ``partitions`` partitions, records keyed to a partition by their key, committed offsets per group. ``fail_sends``
+    makes the next sends fail (a broker that does not acknowledge)."""
+
+    def __init__(self, partitions: int = 1) -> None:
+        self.partitions = partitions
+        self.logs: dict[Partition, list[StubRecord]] = {}
+        self.committed: dict[tuple[str, Partition], int] = {}
+        self.fail_sends = 0
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                headers: Sequence[tuple[str, bytes]] = ()) -> StubRecord:
+        tp = Partition(topic, zlib.crc32(key) % self.partitions if key else 0)
+        log = self.logs.setdefault(tp, [])
+        record = StubRecord(topic, tp.partition, len(log), key, value, list(headers), int(time.time() * 1000))
+        log.append(record)
+        return record
+
+    def records(self, topic: str) -> list[StubRecord]:
+        return [r for tp, log in sorted(self.logs.items()) if tp.topic == topic for r in log]
+
+    def consumer(self, group_id: str, max_poll_records: int = 100) -> StubConsumer:
+        return StubConsumer(self, group_id, max_poll_records)
+
+
+class StubConsumer:
+    """One member of a consumer group on a ``StubBroker``, owning every partition of its topics."""
+
+    def __init__(self, broker: StubBroker, group_id: str, max_poll_records: int) -> None:
+        self.broker = broker
+        self.group_id = group_id
+        self.max_poll_records = max_poll_records
+        self.positions: dict[Partition, int] = {}
+        self._paused: set[Partition] = set()
+        self.closed = False
+
+    def subscribe(self, topics: list[str]) -> None:
+        for topic in topics:
+            for n in range(self.broker.partitions):
+                tp = Partition(topic, n)
+                self.broker.logs.setdefault(tp, [])
+                self.positions[tp] = self.broker.committed.get((self.group_id, tp), 0)
+
+    def poll(self, timeout_ms: int) -> dict[Partition, list[Any]]:
+        out: dict[Partition, list[Any]] = {}
+        for tp, position in self.positions.items():
+            if tp in self._paused:
+                continue
+            records = self.broker.logs.get(tp, [])[position:position + self.max_poll_records]
+            if records:
+                out[tp] = list(records)
+                self.positions[tp] = records[-1].offset + 1
+        if not out:
+            time.sleep(min(timeout_ms, 5) / 1000)
+        return out
+
+    def pause(self, tp: Partition) -> None:
+        self._paused.add(tp)
+
+    def resume(self, tp: Partition) -> None:
+        self._paused.discard(tp)
+
+    def paused(self) -> set[Partition]:
+        return set(self._paused)
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def commit(self, tp: Partition, next_offset: int) -> None:
+        self.broker.committed[(self.group_id, tp)] = next_offset
+
+    def assignment(self) -> set[Partition]:
+        return set(self.positions)
+
+    def end_offsets(self, tps: list[Partition]) -> dict[Partition, int]:
+        return {tp: len(self.broker.logs.get(tp, [])) for tp in tps}
+
+    def position(self, tp: Partition) -> int:
+        return self.positions[tp]
+
+    def in_stable_group(self) -> bool | None:
+        return True
+
+    def fetch_state(self, tp: Partition) -> dict[str, Any]:
+        return {"paused": tp in self._paused}
+
+    def send(self, record: OutRecord, timeout_s: float = 30.0) -> None:
+        if self.broker.fail_sends > 0:
+            self.broker.fail_sends -= 1
+            raise TimeoutError(f"stub broker: no acknowledgement for {record.topic}")
+        self.broker.produce(record.topic, record.value, record.key, record.headers)
+
+    def close(self) -> None:
+        self.closed = True

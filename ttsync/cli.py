@@ -669,7 +669,7 @@ def consume(
     if metrics_port or settings.metrics_port:
         metrics.REGISTRY.register(LagCollector(
             settings.kafka, settings.group_id, cluster_name=settings.kafka_cluster_name,
-            owned=lambda: {(tp.topic, tp.partition) for tp in worker.consumer.assignment()}))
+            owned=lambda: {(tp.topic, tp.partition) for tp in worker.port.assignment()}))
     server = _serve_metrics(settings, parts.engine, metrics.REGISTRY, metrics_port,
                             heartbeat=lambda: worker.heartbeat)
 

@@ -47,7 +47,7 @@ def describe(exc: BaseException, *, database: str = "", kafka: str = "") -> Fail
     )
     from sqlalchemy import exc as sa_exc
 
-    from consumer.errors import ConfigurationError, ReconnectNeeded, SyncError
+    from consumer.errors import ConfigurationError, ReconnectNeeded, StateUnavailable, SyncError
     from producer.migrate import SchemaNotMigrated
     from schemas.kafka_client import KafkaConfigError
     from ttsync.local_services import ServiceUnavailable
@@ -60,6 +60,8 @@ def describe(exc: BaseException, *, database: str = "", kafka: str = "") -> Fail
         return Failure(EXIT_USAGE, f"configuration: {exc}")
     if isinstance(exc, ReconnectNeeded):
         return Failure(EXIT_RECONNECT, f"{exc} (run `ttsync qbo connect`)")
+    if isinstance(exc, StateUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # translated at the consumer's state stores: name the database as below
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError):
         cause = _first_line(getattr(exc, "orig", None) or exc)
         return Failure(EXIT_UNAVAILABLE, f"database {database or '?'} does not answer: {cause} (is it running? "

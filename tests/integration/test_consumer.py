@@ -341,7 +341,7 @@ def test_two_consumers_in_one_group_share_partitions_and_apply_each_event_once(p
     # Both members own partitions before the first event arrives: otherwise the first to join may apply the
     # whole stream (through the batch endpoint, in a second) before the second is in the group.
     invoice_topic = f"{pipeline.prefix}.invoice"
-    wait_until(lambda: all(any(tp.topic == invoice_topic for tp in w.consumer.assignment()) for w in workers), 60,
+    wait_until(lambda: all(any(tp.topic == invoice_topic for tp in w.port.assignment()) for w in workers), 60,
                "both consumers to own invoice partitions")
     pipeline.relay()
     for t in threads:
@@ -437,7 +437,7 @@ def test_a_paused_partition_is_fetched_again_after_its_resume(kafka_bootstrap: s
 
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from consumer.group_consumer import release_parked_records
+    from consumer.kafka_port import release_parked_records
     from producer.kafka_publisher import ensure_topics
 
     waiting, other = f"{topic_prefix}.payment.retry.60s", f"{topic_prefix}.invoice"
@@ -470,7 +470,7 @@ def test_a_paused_partition_is_fetched_again_after_its_resume(kafka_bootstrap: s
         got = 0
         deadline = time.monotonic() + 20
         while got < 50 and time.monotonic() < deadline:
-            release_parked_records(consumer)  # as GroupConsumer.run does before every poll
+            release_parked_records(consumer)  # as KafkaPythonConsumer.poll does before every poll
             got += len(consumer.poll(200).get(tp, []))
         assert got == 50, f"the resumed partition gave {got} of its 50 records"
     finally:

@@ -5,61 +5,35 @@ services."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from consumer.applier import EventApplier
 from consumer.errors import DependencyNotReady, MalformedEvent, QboUnavailable
-from consumer.lifecycle import SyncPolicy
-from consumer.mapping import MappingOptions
-from consumer.references import ReferenceResolver, ResolverConfig
-from consumer.state_store import StateStore
 from consumer.writes import Operation, Result, Write
-from producer import migrate
-from producer.database import make_engine
-from tests.fakes import InMemoryQbo
+from tests.consumer_harness import FakeParts
 from tests.sandbox.test_books import CLIENT, ev, invoice
 
-REALM = "9130000000000001"
-
-
-class Parts:
-    def __init__(self, tmp: Any, **qbo_config: Any) -> None:
-        self.engine = make_engine(f"sqlite:///{tmp}/state-{uuid.uuid4().hex[:6]}.sqlite3")
-        migrate.upgrade(self.engine)
-        self.qbo = InMemoryQbo(REALM, **qbo_config)
-        self.store = StateStore(self.engine, REALM, "ttsync-test")
-        self.resolver = ReferenceResolver(self.qbo, self.store, ResolverConfig(), MappingOptions())
-        self.applier = EventApplier(self.qbo, self.store, self.resolver, SyncPolicy(), MappingOptions())
-
-    def entities(self, entity: str) -> list[dict[str, Any]]:
-        return self.qbo.query(f"SELECT * FROM {entity}", entity)
-
-    def writes(self, operation: str, entity: str) -> int:
-        return self.qbo.calls.count((operation, entity))
-
 
 @pytest.fixture
-def parts(tmp_path: Any) -> Iterator[Parts]:
-    p = Parts(tmp_path)
+def parts(tmp_path: Any) -> Iterator[FakeParts]:
+    p = FakeParts(tmp_path)
     yield p
-    p.engine.dispose()
+    p.close()
 
 
 @pytest.fixture
-def strict_parts(tmp_path: Any) -> Iterator[Parts]:
+def strict_parts(tmp_path: Any) -> Iterator[FakeParts]:
     """QBO answering a repeated requestid with Fault 600 instead of replaying its first answer."""
-    p = Parts(tmp_path, duplicate_requestid_mode="fault")
+    p = FakeParts(tmp_path, duplicate_requestid_mode="fault")
     yield p
-    p.engine.dispose()
+    p.close()
 
 
 # -- references: a create whose answer was lost ----------------------------------------------------------
 
-def test_a_customer_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: Parts) -> None:
+def test_a_customer_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: FakeParts) -> None:
     """The name belongs to a vendor, so the customer is created as "<name> (customer)"; that answer is lost. The
     retry looks for the plain name (not there), is refused it again (6240), sends the suffixed create with the
     same requestid and gets Fault 600: it must find the customer, not dead-letter the invoice."""
@@ -73,7 +47,7 @@ def test_a_customer_create_answered_600_after_a_lost_answer_is_adopted(strict_pa
     assert [c["DisplayName"] for c in customers] == ["Acme (customer)"] and customers[0]["Id"] == customer_id
 
 
-def test_a_vendor_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: Parts) -> None:
+def test_a_vendor_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: FakeParts) -> None:
     p = strict_parts
     p.qbo.create("Customer", {"DisplayName": "Hotel Kranz"}, "someone-else")
     p.qbo.lose_answer("create", "Vendor", nth=2)
@@ -83,7 +57,7 @@ def test_a_vendor_create_answered_600_after_a_lost_answer_is_adopted(strict_part
     assert [(v["Id"], v["DisplayName"]) for v in p.entities("Vendor")] == [(vendor_id, "Hotel Kranz (vendor)")]
 
 
-def test_item_and_account_creates_answered_600_are_found_by_name(strict_parts: Parts, monkeypatch: Any) -> None:
+def test_item_and_account_creates_answered_600_are_found_by_name(strict_parts: FakeParts, monkeypatch: Any) -> None:
     """QBO's query can lag a write: the first lookup misses the item a lost attempt made, the create is refused
     with Fault 600, the second lookup finds it."""
     p = strict_parts
@@ -108,7 +82,7 @@ def test_item_and_account_creates_answered_600_are_found_by_name(strict_parts: P
 
 # -- the exactly-once rules --------------------------------------------------------------------------------
 
-def test_a_redelivered_event_is_a_duplicate_and_writes_nothing(parts: Parts) -> None:
+def test_a_redelivered_event_is_a_duplicate_and_writes_nothing(parts: FakeParts) -> None:
     event = ev("invoice", invoice(), 1, "created")
     assert parts.applier.apply(event).result is Result.CREATED
     calls = len(parts.qbo.calls)
@@ -116,14 +90,14 @@ def test_a_redelivered_event_is_a_duplicate_and_writes_nothing(parts: Parts) -> 
     assert len(parts.qbo.calls) == calls and len(parts.entities("Invoice")) == 1
 
 
-def test_an_older_version_is_skipped(parts: Parts) -> None:
+def test_an_older_version_is_skipped(parts: FakeParts) -> None:
     parts.applier.apply(ev("invoice", invoice(), 2, "created"))
     outcome = parts.applier.apply(ev("invoice", invoice(items=[("1.00", "1.00")]), 1))
     assert outcome.result is Result.SKIPPED
     assert parts.entities("Invoice")[0]["TotalAmt"] == 240
 
 
-def test_a_crash_between_the_write_and_its_record_adopts_instead_of_creating_twice(parts: Parts) -> None:
+def test_a_crash_between_the_write_and_its_record_adopts_instead_of_creating_twice(parts: FakeParts) -> None:
     event = ev("invoice", invoice(), 1, "created")
     parts.applier.apply(ev("client", CLIENT, 1, "created"))
     parts.qbo.lose_answer("create", "Invoice")
@@ -134,7 +108,7 @@ def test_a_crash_between_the_write_and_its_record_adopts_instead_of_creating_twi
     assert len(parts.entities("Invoice")) == 1 and parts.writes("create", "Invoice") == 1
 
 
-def test_a_crash_between_the_write_and_its_record_adopts_under_fault_600(strict_parts: Parts) -> None:
+def test_a_crash_between_the_write_and_its_record_adopts_under_fault_600(strict_parts: FakeParts) -> None:
     """The pending create's lookup misses (QBO's query lags): the create is sent again with its requestid and
     answered 600; the lookup after it finds the invoice."""
     p = strict_parts
@@ -150,7 +124,7 @@ def test_a_crash_between_the_write_and_its_record_adopts_under_fault_600(strict_
     assert len(p.entities("Invoice")) == 1
 
 
-def test_a_payment_before_its_invoice_waits(parts: Parts) -> None:
+def test_a_payment_before_its_invoice_waits(parts: FakeParts) -> None:
     pay = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "method": "bank_transfer",
            "status": "completed"}
     with pytest.raises(DependencyNotReady):
@@ -159,7 +133,7 @@ def test_a_payment_before_its_invoice_waits(parts: Parts) -> None:
     assert parts.applier.apply(ev("payment", pay, 1, "created")).result is Result.CREATED
 
 
-def test_a_batch_item_refused_falls_back_to_the_single_path(parts: Parts) -> None:
+def test_a_batch_item_refused_falls_back_to_the_single_path(parts: FakeParts) -> None:
     parts.applier.apply(ev("client", CLIENT, 1, "created"))
     prepared = [parts.applier.prepare(ev("invoice", invoice(invoice_id=n), 1, "created")) for n in (1, 2, 3)]
     writes = [w for w in prepared if isinstance(w, Write)]
@@ -171,7 +145,7 @@ def test_a_batch_item_refused_falls_back_to_the_single_path(parts: Parts) -> Non
     assert sorted(i["DocNumber"] for i in parts.entities("Invoice")) == ["INV-0001", "INV-0002", "INV-0003"]
 
 
-def test_a_batch_that_fails_whole_is_safe_to_apply_one_by_one(parts: Parts) -> None:
+def test_a_batch_that_fails_whole_is_safe_to_apply_one_by_one(parts: FakeParts) -> None:
     writes = [w for n in (1, 2) if isinstance(w := parts.applier.prepare(ev("invoice", invoice(invoice_id=n), 1,
                                                                            "created")), Write)]
     parts.qbo.lose_answer("batch", "Batch")
@@ -181,7 +155,7 @@ def test_a_batch_that_fails_whole_is_safe_to_apply_one_by_one(parts: Parts) -> N
     assert len(parts.entities("Invoice")) == 2
 
 
-def test_voiding_an_invoice_voids_its_settlement_and_the_invoice(parts: Parts) -> None:
+def test_voiding_an_invoice_voids_its_settlement_and_the_invoice(parts: FakeParts) -> None:
     """The settlement's void and the invoice's belong to one event, here both at SyncToken 0 in the entity map:
     their requestids must differ, or QBO answers the invoice's void with the settlement's answer."""
     parts.applier.apply(ev("invoice", invoice("paid", amount_paid="240.00"), 1, "created"))
@@ -192,7 +166,7 @@ def test_voiding_an_invoice_voids_its_settlement_and_the_invoice(parts: Parts) -
     assert settlement["TotalAmt"] == 0
 
 
-def test_an_unknown_aggregate_type_is_malformed(parts: Parts) -> None:
+def test_an_unknown_aggregate_type_is_malformed(parts: FakeParts) -> None:
     event = ev("invoice", invoice(), 1).model_copy(update={"aggregate_type": "timesheet"})
     with pytest.raises(MalformedEvent):
         parts.applier.apply(event)

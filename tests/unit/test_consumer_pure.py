@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from decimal import Decimal
 from types import SimpleNamespace
@@ -39,7 +38,8 @@ from consumer.mapping import (
     request_id,
 )
 from consumer.rate_limit import LocalTokenBucket, bucket_parameters
-from consumer.retry_policy import RetryPolicy, StepKind, compute_backoff
+from consumer.retry_policy import RetryPolicy, StepKind
+from schemas.backoff import compute_backoff
 from schemas.events import ClientState, EventEnvelope, ExpenseState, InvoiceState, PaymentState
 
 
@@ -248,16 +248,19 @@ def test_retry_policy() -> None:
 def test_a_state_database_outage_waits_in_place_and_is_never_dead_lettered() -> None:
     from sqlalchemy.exc import OperationalError
 
-    from consumer.group_consumer import as_sync_error
+    from consumer.state_db import translated
 
     policy = RetryPolicy(inplace_attempts=2, topic_delays_s=(10,), backoff_max_s=3.0)
-    down = as_sync_error(OperationalError("SELECT 1", {}, Exception("server closed the connection")))
-    assert isinstance(down, StateUnavailable) and isinstance(down.__cause__, OperationalError)
+    with pytest.raises(StateUnavailable) as caught, translated():
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    down = caught.value
+    assert isinstance(down.__cause__, OperationalError)
     for attempt, tier in ((1, None), (50, None), (500, 0)):
         step = policy.next_step(down, attempt, tier)
         assert step.kind is StepKind.RETRY_IN_PLACE and step.delay_s <= 3.0 * 1.2
-    # anything else from the database stays what it is (a bug is dead-lettered, not retried forever)
-    assert as_sync_error(KeyError("x")).__class__ is KeyError
+    # anything else stays what it is (a bug is not mistaken for an outage)
+    with pytest.raises(KeyError), translated():
+        raise KeyError("x")
 
 
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
@@ -330,97 +333,76 @@ def test_each_delivery_gets_its_own_requestids_and_a_redelivery_the_same() -> No
 
 def test_a_consumer_out_of_its_group_too_long_exits_for_its_supervisor() -> None:
     from consumer.errors import ConsumerStuck
-    from consumer.group_consumer import GroupConsumer
+    from consumer.watchdog import GroupWatchdog
+    from tests.fakes import StubBroker
 
-    worker = object.__new__(GroupConsumer)
+    port = StubBroker().consumer("g")
     state = {"stable": False}
-    worker.consumer = SimpleNamespace(_coordinator=SimpleNamespace(stable=lambda: state["stable"]))
+    port.in_stable_group = lambda: state["stable"]  # type: ignore[method-assign]
     now = [1000.0]
-    worker.group_id, worker.unjoined_exit_s, worker._unjoined_since = "g", 120.0, None
-    worker._clock = lambda: now[0]
-    worker._check_joined()  # starts the clock
+    watchdog = GroupWatchdog(port, "g", 120.0, clock=lambda: now[0])
+    watchdog.check()  # starts the clock
     now[0] += 119
-    worker._check_joined()  # not yet
+    watchdog.check()  # not yet
     state["stable"] = True
-    worker._check_joined()  # joined in time: the clock is reset
+    watchdog.check()  # joined in time: the clock is reset
     state["stable"] = False
     now[0] += 500
-    worker._check_joined()
+    watchdog.check()
     now[0] += 121
     with pytest.raises(ConsumerStuck, match="not in a stable consumer group"):
-        worker._check_joined()
-    worker.unjoined_exit_s = 0  # 0 = never
-    worker._check_joined()
-
-
-class _FakeKafkaConsumer:
-    """Just what the watchdog reads: assignment, log-end offsets, positions, pause state; records seeks."""
-
-    def __init__(self, ends: dict[Any, int], positions: dict[Any, int]) -> None:
-        self.ends, self.positions = ends, positions
-        self.seeks: list[tuple[Any, int]] = []
-        self.resumed: list[Any] = []
-        self.paused_now: set[Any] = set()
-
-    def assignment(self) -> set[Any]:
-        return set(self.positions)
-
-    def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
-        return {tp: self.ends[tp] for tp in tps}
-
-    def position(self, tp: Any) -> int:
-        return self.positions[tp]
-
-    def paused(self) -> set[Any]:
-        return set(self.paused_now)
-
-    def resume(self, tp: Any) -> None:
-        self.resumed.append(tp)
-        self.paused_now.discard(tp)
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tp, offset))
+        watchdog.check()
+    watchdog.exit_after_s = 0  # 0 = never
+    watchdog.check()
 
 
 def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_consumer_exits() -> None:
-    from kafka import TopicPartition
-
-    from consumer import group_consumer
     from consumer.errors import ConsumerStuck
-    from consumer.group_consumer import GroupConsumer
+    from consumer.kafka_port import Partition
+    from consumer.watchdog import FetchWatchdog
+    from tests.fakes import StubBroker
 
-    stuck, fine, waiting = (TopicPartition("p.payment.retry.10s", 0), TopicPartition("p.invoice", 1),
-                            TopicPartition("p.payment.retry.30s", 0))
-    fake = _FakeKafkaConsumer(ends={stuck: 8, fine: 5, waiting: 3}, positions={stuck: 0, fine: 5, waiting: 0})
-    fake.paused_now = {stuck, waiting}
-    worker = object.__new__(GroupConsumer)
-    worker.consumer, worker._stuck = fake, {}
-    worker._paused = {waiting: time.time() + 60}  # not due yet: paused on purpose, never judged
-    quiet = group_consumer.IDLE_REFETCH_S + 1
+    broker = StubBroker()
+    stuck, fine, waiting = (Partition("p.payment.retry.10s", 0), Partition("p.invoice", 0),
+                            Partition("p.payment.retry.30s", 0))
+    for tp, count in ((stuck, 8), (fine, 5), (waiting, 3)):
+        for n in range(count):
+            broker.produce(tp.topic, b"%d" % n)
+    port = broker.consumer("g")
+    port.subscribe([tp.topic for tp in (stuck, fine, waiting)])
+    port.positions.update({stuck: 0, fine: 5, waiting: 0})
+    port.pause(stuck)
+    port.pause(waiting)
+    seeks: list[tuple[Partition, int]] = []
+    real_seek = port.seek
+    port.seek = lambda tp, offset: (seeks.append((tp, offset)), real_seek(tp, offset))  # type: ignore[method-assign]
+    now = [1000.0]
+    watchdog = FetchWatchdog(port, clock=lambda: now[0], quiet_s=15)
+    on_purpose = {waiting}  # not due yet: paused on purpose, never judged
 
-    worker._last_records_at = time.monotonic() - 1
-    worker._refetch_when_idle(False)  # not quiet long enough: nothing asked
-    assert fake.seeks == []
+    now[0] += 14
+    watchdog.after_poll(False, on_purpose)  # not quiet long enough: nothing asked
+    assert seeks == []
 
-    worker._last_records_at = time.monotonic() - quiet
-    worker._refetch_when_idle(False)  # first quiet check: resumed and re-pointed at its own position
-    assert fake.seeks == [(stuck, 0)] and fake.resumed == [stuck]
+    now[0] += 16
+    watchdog.after_poll(False, on_purpose)  # first quiet check: resumed and re-pointed at its own position
+    assert seeks == [(stuck, 0)] and stuck not in port.paused() and waiting in port.paused()
 
-    fake.positions[stuck] = 3  # it moved: fetched again, no exit
-    worker._last_records_at = time.monotonic() - quiet
-    worker._refetch_when_idle(False)
-    assert fake.seeks[-1] == (stuck, 3)
+    port.positions[stuck] = 3  # it moved: fetched again, no exit
+    now[0] += 16
+    watchdog.after_poll(False, on_purpose)
+    assert seeks[-1] == (stuck, 3)
 
-    worker._last_records_at = time.monotonic() - quiet
+    now[0] += 16
     with pytest.raises(ConsumerStuck, match=r"p\.payment\.retry\.10s\[0\]"):
-        worker._refetch_when_idle(False)  # same position after a refetch: exit for the supervisor
+        watchdog.after_poll(False, on_purpose)  # same position after a refetch: exit for the supervisor
 
-    worker._refetch_when_idle(True)  # records arrived: the watchdog forgets what it saw
-    assert worker._stuck == {}
-    fake.positions[stuck] = 8
-    worker._last_records_at = time.monotonic() - quiet
-    worker._refetch_when_idle(False)  # caught up: nothing to do
-    assert worker._stuck == {}
+    watchdog.after_poll(True, on_purpose)  # records arrived: the watchdog forgets what it saw
+    assert watchdog.stuck == {}
+    port.positions[stuck] = 8
+    now[0] += 16
+    watchdog.after_poll(False, on_purpose)  # caught up: nothing to do
+    assert watchdog.stuck == {}
 
 
 def test_the_old_connectors_qbo_id_is_read_where_timetracker_keeps_it() -> None:

@@ -1,0 +1,38 @@
+"""Where a failure of the state database becomes ``StateUnavailable`` (consumer.errors): every consumer store
+(entity map and processed events, tokens, the shared rate budget) opens its connections here. A lost connection
+is the service failing, never the record: the retry policy waits in place for the database to come back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+
+from consumer.errors import StateUnavailable
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError) as exc:
+        raise StateUnavailable(f"state database unavailable: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    except sa_exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        raise StateUnavailable(f"state database connection lost: {str(exc)[:300]}") from exc
+
+
+@contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    with translated(), engine.connect() as conn:
+        yield conn
+
+
+@contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """A transaction, committed when the block ends without an exception."""
+    with translated(), engine.begin() as conn:
+        yield conn

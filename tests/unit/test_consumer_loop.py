@@ -1,0 +1,124 @@
+"""The consumer loop's rules on a stub broker (tests.fakes.StubBroker), an in-memory QBO and a SQLite state store:
+what is committed when, what goes to a retry topic or the dead-letter topic and with which headers, and that a
+redelivery after a crash writes nothing twice. The integration and chaos suites prove the same on a real broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from consumer.kafka_port import Partition
+from consumer.retry_policy import RetryPolicy
+from schemas.codec import headers_to_dict
+from schemas.contract import Header
+from tests.consumer_harness import FakeParts, publish
+from tests.fakes import StubBroker
+from tests.sandbox.test_books import CLIENT, ev, invoice
+
+PAY = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "method": "bank_transfer",
+       "status": "completed"}
+
+
+@pytest.fixture
+def parts(tmp_path: Any) -> Iterator[FakeParts]:
+    p = FakeParts(tmp_path)
+    yield p
+    p.close()
+
+
+def committed(broker: StubBroker, topic: str, partition: int = 0) -> int | None:
+    return broker.committed.get(("ttsync-test", Partition(topic, partition)))
+
+
+def test_an_applied_record_is_committed(parts: FakeParts) -> None:
+    broker = StubBroker()
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    stats = parts.group(broker).run(max_seconds=5, until=lambda s: s.applied == 1)
+    assert stats.applied == 1 and committed(broker, "tt.invoice") == 1
+    assert [i["DocNumber"] for i in parts.entities("Invoice")] == ["INV-0001"]
+
+
+def test_a_poison_record_is_dead_lettered_with_its_reason_and_never_blocks_its_partition(parts: FakeParts) -> None:
+    broker = StubBroker()
+    broker.produce("tt.invoice", b"{not json", b"1", [("id", b"e-1")])
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    stats = parts.group(broker).run(max_seconds=5, until=lambda s: s.applied == 1)
+    assert stats.dead_lettered == 1 and committed(broker, "tt.invoice") == 2
+    [dead] = broker.records("tt.dlq")
+    headers = headers_to_dict(dead.headers)
+    assert dead.value == b"{not json" and dead.key == b"1" and headers["id"] == "e-1"  # the original, untouched
+    assert headers[Header.ERROR_CODE] and headers[Header.ORIGINAL_TOPIC] == "tt.invoice"
+    assert headers[Header.ORIGINAL_OFFSET] == "0" and headers[Header.ERROR_MESSAGE]
+
+
+def test_a_record_waiting_for_another_goes_to_a_retry_topic_and_comes_back_when_due(parts: FakeParts) -> None:
+    broker = StubBroker()
+    publish(broker, ev("payment", PAY, 1, "created"))  # its invoice is not in QBO yet
+    group = parts.group(broker, policy=RetryPolicy(inplace_attempts=1, backoff_base_s=0.001, topic_delays_s=(1,)))
+    stats = group.run(max_seconds=5, until=lambda s: s.forwarded_to_retry == 1)
+    assert committed(broker, "tt.payment") == 1 and stats.dead_lettered == 0
+    [waiting] = broker.records("tt.payment.retry.1s")
+    due = dt.datetime.fromisoformat(headers_to_dict(waiting.headers)[Header.RETRY_DUE_AT].replace("Z", "+00:00"))
+    assert due > dt.datetime.now(dt.UTC)
+    group.run(max_seconds=0.3)  # read, not due: the retry partition pauses, the main topics keep flowing
+    retry_tp = Partition("tt.payment.retry.1s", 0)
+    assert retry_tp in group.port.paused() and committed(broker, retry_tp.topic) is None
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    group.run(max_seconds=5, until=lambda s: s.applied == 2)  # the invoice, then the payment once due
+    assert committed(broker, retry_tp.topic) == 1 and len(parts.entities("Payment")) == 1
+
+
+def test_a_crash_before_the_commit_redelivers_and_nothing_is_written_twice(parts: FakeParts) -> None:
+    class Crash(Exception):
+        pass
+
+    def crash(point: str) -> None:
+        if point == "before_offset_commit":
+            raise Crash(point)
+
+    broker = StubBroker()
+    publish(broker, ev("client", CLIENT, 1, "created"))
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    with pytest.raises(Crash):
+        parts.group(broker, crash=crash).run(max_seconds=5)
+    assert committed(broker, "tt.invoice") is None or committed(broker, "tt.client") is None
+    stats = parts.group(broker).run(max_seconds=5, until=lambda s: s.duplicates >= 1 and s.applied + s.duplicates == 2)
+    assert stats.duplicates >= 1
+    assert len(parts.entities("Invoice")) == 1 and parts.writes("create", "Invoice") == 1
+
+
+def test_a_forward_the_broker_does_not_acknowledge_is_retried_before_the_commit(parts: FakeParts) -> None:
+    broker = StubBroker()
+    broker.produce("tt.invoice", b"poison", b"1")
+    broker.fail_sends = 2
+    group = parts.group(broker)
+    group.forwarder.stopping = lambda _delay: False  # no waiting in the test
+    stats = group.run(max_seconds=5, until=lambda s: s.dead_lettered == 1)
+    assert stats.dead_lettered == 1 and len(broker.records("tt.dlq")) == 1 and committed(broker, "tt.invoice") == 1
+
+
+def test_a_backlog_goes_to_qbo_in_batches_and_every_offset_is_committed(parts: FakeParts) -> None:
+    broker = StubBroker()
+    publish(broker, ev("client", CLIENT, 1, "created"))
+    for n in range(1, 13):
+        publish(broker, ev("invoice", invoice(invoice_id=n), 1, "created"))
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))  # the customer exists: invoices are plain creates
+    stats = parts.group(broker, batch_min_records=5).run(max_seconds=10,
+                                                        until=lambda s: s.applied + s.skipped >= 13)
+    assert committed(broker, "tt.invoice") == 12 and len(parts.entities("Invoice")) == 12
+    assert parts.writes("batch", "Batch") >= 1 and parts.writes("create", "Invoice") == 0
+    assert stats.by_result.get("created") == 12
+
+
+def test_the_last_retry_tier_dead_letters_a_record_that_keeps_failing_for_its_own_sake(parts: FakeParts) -> None:
+    broker = StubBroker()
+    body = invoice()
+    body["invoice_number"] = "X" * 40  # QBO's DocNumber takes 21 characters: a MappingError, permanent
+    publish(broker, ev("invoice", body, 1, "created"))
+    stats = parts.group(broker, policy=RetryPolicy(inplace_attempts=1, backoff_base_s=0.001)).run(
+        max_seconds=5, until=lambda s: s.dead_lettered == 1)
+    assert stats.dead_lettered == 1 and stats.forwarded_to_retry == 0
+    assert headers_to_dict(broker.records("tt.dlq")[0].headers)[Header.ERROR_CODE]
