@@ -24,17 +24,13 @@ import requests
 from sqlalchemy import Engine, text
 
 from benchmarks._env import kafka_bootstrap, postgres_url, print_table, scratch_database
-from consumer.group_consumer import consumer_topics
-from consumer.wiring import build_consumer, build_parts
 from producer.database import make_engine
-from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
-from producer.outbox_relay import OutboxRelay
 from producer.outbox_snapshot import run_snapshot
-from schemas.contract import dlq_topic
 from tests.backfill_data import seed_timetracker
 from ttsync.logging_setup import configure_logging
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
+from ttsync.wiring import build_consumer, build_parts, build_relay, ensure_consumer_topics
 
 REALM = "9130000000000001"
 
@@ -95,13 +91,12 @@ def drain(db_url: str, bootstrap: str, records: int, adopt_legacy: bool) -> dict
                                 qbo_realm_id=REALM, qbo_refresh_token=token["refresh_token"],
                                 secret_key="bench-passphrase-0123456",
                                 adopt_legacy=adopt_legacy, retry_topic_delays_s=[10, 60, 300])
-            ensure_topics(bootstrap, consumer_topics(prefix, settings.retry_topic_delays_s), 3, 1)
-            ensure_topics(bootstrap, [dlq_topic(prefix)], 1, 1)
-            publisher = KafkaRecordPublisher(bootstrap)
+            ensure_consumer_topics(settings)
+            relay = build_relay(settings, engine)
             try:
-                OutboxRelay(engine, publisher, topic_prefix=prefix).run(idle_exit=True)
+                relay.run(idle_exit=True)
             finally:
-                publisher.close()
+                relay.publisher.close()
             worker = build_consumer(settings, build_parts(settings))
             progress: list[tuple[float, int]] = []
             started = time.perf_counter()

@@ -23,11 +23,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from benchmarks._env import kafka_bootstrap, postgres_url, print_table, scratch_database
 from benchmarks.sandbox import start_sandbox_process
 from consumer.group_consumer import consumer_topics
-from consumer.wiring import build_consumer, build_parts
 from producer.kafka_publisher import ensure_topics
 from schemas.contract import SCHEMA_VERSION, dlq_topic, topic_for
 from ttsync.logging_setup import configure_logging
 from ttsync.settings import Settings
+from ttsync.wiring import build_consumer, build_parts
 
 REALM = "9130000000000001"
 

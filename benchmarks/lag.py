@@ -17,7 +17,7 @@ from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 
 from benchmarks._env import kafka_bootstrap, print_table
-from consumer.lag import evaluate, measure
+from ops.lag import evaluate, measure
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from consumer.crash_points import CrashHook, no_crash
 from consumer.dead_letter import Forwarder, base_topic, check_headers, due_at, failing_for_s, replay_count, retry_tier
 from consumer.errors import ConsumerStuck, MalformedEvent, StopRequested
 from consumer.execute import BATCH_LIMIT
+from consumer.housekeeping import ProcessedEventsRetention
 from consumer.kafka_port import ConsumerPort, Partition, PolledRecord
 from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
@@ -64,6 +65,7 @@ class GroupConsumer:
     def __init__(self, *, port: ConsumerPort, group_id: str, topic_prefix: str, applier: EventApplier,
                  policy: RetryPolicy, batch_min_records: int = 10, unjoined_exit_s: float = 120.0,
                  breaker: OutageBreaker | None = None, crash: CrashHook = no_crash,
+                 retention: ProcessedEventsRetention | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.port = port
         self.group_id = group_id
@@ -75,6 +77,7 @@ class GroupConsumer:
         self.batch_min_records = batch_min_records
         self.breaker = breaker or OutageBreaker()
         self.crash = crash
+        self.retention = retention or ProcessedEventsRetention(applier.store, None)
         self._stop = threading.Event()
         self._paused: dict[Partition, float] = {}  # retry partitions waiting for their records' due time
         self._run_over: Callable[[], bool] = lambda: False
@@ -103,6 +106,7 @@ class GroupConsumer:
         try:
             while not self._stop.is_set() and not self._run_over():
                 self.heartbeat = time.monotonic()  # /livez: the loop turns
+                self.retention.maybe_purge()
                 self._resume_due()
                 batch = self.port.poll(timeout_ms=250)
                 self.group_watchdog.check()

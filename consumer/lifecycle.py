@@ -96,34 +96,55 @@ def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> D
     status = str(event.payload.get("status", "")).lower()
     upsert = Decision(Action.UPDATE if in_qbo else Action.CREATE, f"status {status}")
     voided = mapped is not None and mapped.qbo_status == "voided"
-    if event.aggregate_type == "invoice":
-        if status in policy.invoice_sync and status in policy.invoice_sync_if_issued and not in_qbo \
-                and not was_issued(event.payload):
-            return Decision(Action.SKIP, f"status {status} without ever being issued, sent or paid: TimeTracker's "
-                            "daily job marks unsent drafts overdue too; it enters QBO once it is sent or paid")
+    place = placement(event.aggregate_type, event.payload, policy)
+    if place is Placement.UNLESS_UNISSUED and not in_qbo:
+        return Decision(Action.SKIP, f"status {status} without ever being issued, sent or paid: TimeTracker's "
+                        "daily job marks unsent drafts overdue too; it enters QBO once it is sent or paid")
+    if place in (Placement.PRESENT, Placement.UNLESS_UNISSUED):
+        return Decision(Action.SKIP, "voided in QBO, which is final") if voided else upsert
+    if place is Placement.VOIDED:
+        return Decision(Action.VOID, status or "void") if in_qbo and not voided else \
+            Decision(Action.SKIP, f"{status} and not in QBO")
+    if place is Placement.REMOVED:
+        return Decision(Action.DELETE, status) if in_qbo else Decision(Action.SKIP, f"{status}, not in QBO")
+    if place is Placement.INACTIVE:
+        return Decision(Action.DEACTIVATE, "archived") if in_qbo else Decision(Action.SKIP, "inactive")
+    if place is Placement.OFF:
+        return Decision(Action.SKIP, f"{event.aggregate_type} sync is off")
+    return Decision(Action.SKIP, f"status {status or '?'} stays local")
+
+
+class Placement(enum.Enum):
+    """Where the sync policy puts a record of a given status, whatever QBO holds now: the one reading of the
+    policy, for ``decide`` (what to do about one event) and reconcile (what QBO should hold)."""
+
+    PRESENT = "present"  # in QBO, active
+    UNLESS_UNISSUED = "unless_unissued"  # in QBO once it was ever issued (a draft the daily job made overdue)
+    VOIDED = "voided"  # in QBO as void, if it ever got there
+    REMOVED = "removed"  # out of QBO: deleted if it got there (a rejected expense)
+    INACTIVE = "inactive"  # an archived client: inactive in QBO, if it got there
+    LOCAL = "local"  # stays in TimeTracker (a draft): never sent
+    OFF = "off"  # this type is not synced at all
+
+
+def placement(aggregate_type: str, payload: dict[str, Any], policy: SyncPolicy) -> Placement:
+    status = str(payload.get("status", "")).lower()
+    if aggregate_type == "invoice":
         if status in policy.invoice_sync:
-            return Decision(Action.SKIP, "voided in QBO, which is final") if voided else upsert
-        if status in policy.invoice_void:
-            return Decision(Action.VOID, "cancelled") if in_qbo and not voided else \
-                Decision(Action.SKIP, "cancelled and not in QBO")
-        return Decision(Action.SKIP, f"status {status or '?'} stays local")
-    if event.aggregate_type == "expense":
+            unissued = status in policy.invoice_sync_if_issued and not was_issued(payload)
+            return Placement.UNLESS_UNISSUED if unissued else Placement.PRESENT
+        return Placement.VOIDED if status in policy.invoice_void else Placement.LOCAL
+    if aggregate_type == "expense":
         if status in policy.expense_sync:
-            return upsert
-        if status in policy.expense_delete:
-            return Decision(Action.DELETE, "rejected") if in_qbo else Decision(Action.SKIP, "rejected, not in QBO")
-        return Decision(Action.SKIP, f"status {status or '?'} stays local")
-    if event.aggregate_type == "payment":
+            return Placement.PRESENT
+        return Placement.REMOVED if status in policy.expense_delete else Placement.LOCAL
+    if aggregate_type == "payment":
         if status in policy.payment_sync:
-            return Decision(Action.SKIP, "voided in QBO, which is final") if voided else upsert
-        if status in policy.payment_void:
-            return Decision(Action.VOID, status) if in_qbo and not voided else \
-                Decision(Action.SKIP, f"{status} and not in QBO")
-        return Decision(Action.SKIP, f"status {status or '?'} stays local")
-    if event.aggregate_type == "client":
+            return Placement.PRESENT
+        return Placement.VOIDED if status in policy.payment_void else Placement.LOCAL
+    if aggregate_type == "client":
         if not policy.sync_clients:
-            return Decision(Action.SKIP, "client sync is off")
-        if status == "inactive":
-            return Decision(Action.DEACTIVATE, "archived") if in_qbo else Decision(Action.SKIP, "inactive")
-        return upsert
-    return Decision(Action.SKIP, f"unknown aggregate type {event.aggregate_type}")
+            return Placement.OFF
+        return Placement.INACTIVE if status == "inactive" else Placement.PRESENT
+    return Placement.OFF
+

@@ -95,20 +95,20 @@ class QboClient:
     # -- QBO operations ------------------------------------------------------------------------------
 
     def create(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]:
-        return self.request("POST", entity.lower(), json_body=body, requestid=requestid,
-                            entity=entity, operation="create")[entity]
+        return _entity(self.request("POST", entity.lower(), json_body=body, requestid=requestid,
+                                    entity=entity, operation="create"), entity)
 
     def update(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]:
-        return self.request("POST", entity.lower(), json_body=body, requestid=requestid,
-                            entity=entity, operation="update")[entity]
+        return _entity(self.request("POST", entity.lower(), json_body=body, requestid=requestid,
+                                    entity=entity, operation="update"), entity)
 
     def read(self, entity: str, qbo_id: str) -> dict[str, Any]:
-        return self.request("GET", f"{entity.lower()}/{qbo_id}", entity=entity, operation="read")[entity]
+        return _entity(self.request("GET", f"{entity.lower()}/{qbo_id}", entity=entity, operation="read"), entity)
 
     def delete(self, entity: str, qbo_id: str, sync_token: str, requestid: str) -> dict[str, Any]:
-        return self.request("POST", entity.lower(), params={"operation": "delete"},
-                            json_body={"Id": qbo_id, "SyncToken": sync_token}, requestid=requestid,
-                            entity=entity, operation="delete")[entity]
+        return _entity(self.request("POST", entity.lower(), params={"operation": "delete"},
+                                    json_body={"Id": qbo_id, "SyncToken": sync_token}, requestid=requestid,
+                                    entity=entity, operation="delete"), entity)
 
     def void(self, entity: str, qbo_id: str, sync_token: str, requestid: str) -> dict[str, Any]:
         if entity == "Payment":  # QBO voids a payment with a sparse update that includes void
@@ -116,13 +116,15 @@ class QboClient:
             body: dict[str, Any] = {"Id": qbo_id, "SyncToken": sync_token, "sparse": True}
         else:
             params, body = {"operation": "void"}, {"Id": qbo_id, "SyncToken": sync_token}
-        return self.request("POST", entity.lower(), params=params, json_body=body, requestid=requestid,
-                            entity=entity, operation="void")[entity]
+        return _entity(self.request("POST", entity.lower(), params=params, json_body=body, requestid=requestid,
+                                    entity=entity, operation="void"), entity)
 
     def query(self, sql: str, entity: str = "") -> list[dict[str, Any]]:
         body = self.request("POST", "query", text_body=sql, entity=entity, operation="query")
         response = body.get("QueryResponse") or {}
-        return list(response.get(entity, [])) if entity else [v for k, v in response.items() if isinstance(v, list)]
+        if entity:
+            return list(response.get(entity, []))
+        return [row for rows in response.values() if isinstance(rows, list) for row in rows]
 
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
         if self.batch_limiter is not None:
@@ -131,3 +133,10 @@ class QboClient:
                             entity="Batch", operation="batch")
         return list(body.get("BatchItemResponse", []))
 
+
+def _entity(body: dict[str, Any], entity: str) -> dict[str, Any]:
+    """The entity in a 200 answer; an answer without it is QBO misbehaving (retry), not a refusal of the record."""
+    found = body.get(entity)
+    if not isinstance(found, dict):
+        raise QboUnavailable(f"QBO answered 200 without the {entity}: {json.dumps(body)[:200]}")
+    return found

@@ -241,7 +241,8 @@ class ReferenceResolver:
             out.append(self._check("deposit-account", "payments", self.config.deposit_account, None))
         item = self._override("item", "default") or self.config.default_item
         found = self._find("Item", "Name", item) if not item.isdigit() else {"Id": item, "Name": item}
-        out.append(Resolution("item", "default", item, found and str(found["Id"]), found and found.get("Name"),
+        out.append(Resolution("item", "default", item, str(found["Id"]) if found else None,
+                              str(found.get("Name")) if found else None,
                               None, None if found or self.config.auto_create_items else "QBO has no such item"))
         return out
 

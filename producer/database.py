@@ -51,7 +51,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)  # type: ignore[arg-type]
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -64,7 +64,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     # No pre-ping (a round trip per checkout): a connection lost to a restart fails once, is invalidated by the
     # pool, and the caller's retry (relay backoff, consumer retry policy) gets a fresh one.
     schema = ttsync_schema()
-    engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
+    engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _search_path(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ def connector_config(database_url: str, topic_prefix: str, *, slot: str | None =
     connector's role needs no right to make one."""
     url = make_url(database_url)
     slot = slot or default_slot(url.database or "postgres")
-    password: str = url.password or ""  # type: ignore[assignment]
+    password: str = url.password or ""
     if password_file:
         # Kafka Connect's FileConfigProvider: the secret stays out of the REST API and the config topic.
         password = f"${{file:{password_file}:password}}"

@@ -249,24 +249,6 @@ class OutboxRelay:
         if self.leases is not None:
             self.leases.refresh(rebalance=rebalance)
 
-    def run_once(self) -> int:
-        """Claim, publish and mark one batch; returns the number of rows published."""
-        self._refresh_leases(rebalance=True)
-        batch = self._claim()
-        if batch is None:
-            return 0
-        try:
-            self._send(batch)
-        except BaseException:
-            self._abandon(batch)
-            raise
-        ok, failed = self._finish(batch)
-        if failed and not ok:
-            raise PublishFailed(self.stats.last_error or "publish failed")
-        return ok
-
-    # -- housekeeping -------------------------------------------------------------------------------
-
     def purge(self) -> int:
         """Delete published rows older than the retention period, in chunks."""
         total = purge_outbox(self.engine, self.retention)

@@ -64,7 +64,7 @@ class SessionCapture:
         stmt = state.statement
         table = getattr(stmt, "table", None)
         targets = TABLE_TO_AGGREGATES.get(getattr(table, "name", ""), ())
-        if not targets:
+        if not targets or table is None:
             return
         session = state.session
         pending = session.info.setdefault(_PENDING, {})

@@ -6,12 +6,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+_RANDOM = random.Random()
+
 
 def compute_backoff(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None,
                     jitter: float = 0.2) -> float:
     """Exponential backoff with +-``jitter`` spread, so processes that failed together do not retry together."""
-    delay = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
-    spread = (rng or random).uniform(-jitter, jitter)
+    delay = min(max_s, base_s * 2.0 ** max(attempt - 1, 0))
+    spread = (rng or _RANDOM).uniform(-jitter, jitter)
     return max(0.0, delay * (1 + spread))
 
 

@@ -105,7 +105,9 @@ class InMemoryQbo:
 
     def query(self, sql: str, entity: str = "") -> list[dict[str, Any]]:
         response = self._call("query", entity, "POST", "query", text=sql).get("QueryResponse") or {}
-        return list(response.get(entity, [])) if entity else [v for v in response.values() if isinstance(v, list)]
+        if entity:
+            return list(response.get(entity, []))
+        return [row for rows in response.values() if isinstance(rows, list) for row in rows]
 
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
         params = {"requestid": requestid} if requestid else {}

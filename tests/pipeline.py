@@ -15,14 +15,11 @@ from typing import Any
 import requests
 from sqlalchemy import Engine
 
-from consumer.group_consumer import ConsumerStats, GroupConsumer, consumer_topics
-from consumer.wiring import build_consumer, build_parts
-from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
-from producer.outbox_relay import OutboxRelay
-from schemas.contract import all_topics, dlq_topic, dlq_topic_configs
+from consumer.group_consumer import ConsumerStats, GroupConsumer
 from schemas.kafka_client import KafkaConnection
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
+from ttsync.wiring import build_consumer, build_parts, build_relay, ensure_consumer_topics, ensure_relay_topics
 
 REALM = "9130000000000001"
 
@@ -64,17 +61,15 @@ class Pipeline:
 
     def create_topics(self) -> None:
         s = self.settings()
-        # The aggregate topics are the relay's to create, the retry and dead-letter topics the consumer's.
-        ensure_topics(self.relay_kafka or s.kafka, all_topics(self.prefix), 3, 1)
-        ensure_topics(s.kafka, consumer_topics(self.prefix, s.retry_topic_delays_s), 3, 1)
-        ensure_topics(s.kafka, [dlq_topic(self.prefix)], 1, 1, dlq_topic_configs(s.dlq_retention_days))
+        ensure_relay_topics(s, self.relay_kafka)
+        ensure_consumer_topics(s)
 
     def relay(self) -> int:
-        publisher = KafkaRecordPublisher(self.relay_kafka or self.bootstrap)
+        relay = build_relay(self.settings(), self.engine, kafka=self.relay_kafka)
         try:
-            return OutboxRelay(self.engine, publisher, topic_prefix=self.prefix).run(idle_exit=True).published
+            return relay.run(idle_exit=True).published
         finally:
-            publisher.close()
+            relay.publisher.close()
 
     def consumer(self, **settings: Any) -> GroupConsumer:
         s = self.settings(**settings)

@@ -26,13 +26,12 @@ from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumer.dlq_tools import DlqFilter, replay
 from consumer.group_consumer import consumer_topics
-from consumer.lag import measure
-from consumer.wiring import build_consumer, build_parts
+from ops.dlq import DlqFilter, replay
+from ops.lag import measure
 from producer import migrate
 from producer.database import create_database, make_engine
-from producer.kafka_publisher import KafkaRecordPublisher, delete_topics, ensure_topics
+from producer.kafka_publisher import delete_topics
 from producer.outbox_relay import OutboxRelay
 from producer.outbox_tables import outbox
 from producer.session_capture import install_session_capture
@@ -46,12 +45,13 @@ from producer.timetracker_schema import (
     Project,
     User,
 )
-from schemas.contract import dlq_topic, dlq_topic_configs, topic_for
+from schemas.contract import dlq_topic, topic_for
 from schemas.kafka_client import KafkaConnection
 from ttsync.local_services import ensure_kafka, ensure_postgres, run_script
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
+from ttsync.wiring import build_consumer, build_parts, build_relay, ensure_consumer_topics
 
 REALM = "9130000000000001"
 CLIENT_NAMES = ["Acme Corp", "O'Brien & Sons", "Zeta Analytics", "Café Ünïcode", "Northwind Traders"]
@@ -195,13 +195,11 @@ class Demo:
             "relay_poll_interval_s": 0.2,
         })
         demo_topics = [*consumer_topics(prefix, settings.retry_topic_delays_s), dlq_topic(prefix)]
-        ensure_topics(kafka, demo_topics[:-1], 3, 1)
-        ensure_topics(kafka, demo_topics[-1:], 1, 1, dlq_topic_configs(settings.dlq_retention_days))
+        ensure_consumer_topics(settings)
         if not started_kafka:  # a broker of the user's: leave it as the demo found it
             self.cleanups.append(lambda: delete_topics(kafka, demo_topics))
 
-        publisher = KafkaRecordPublisher(kafka)
-        relay = OutboxRelay(engine, publisher, topic_prefix=prefix, poll_interval_s=0.2)
+        relay = build_relay(settings, engine)
         parts = build_parts(settings)
         worker = build_consumer(settings, parts)
         threads = [threading.Thread(target=relay.run, daemon=True), threading.Thread(target=worker.run, daemon=True)]
@@ -214,7 +212,7 @@ class Demo:
             for t in threads:
                 t.join(30)
             worker.close()
-            publisher.close()
+            relay.publisher.close()
 
         self.cleanups.append(stop_pipeline)
 
@@ -269,7 +267,7 @@ class Demo:
 
     @staticmethod
     def _dead_letters(kafka: KafkaConnection, prefix: str) -> list[Any]:
-        from consumer.dlq_tools import scan
+        from ops.dlq import scan
 
         return [d for _, d in scan(kafka, dlq_topic(prefix))]
 

@@ -127,8 +127,8 @@ def check_mappings(settings: Settings) -> Check:
     """``ttsync map check``'s preflight: every category and payment method resolves to a QBO account of the
     right type (only with QBO credentials: it calls QBO)."""
     started = time.monotonic()
-    from consumer.reconcile import expense_values_in_use
-    from consumer.wiring import build_parts
+    from ops.reconcile import expense_values_in_use
+    from ttsync.wiring import build_parts
 
     try:
         categories, methods = expense_values_in_use(make_engine(settings.database_url))

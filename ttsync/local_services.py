@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
+from ops.probe import first_host_port, kafka_answers, tcp_open
 from schemas.kafka_client import KafkaConnection, as_connection
 
 log = structlog.get_logger("ttsync.services")
+
+__all__ = ["DEPLOY_LOCAL", "ServiceUnavailable", "kafka_answers", "run_script", "tcp_open"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
@@ -21,54 +22,6 @@ DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 
 class ServiceUnavailable(RuntimeError):
     pass
-
-
-def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _first_host_port(bootstrap: str) -> tuple[str, int]:
-    first = bootstrap.split(",")[0].strip()
-    host, _, port = first.rpartition(":")
-    return (host or "127.0.0.1").strip("[]"), int(port or 9092)
-
-
-def kafka_answers(kafka: KafkaConnection | str, timeout_s: float = 5.0) -> bool:
-    connection = as_connection(kafka)
-    host, port = _first_host_port(connection.bootstrap_servers)
-    if not tcp_open(host, port):
-        return False
-    # A probe that fails is an answer, not an error: kafka-python would log each refused connection at ERROR.
-    quiet = logging.getLogger("kafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        return _cluster_answers(connection, timeout_s)
-    finally:
-        quiet.setLevel(level)
-
-
-def _cluster_answers(connection: KafkaConnection, timeout_s: float) -> bool:
-    from kafka import KafkaAdminClient
-
-    try:
-        admin = KafkaAdminClient(
-            **connection.client_config(), request_timeout_ms=int(timeout_s * 1000),
-            # Without it a broker that refuses us (credentials, TLS) takes kafka-python's 30 s, whatever timeout_s.
-            bootstrap_timeout_ms=int(timeout_s * 1000), client_id="ttsync-probe")
-    except Exception:  # noqa: BLE001 - any failure to connect means "does not answer"
-        return False
-    try:
-        admin.describe_cluster()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-    finally:
-        admin.close()
 
 
 def run_script(script: str, action: str, env: dict[str, str] | None = None, timeout_s: float = 300) -> str:
@@ -97,7 +50,7 @@ def ensure_kafka(kafka: KafkaConnection | str, *, start: bool = True) -> tuple[K
     connection = as_connection(kafka)
     if kafka_answers(connection):
         return connection, False
-    host, port = _first_host_port(connection.bootstrap_servers)
+    host, port = first_host_port(connection.bootstrap_servers)
     if not start or host not in ("127.0.0.1", "localhost") or connection.security_protocol != "PLAINTEXT":
         raise ServiceUnavailable(f"no Kafka broker answers at {connection.bootstrap_servers} "
                                  f"({connection.security_protocol})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -33,7 +34,7 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
-def redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let a token or a client secret reach a log line, whatever a caller passes."""
     for key in list(event_dict):
         if key == "event":

@@ -13,10 +13,10 @@ import requests
 
 from consumer.errors import ConfigurationError, ReconnectNeeded
 from consumer.token_store import TokenStore
-from consumer.wiring import token_store
 from producer import migrate
 from producer.database import make_engine
 from ttsync.settings import Settings
+from ttsync.wiring import token_store
 
 SCOPE = "com.intuit.quickbooks.accounting"
 

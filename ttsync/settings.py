@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 from functools import lru_cache
@@ -12,11 +13,20 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumer.lifecycle import SyncPolicy
+from consumer.mapping import MappingOptions
+from consumer.outage import OutageBreaker
+from consumer.references import ResolverConfig
+from consumer.retry_policy import RetryPolicy
 from producer.database import DEFAULT_SCHEMA, SCHEMA_ENV
 from schemas.kafka_client import KafkaConnection, SaslMechanism, SecurityProtocol
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
+# The defaults live with what they configure; the settings read them from there (held once).
+_MAPPING, _RESOLVER, _POLICY, _RETRY = MappingOptions(), ResolverConfig(), SyncPolicy(), RetryPolicy()
 DEFAULT_SQLITE_PATH = Path(".local") / "ttsync.sqlite3"
+MIN_PROCESSED_EVENTS_DAYS = 8.0  # Kafka's default topic retention (log.retention.hours=168) and a day
+PROCESSED_EVENTS_MARGIN_DAYS = 30.0
 
 
 def _is_loopback(url: str) -> bool:
@@ -63,7 +73,7 @@ class Settings(BaseSettings):
                                     "(kafka-lag-exporter's)")
     topic_prefix: str = Field(default="timetracker", description="Topics are <prefix>.<aggregate type>")
     group_id: str = Field(default="ttsync-qbo", description="Consumer group of the QBO consumer")
-    source: str = Field(default="timetracker", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+    source: str = Field(default=_MAPPING.source, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                         description="Name of the TimeTracker instance, put in every event and QBO marker")
 
     qbo_base_url: str = Field(default="http://127.0.0.1:8765", description="QBO API base URL (no /v3)")
@@ -95,6 +105,11 @@ class Settings(BaseSettings):
     outbox_max_age_s: float = Field(default=300.0, gt=0, description="`outbox status --check` fails when the "
                                     "oldest unpublished row is older than this (a dead or starved relay)")
     outbox_retention_hours: float = Field(default=72.0, ge=0, description="Published rows kept this long")
+    processed_events_retention_days: float = Field(
+        default=0.0, ge=0, description="How long the consumer remembers an event it processed (its dedupe by event "
+        "id and `dlq list`'s resolved state). 0 = as long as the dead-letter topic keeps records, plus "
+        f"{PROCESSED_EVENTS_MARGIN_DAYS:g} days (forever when that topic keeps them forever); at least "
+        f"{MIN_PROCESSED_EVENTS_DAYS:g} days (Kafka's default topic retention, 7 days, plus one)")
 
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="Serve /metrics and /healthz on 127.0.0.1 at this port (0 = off)")
@@ -109,11 +124,14 @@ class Settings(BaseSettings):
     qbo_batch_min_backlog: int = Field(
         default=10, ge=0, description="Use the batch endpoint when a poll brings this many records (0 = never)")
     qbo_throttle_default_wait_s: float = Field(default=60.0, description="Wait after a 429 without Retry-After")
-    qbo_multicurrency: bool = Field(default=True, description="Send CurrencyRef (the company uses multicurrency)")
-    qbo_default_item: str = Field(default="Services", description="QBO item (name or id) for invoice lines")
-    qbo_bank_account: str = Field(default="Checking", description="Account paying Cash/Check expenses")
-    qbo_credit_card_account: str = Field(default="Visa", description="Account paying CreditCard expenses")
-    qbo_deposit_account: str | None = Field(default=None, description="Where payments go (default Undeposited)")
+    qbo_multicurrency: bool = Field(default=_MAPPING.multicurrency,
+        description="Send CurrencyRef (the company uses multicurrency)")
+    qbo_default_item: str = Field(default=_RESOLVER.default_item, description="QBO item (name or id) for invoice lines")
+    qbo_bank_account: str = Field(default=_RESOLVER.bank_account, description="Account paying Cash/Check expenses")
+    qbo_credit_card_account: str = Field(default=_RESOLVER.credit_card_account,
+        description="Account paying CreditCard expenses")
+    qbo_deposit_account: str | None = Field(default=_RESOLVER.deposit_account,
+        description="Where payments go (default Undeposited)")
     expense_account_map: dict[str, str] = Field(
         default_factory=dict,
         description="Expense category -> QBO expense account (name or id), JSON; added to the defaults for all ten "
@@ -123,41 +141,52 @@ class Settings(BaseSettings):
     paying_account_map: dict[str, str] = Field(
         default_factory=dict, description="Expense payment_method -> QBO Bank or Credit Card account paying it "
                                           "(name or id), JSON; unmapped methods use the bank / credit card account")
-    decode_html: bool = Field(default=True, description="Decode HTML entities (TimeTracker's forms store & as "
+    decode_html: bool = Field(default=_MAPPING.decode_html,
+        description="Decode HTML entities (TimeTracker's forms store & as "
                                                         "&amp;) in names and text before they reach QBO")
-    default_currency: str = Field(default="EUR", min_length=3, max_length=3,
+    default_currency: str = Field(default=_MAPPING.default_currency, min_length=3, max_length=3,
                                   description="Currency of customers made from a client before any invoice "
                                               "(TimeTracker's Settings.currency)")
-    auto_create_customers: bool = Field(default=True, description="Create a QBO customer not found by name")
-    auto_create_vendors: bool = Field(default=True, description="Create a QBO vendor not found by name")
-    auto_create_items: bool = Field(default=False, description="Create the invoice-line item when missing")
-    auto_create_accounts: bool = Field(default=False, description="Create expense accounts (else dead-letter)")
-    sync_clients: bool = Field(default=True, description="Create/update a QBO customer for every client")
+    auto_create_customers: bool = Field(default=_RESOLVER.auto_create_customers,
+        description="Create a QBO customer not found by name")
+    auto_create_vendors: bool = Field(default=_RESOLVER.auto_create_vendors,
+        description="Create a QBO vendor not found by name")
+    auto_create_items: bool = Field(default=_RESOLVER.auto_create_items,
+        description="Create the invoice-line item when missing")
+    auto_create_accounts: bool = Field(default=_RESOLVER.auto_create_accounts,
+        description="Create expense accounts (else dead-letter)")
+    sync_clients: bool = Field(default=_POLICY.sync_clients,
+        description="Create/update a QBO customer for every client")
     adopt_legacy: bool = Field(default=True, description="Before creating a record that predates ttsync, look "
                                "for the entity TimeTracker's old connector made (one QBO query per such create)")
-    invoice_sync_statuses: list[str] = Field(default_factory=lambda: ["issued", "sent", "paid", "overdue"],
+    invoice_sync_statuses: list[str] = Field(default_factory=lambda: sorted(_POLICY.invoice_sync),
                                              description="Invoice statuses that exist in QBO, JSON list")
-    expense_sync_statuses: list[str] = Field(default_factory=lambda: ["approved", "reimbursed"],
+    expense_sync_statuses: list[str] = Field(default_factory=lambda: sorted(_POLICY.expense_sync),
                                              description="Expense statuses that exist in QBO, JSON list")
-    payment_sync_statuses: list[str] = Field(default_factory=lambda: ["completed"],
+    payment_sync_statuses: list[str] = Field(default_factory=lambda: sorted(_POLICY.payment_sync),
                                              description="Payment statuses that exist in QBO, JSON list")
     max_version_jump: int = Field(
-        default=1_000_000, ge=0, description="Dead-letter an event this many versions ahead of the last one applied "
+        default=_POLICY.max_version_jump, ge=0,
+        description="Dead-letter an event this many versions ahead of the last one applied "
         "(implausible: a forged or corrupted record would make later real changes look old); 0 = no limit")
-    retry_inplace_attempts: int = Field(default=3, ge=0, description="In-place retries before retry topics")
-    retry_backoff_s: float = Field(default=0.5, gt=0, description="First in-place backoff (doubles)")
-    retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest in-place backoff")
-    retry_topic_delays_s: list[int] = Field(default_factory=lambda: [10, 60, 300],
+    retry_inplace_attempts: int = Field(default=_RETRY.inplace_attempts, ge=0,
+        description="In-place retries before retry topics")
+    retry_backoff_s: float = Field(default=_RETRY.backoff_base_s, gt=0, description="First in-place backoff (doubles)")
+    retry_backoff_max_s: float = Field(default=_RETRY.backoff_max_s, gt=0, description="Longest in-place backoff")
+    retry_topic_delays_s: list[int] = Field(default_factory=lambda: list(_RETRY.topic_delays_s),
                                             description="Delays of the retry topics, JSON list")
     dependency_wait_max_hours: float = Field(
-        default=6.0, ge=0, description="A payment whose invoice is not in QBO yet keeps waiting in the last retry "
+        default=_RETRY.dependency_wait_max_s / 3600, ge=0,
+        description="A payment whose invoice is not in QBO yet keeps waiting in the last retry "
         "topic this long before it is dead-lettered (a backfill at QBO's rate limit can take hours)")
     consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
     consumer_outage_records: int = Field(
-        default=5, ge=1, description="Distinct records failing in a row with the same cause not tied to them "
+        default=OutageBreaker.threshold, ge=1,
+        description="Distinct records failing in a row with the same cause not tied to them "
         "(network, 5xx, token endpoint, unclassified) before the consumer pauses instead of forwarding them")
     consumer_outage_exit_s: float = Field(
-        default=900.0, ge=0, description="Exit 1 (for a supervisor to restart it) when such an outage lasts this "
+        default=OutageBreaker.max_open_s, ge=0,
+        description="Exit 1 (for a supervisor to restart it) when such an outage lasts this "
         "long; nothing is dead-lettered meanwhile (0 = wait for ever)")
     consumer_unjoined_exit_s: float = Field(
         default=120.0, ge=0,
@@ -189,6 +218,26 @@ class Settings(BaseSettings):
                 raise ValueError("TTSYNC_QBO_CLIENT_SECRET is the local sandbox's published secret: set your "
                                  "Intuit app's secret")
         return self
+
+    @model_validator(mode="after")
+    def _processed_events_outlive_redelivery(self) -> Settings:
+        """An event forgotten while Kafka can still deliver it again (a topic's retention, a dead letter replayed)
+        would lose its dedupe by id (versions still guard it) and show a resolved dead letter as open again."""
+        days = self.processed_events_retention_days
+        if days and (days < MIN_PROCESSED_EVENTS_DAYS or 0 < self.dlq_retention_days > days):
+            raise ValueError(f"TTSYNC_PROCESSED_EVENTS_RETENTION_DAYS={days:g} is shorter than Kafka may redeliver an "
+                             f"event: at least {MIN_PROCESSED_EVENTS_DAYS:g} days and at least "
+                             f"TTSYNC_DLQ_RETENTION_DAYS ({self.dlq_retention_days:g}); 0 chooses for you")
+        return self
+
+    @property
+    def processed_events_retention(self) -> dt.timedelta | None:
+        """How long processed events are kept; None: for ever (the dead-letter topic keeps its records for ever)."""
+        if self.processed_events_retention_days:
+            return dt.timedelta(days=self.processed_events_retention_days)
+        if self.dlq_retention_days <= 0:
+            return None
+        return dt.timedelta(days=max(self.dlq_retention_days, MIN_PROCESSED_EVENTS_DAYS) + PROCESSED_EVENTS_MARGIN_DAYS)
 
     @model_validator(mode="after")
     def _kafka_connection_is_sound(self) -> Settings:

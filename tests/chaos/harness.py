@@ -19,8 +19,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from consumer import dlq_tools
-from consumer.lag import measure
+from ops import dlq as dlq_tools
+from ops.lag import measure
 from producer.outbox_tables import outbox
 from schemas.contract import dlq_topic
 from tests.chaos.invariant import Verdict, check

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from consumer import dlq_tools
+from ops import dlq as dlq_tools
 from producer.outbox_snapshot import run_snapshot
 from schemas.contract import dlq_topic
 from tests.backfill_data import Seeded, seed_old_connector, seed_timetracker
@@ -234,7 +234,7 @@ def test_reconcile_finds_each_kind_of_drift_and_fix_repairs_it(fast_pipeline: Pi
 
 def _qbo_write(pipe: Pipeline, resource: str, body: dict[str, Any], operation: str | None = None) -> None:
     """A change someone made by hand in QBO, through the API like any other client."""
-    from consumer.wiring import build_parts
+    from ttsync.wiring import build_parts
 
     parts = build_parts(pipe.settings())
     params = {"operation": operation} if operation else None

@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from consumer.lag import GroupNotFound, evaluate, judge, measure
+from ops.lag import GroupNotFound, evaluate, judge, measure
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,7 @@ def test_rules_without_a_broker() -> None:
 
 
 def test_a_sample_file_of_an_earlier_version_is_read(tmp_path: Path) -> None:
-    from consumer.lag import GroupLag, PartitionLag
+    from ops.lag import GroupLag, PartitionLag
 
     path = tmp_path / "w.json"
     path.write_text(json.dumps([{"ts": 1.0, "p": {"t:0": [3, 2]}}]))  # the old list of samples

@@ -172,7 +172,7 @@ def test_a_timetracker_upgrade_that_renames_columns_never_fails_its_writes(real_
         assert check.returncode == 1 and json.loads(check.stdout)["missing"] == ["clients.phone", "expenses.vendor"]
 
         drain(pipe, engine)
-        from consumer import dlq_tools
+        from ops import dlq as dlq_tools
         from schemas.contract import dlq_topic
 
         dead = {(d.event_type, d.key): d for _, d in dlq_tools.scan(kafka_bootstrap, dlq_topic(topic_prefix),

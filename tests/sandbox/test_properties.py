@@ -13,12 +13,12 @@ import requests
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from consumer.wiring import build_parts
 from producer import migrate
 from producer.database import make_engine
 from schemas.events import EventEnvelope
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
+from ttsync.wiring import build_parts
 
 REALM = "9130000000000001"
 

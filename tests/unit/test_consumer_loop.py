@@ -122,3 +122,40 @@ def test_the_last_retry_tier_dead_letters_a_record_that_keeps_failing_for_its_ow
         max_seconds=5, until=lambda s: s.dead_lettered == 1)
     assert stats.dead_lettered == 1 and stats.forwarded_to_retry == 0
     assert headers_to_dict(broker.records("tt.dlq")[0].headers)[Header.ERROR_CODE]
+
+
+def test_processed_events_past_their_retention_are_purged_and_a_redelivery_still_writes_nothing(
+        parts: FakeParts) -> None:
+    from sqlalchemy import select, update
+
+    from consumer.housekeeping import ProcessedEventsRetention
+    from consumer.state_tables import processed_events
+
+    broker = StubBroker()
+    old, recent = ev("invoice", invoice(), 1, "created"), ev("invoice", invoice(invoice_id=2), 1, "created")
+    for event in (old, recent):
+        publish(broker, event)
+    parts.group(broker).run(max_seconds=5, until=lambda s: s.applied == 2)
+    with parts.engine.begin() as conn:
+        conn.execute(update(processed_events).where(processed_events.c.event_id == str(old.event_id))
+                     .values(processed_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
+    group = parts.group(broker)
+    group.retention = ProcessedEventsRetention(parts.store, dt.timedelta(days=30))
+    publish(broker, old)  # Kafka delivers it again after its id was forgotten (a replay, a reset group)
+    stats = group.run(max_seconds=5, until=lambda s: s.skipped == 1)
+    with parts.engine.connect() as conn:
+        outcomes = dict(conn.execute(select(processed_events.c.event_id, processed_events.c.outcome)).all())
+    # The old "created" row was purged: the redelivery is recorded afresh, as skipped (a kept row would stay).
+    assert outcomes == {str(old.event_id): "skipped", str(recent.event_id): "created"}
+    assert stats.skipped == 1 and parts.writes("create", "Invoice") == 2  # the entity map's version guards it
+    assert len(parts.entities("Invoice")) == 2
+
+
+def test_retention_shorter_than_kafka_may_redeliver_is_refused() -> None:
+    from ttsync.settings import Settings
+
+    assert Settings().processed_events_retention == dt.timedelta(days=365 + 30)  # the DLQ's, and a margin
+    assert Settings(dlq_retention_days=0).processed_events_retention is None  # dead letters kept for ever
+    for days, dlq in ((3, 0), (30, 365)):
+        with pytest.raises(ValueError, match="PROCESSED_EVENTS_RETENTION_DAYS"):
+            Settings(processed_events_retention_days=days, dlq_retention_days=dlq)

@@ -206,7 +206,7 @@ def test_the_alerts_name_only_metrics_ttsync_exports() -> None:
     import re
 
     from consumer import metrics
-    from consumer.observability import LagCollector
+    from ops.observability import LagCollector
     from producer.relay_metrics import RelayCollector
 
     names = {m.name for m in metrics.REGISTRY.collect()}

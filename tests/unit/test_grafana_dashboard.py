@@ -15,7 +15,7 @@ EXPORTED = {
     *(f"{m._name}_total" for m in (metrics.EVENTS, metrics.QBO_REQUESTS, metrics.RETRIES, metrics.DEAD_LETTERED,
                                     metrics.THROTTLE_WAIT)),
     f"{metrics.APPLY_SECONDS._name}_bucket",
-    # consumer.observability.LagCollector
+    # ops.observability.LagCollector
     "kafka_consumergroup_group_lag", "kafka_consumergroup_group_lag_seconds", "kafka_consumergroup_group_offset",
     # producer.relay_metrics.RelayCollector
     "ttsync_outbox_backlog", "ttsync_outbox_oldest_unpublished_age_seconds", "ttsync_outbox_failing_rows",
@@ -36,7 +36,7 @@ def test_dashboard_uses_only_exported_metrics() -> None:
 def test_series_every_replica_exports_are_not_summed_across_replicas() -> None:
     """Every consumer replica exports the group's lag, every relay the outbox backlog: summed directly, two
     replicas showed twice the lag. Such series are taken with max per partition (or type) first."""
-    from consumer.observability import LagCollector
+    from ops.observability import LagCollector
 
     per_replica = (*LagCollector.FAMILIES, "ttsync_outbox_backlog", "ttsync_outbox_oldest_unpublished_age_seconds",
                    "ttsync_outbox_failing_rows")
@@ -60,15 +60,15 @@ def test_each_partition_s_lag_is_exported_once_by_the_replica_that_owns_it() -> 
     """Every replica exported the whole group's lag: two replicas, twice the lag in any sum."""
     from unittest import mock
 
-    from consumer.lag import GroupLag, PartitionLag
-    from consumer.observability import LABELS, LagCollector
+    from ops.lag import GroupLag, PartitionLag
+    from ops.observability import LABELS, LagCollector
 
     parts = [PartitionLag("t", n, 10, 15, 5, 1.0, f"m{n % 2} /10.0.0.{n % 2}", consumer_id=f"m{n % 2}",
                           member_host=f"/10.0.0.{n % 2}", client_id="ttsync-consumer") for n in range(4)]
     measured = GroupLag("g", "Stable", [{"member_id": "m0"}, {"member_id": "m1"}], parts)
     replicas = [LagCollector("b:9092", "g", owned=lambda n=n: {("t", p) for p in range(4) if p % 2 == n})
                 for n in range(2)]
-    with mock.patch("consumer.observability.measure", return_value=measured):
+    with mock.patch("ops.observability.measure", return_value=measured):
         exported = [s for r in replicas for fam in r.collect() if fam.name == "kafka_consumergroup_group_lag"
                     for s in fam.samples]
     assert sorted(s.labels["partition"] for s in exported) == ["0", "1", "2", "3"]  # once each

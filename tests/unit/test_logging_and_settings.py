@@ -71,10 +71,10 @@ def test_the_metrics_log_line_tells_the_address_it_really_listens_on() -> None:
     from structlog.testing import capture_logs
 
     from tests.services import free_port
-    from ttsync.cli import _serve_metrics
+    from ttsync.wiring import serve_metrics
 
     with capture_logs() as logs:
-        server = _serve_metrics(Settings(metrics_host="127.0.0.2"), None, CollectorRegistry(), free_port())
+        server = serve_metrics(Settings(metrics_host="127.0.0.2"), None, CollectorRegistry(), free_port())
     try:
         (line,) = [entry for entry in logs if entry["event"] == "metrics_listening"]
         assert line["url"] == f"http://127.0.0.2:{server.port}/metrics" and line["host"] == "127.0.0.2"
@@ -106,7 +106,7 @@ def test_the_sandbox_defaults_stay_usable_locally_and_in_compose() -> None:
 
 def test_the_lag_window_finds_a_writable_place_without_a_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ttsync lag` crashed in the image: its user had no home directory for ~/.cache."""
-    from consumer.lag import state_dir
+    from ops.lag import state_dir
 
     monkeypatch.delenv("TTSYNC_LAG_STATE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
@@ -148,17 +148,17 @@ def test_progress_bars_show_a_count_and_an_eta_at_a_terminal_and_nothing_for_scr
 
     from rich.console import Console
 
-    from ttsync.cli import _progress
+    from ttsync.cli.base import progress_bar
 
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=100)
-    with _progress("snapshot", 10, as_json=False, out=terminal) as bar:
+    with progress_bar("snapshot", 10, as_json=False, out=terminal) as bar:
         bar(completed=3)
         terminal.print("")  # let the live display render once
     assert "snapshot" in screen.getvalue() and "3/10" in screen.getvalue() and "ETA" in screen.getvalue()
     piped = io.StringIO()
-    with _progress("snapshot", 10, as_json=False, out=Console(file=piped, force_terminal=False)) as bar:
+    with progress_bar("snapshot", 10, as_json=False, out=Console(file=piped, force_terminal=False)) as bar:
         bar(completed=3)
-    with _progress("snapshot", 10, as_json=True, out=terminal) as bar:
+    with progress_bar("snapshot", 10, as_json=True, out=terminal) as bar:
         bar(completed=3)
     assert piped.getvalue() == ""

@@ -59,3 +59,27 @@ def test_the_readme_acl_table_is_what_principal_acls_grants() -> None:
                             retry_delays_s=[10, 60, 300])
     granted = {(g.principal.removeprefix("User:"), g.operation, g.resource_type) for g in grants}
     assert granted == documented
+
+
+def test_ci_gates_lint_and_types_before_the_tests() -> None:
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    tests_at = next(i for i, ln in enumerate(ci) if ln.startswith("python3 -m pytest"))
+    assert ci.index("python3 -m ruff check .") < tests_at and ci.index("python3 -m mypy") < tests_at
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'module = ["schemas.*", "consumer.*", "producer.*"]\nstrict = true' in pyproject
+    for package in ("schemas", "producer", "consumer", "ops", "ttsync"):
+        assert (ROOT / package / "py.typed").exists(), package
+
+
+def test_runtime_packages_depend_only_downward() -> None:
+    """schemas <- producer, consumer <- ops <- ttsync: nothing imports from a package above it."""
+    above = {"schemas": ("producer", "consumer", "ops", "ttsync"), "producer": ("consumer", "ops", "ttsync"),
+             "consumer": ("producer", "ops", "ttsync"), "ops": ("ttsync",)}
+    wrong = []
+    for package, forbidden in above.items():
+        for path in (ROOT / package).rglob("*.py"):
+            for line in path.read_text().splitlines():
+                m = re.match(r"\s*(?:from|import) (\w+)", line)
+                if m and m.group(1) in forbidden:
+                    wrong.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not wrong

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from producer.outbox_relay import OutboxRelay, PublishFailed
+from producer.outbox_relay import OutboxRelay
 from producer.outbox_status import outbox_status
 from producer.outbox_tables import outbox
 from producer.outbox_writer import write_event
@@ -26,12 +26,18 @@ def seed(engine: Engine, rows: list[tuple[str, str]]) -> list[str]:
     return ids
 
 
+def drain(relay: OutboxRelay) -> int:
+    """Run the relay's loop until nothing is due; returns the rows published by this run."""
+    before = relay.stats.published
+    return relay.run(idle_exit=True).published - before
+
+
 def test_publishes_in_order_with_key_headers_and_envelope(sqlite_engine: Engine) -> None:
     ids = seed(sqlite_engine, [("client", "1"), ("client", "2"), ("client", "1")])
     stub = StubPublisher()
     relay = OutboxRelay(sqlite_engine, stub, topic_prefix="acme")
-    assert relay.run_once() == 3
-    assert relay.run_once() == 0
+    assert drain(relay) == 3
+    assert drain(relay) == 0
     assert [r.topic for r in stub.sent] == ["acme.client"] * 3
     assert [r.key for r in stub.sent] == [b"1", b"2", b"1"]
     headers = dict(stub.sent[0].headers)
@@ -57,17 +63,17 @@ def test_failed_record_holds_back_its_aggregate_only(sqlite_engine: Engine) -> N
 
     stub = StubPublisher(fail_first_of_client_1)
     relay = OutboxRelay(sqlite_engine, stub)
-    assert relay.run_once() == 2  # client 2's two rows; both client 1 rows failed in this batch
+    assert drain(relay) == 2  # client 2's two rows; both client 1 rows failed in this batch
     assert [r.key for r in stub.sent] == [b"2", b"2"]
     status = outbox_status(sqlite_engine)
     assert status["backlog"] == 2 and status["failing"] == 2
     assert status["failing_rows"][0]["last_error"].startswith("ValueError: MessageSizeTooLarge")
     # Not due yet: nothing is claimed, and the later client 1 row never overtakes the earlier one.
-    assert relay.run_once() == 0
+    assert drain(relay) == 0
     poisoned["value"] = False
     with sqlite_engine.begin() as conn:
         conn.execute(update(outbox).values(available_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
-    assert relay.run_once() == 2
+    assert drain(relay) == 2
     assert [json.loads(r.value)["aggregate_version"] for r in stub.sent if r.key == b"1"] == [1, 2]
     assert outbox_status(sqlite_engine)["backlog"] == 0
 
@@ -75,8 +81,8 @@ def test_failed_record_holds_back_its_aggregate_only(sqlite_engine: Engine) -> N
 def test_whole_batch_refused_raises_and_marks_nothing_published(sqlite_engine: Engine) -> None:
     seed(sqlite_engine, [("client", "1"), ("client", "2")])
     relay = OutboxRelay(sqlite_engine, StubPublisher(lambda r: ConnectionError("broker down")))
-    with pytest.raises(PublishFailed):
-        relay.run_once()
+    stats = relay.run(idle_exit=True)  # the loop backs off; the refused rows are not due again yet: it ends
+    assert stats.published == 0 and stats.failed == 2
     status = outbox_status(sqlite_engine)
     assert status["backlog"] == 2 and status["failing"] == 2
 
@@ -84,7 +90,7 @@ def test_whole_batch_refused_raises_and_marks_nothing_published(sqlite_engine: E
 def test_purge_deletes_only_old_published_rows(sqlite_engine: Engine) -> None:
     seed(sqlite_engine, [("client", str(i)) for i in range(5)])
     relay = OutboxRelay(sqlite_engine, StubPublisher(), retention=dt.timedelta(hours=1))
-    relay.run_once()
+    assert drain(relay) == 5
     seed(sqlite_engine, [("client", "9")])  # unpublished: must stay
     with sqlite_engine.begin() as conn:
         old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
@@ -111,7 +117,7 @@ def test_outbox_status_reports_backlog_age_and_rate(sqlite_engine: Engine) -> No
     assert status["backlog"] == 3
     assert status["backlog_by_type"] == {"client": 1, "invoice": 2}
     assert 89 <= status["oldest_unpublished_age_seconds"] <= 120
-    OutboxRelay(sqlite_engine, StubPublisher()).run_once()
+    OutboxRelay(sqlite_engine, StubPublisher()).run(idle_exit=True)
     status = outbox_status(sqlite_engine)
     assert status["backlog"] == 0 and status["published_retained"] == 3
     assert status["publish_rate_per_second"] == pytest.approx(3 / 300)

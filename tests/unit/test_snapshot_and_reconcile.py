@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from consumer.lifecycle import Mapped, SyncPolicy
-from consumer.reconcile import judge
+from ops.reconcile import judge
 from producer.outbox_snapshot import SnapshotConflict, parse_types, run_snapshot
 from producer.outbox_tables import outbox
 from tests.timetracker_data import base_rows, new_expense, new_invoice, new_payment
@@ -206,7 +206,7 @@ def test_reconcile_compares_totals_balances_accounts_and_decoded_names() -> None
 
 
 def test_a_fix_against_an_empty_timetracker_or_beyond_the_cap_is_refused() -> None:
-    from consumer.reconcile import removal_refusal, removals
+    from ops.reconcile import removal_refusal, removals
 
     qbo = {"Invoice": [_qbo_invoice(str(n), f"ttsync:invoice:{n}@tt", number=f"INV-{n}") for n in range(1, 6)],
            "Customer": [{"Id": "70", "Notes": "ttsync:client:9@tt", "DisplayName": "Gone Ltd"}]}
@@ -217,3 +217,35 @@ def test_a_fix_against_an_empty_timetracker_or_beyond_the_cap_is_refused() -> No
     assert "reads as empty" in (removal_refusal(plan, {"invoice": 0, "client": 0}, max_removals=100) or "")
     assert "--max-deletes 3" in (removal_refusal(plan, {"invoice": 7}, max_removals=3) or "")
     assert removal_refusal(plan, {"invoice": 7}, max_removals=10) is None
+
+
+def test_decide_and_reconcile_read_the_sync_policy_alike() -> None:
+    """One reading of the status policy (lifecycle.placement): what reconcile expects in QBO is what the consumer
+    does with an event of that status, whether the record is in QBO yet or not."""
+    import datetime as dt
+    import uuid
+
+    from consumer.lifecycle import Action, Mapped, SyncPolicy, decide
+    from ops.reconcile import expected
+    from schemas.events import EventEnvelope
+
+    policy = SyncPolicy()
+    statuses = ["draft", "sent", "issued", "paid", "overdue", "cancelled", "void", "pending", "approved",
+                "rejected", "reimbursed", "completed", "refunded", "failed", "active", "inactive", ""]
+    for agg in ("invoice", "expense", "payment", "client"):
+        for status in statuses:
+            payload = {"id": 1, "status": status}
+            event = EventEnvelope(event_id=uuid.uuid4(), event_type=f"{agg}.updated", aggregate_type=agg,
+                                  aggregate_id="1", aggregate_version=2, occurred_at=dt.datetime.now(dt.UTC),
+                                  payload=payload)
+            want = expected(agg, payload, policy)
+            new = decide(event, None, policy).action
+            there = decide(event, Mapped("X", "7", "0", 1), policy).action
+            if want == "present":
+                assert (new, there) == (Action.CREATE, Action.UPDATE), (agg, status)
+            elif want == "voided":
+                assert (new, there) == (Action.SKIP, Action.VOID), (agg, status)
+            elif want == "absent":
+                assert new is Action.SKIP and there in (Action.SKIP, Action.DELETE), (agg, status)
+            else:
+                assert new in (Action.SKIP, Action.CREATE), (agg, status)

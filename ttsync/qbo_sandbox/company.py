@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -284,7 +285,8 @@ class Company:
 
     def _validate(self, entity: str, obj: dict[str, Any], current: dict[str, Any] | None,
                   allow_dup: bool) -> dict[str, Any]:
-        validator = getattr(self, f"_validate_{entity.lower()}")
+        validator: Callable[[dict[str, Any], dict[str, Any] | None, bool], dict[str, Any]] = getattr(
+            self, f"_validate_{entity.lower()}")
         return validator(obj, current, allow_dup)
 
     def _check_doc_number(self, entity: str, obj: dict[str, Any], current: dict[str, Any] | None,

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -209,13 +210,17 @@ def matches(obj: dict[str, Any], cond: Condition) -> bool:
     if cond.op == "LIKE":
         return _like(str(a), str(b))
     if cond.op == "=":
-        return a == b
+        return bool(a == b)
     if cond.op in ("!=", "<>"):
-        return a != b
+        return bool(a != b)
     try:
-        return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[cond.op]
+        return bool({"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[cond.op])
     except TypeError:
         return False
+
+
+def _row_key(field: str, row: dict[str, Any]) -> Any:
+    return _sort_key(_get(row, field))
 
 
 def execute(q: Query, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -223,7 +228,7 @@ def execute(q: Query, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if q.count:
         return {"totalCount": len(selected)}
     for fld, desc in reversed(q.order_by or [("Id", False)]):
-        selected.sort(key=lambda r, f=fld: _sort_key(_get(r, f)), reverse=desc)
+        selected.sort(key=functools.partial(_row_key, fld), reverse=desc)
     page = selected[q.start_position - 1 : q.start_position - 1 + q.max_results]
     if not page:
         return {}

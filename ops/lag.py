@@ -84,7 +84,8 @@ class GroupLag:
 
 def _members(described: dict[str, Any]
              ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], tuple[str, str, str]]]:
-    members, owner = [], {}
+    members: list[dict[str, Any]] = []
+    owner: dict[tuple[str, int], tuple[str, str, str]] = {}
     for m in described.get("members") or []:
         # The member id and host: every replica has the same client id (ttsync-consumer).
         who = (m.get("member_id") or "", m.get("client_host") or "", m.get("client_id") or "")
@@ -96,8 +97,8 @@ def _members(described: dict[str, Any]
             topic = entry.get("topic") if isinstance(entry, dict) else entry[0]
             plist = entry.get("partitions") if isinstance(entry, dict) else entry[1]
             for p in plist or []:
-                parts.append((topic, int(p)))
-                owner[(topic, int(p))] = who
+                parts.append((str(topic), int(p)))
+                owner[(str(topic), int(p))] = who
         members.append({"member_id": m.get("member_id"), "client_id": m.get("client_id"),
                         "host": m.get("client_host"), "partitions": len(parts)})
     return members, owner

@@ -25,9 +25,9 @@ import structlog
 from sqlalchemy import Engine, text
 
 from consumer.errors import QboValidationFault
-from consumer.lifecycle import QBO_ENTITY, Mapped, SyncPolicy, was_issued
+from consumer.lifecycle import QBO_ENTITY, Mapped, Placement, SyncPolicy, placement
 from consumer.mapping import CENT, MARKER_RE, invoice_lines, legacy_qbo_id, request_id
-from consumer.qbo_client import QboClient
+from consumer.qbo_port import QboPort
 from consumer.references import EXPENSE_ACCOUNT_TYPES, PAYING_ACCOUNT_TYPES
 from consumer.state_store import StateStore
 from producer.aggregate_snapshots import AGGREGATES, snapshot
@@ -106,7 +106,7 @@ def existing_ids(engine: Engine, aggregate_type: str, ids: Iterable[str]) -> set
         return {str(r[0]) for r in rows}
 
 
-def load_qbo(client: QboClient, entity: str, page: int = 1000) -> list[dict[str, Any]]:
+def load_qbo(client: QboPort, entity: str, page: int = 1000) -> list[dict[str, Any]]:
     """All entities of one type, a page per query (QBO answers at most 1,000 per query)."""
     rows: list[dict[str, Any]] = []
     start = 1
@@ -118,23 +118,41 @@ def load_qbo(client: QboClient, entity: str, page: int = 1000) -> list[dict[str,
         start += page
 
 
+def compare(timetracker: Engine, client: QboPort, store: StateStore, policy: SyncPolicy, source: str,
+            types: list[str], since: dt.datetime | None,
+            on_step: Callable[[int, str, int], None] = lambda _n, _what, _count: None) -> ReconcileReport:
+    """Read TimeTracker's records, then QBO's entities of each type (paged, at QBO's rate: the long part), then
+    judge. ``on_step(steps done, what, how many)`` after each read, for progress."""
+    report = ReconcileReport()
+    records = load_timetracker(timetracker, types, since)
+    for t in types:
+        report.checked[t] = sum(1 for k in records if k.startswith(f"{t}:"))
+    on_step(0, "timetracker_loaded", len(records))
+    qbo: dict[str, list[dict[str, Any]]] = {}
+    for done, t in enumerate(types, start=1):
+        qbo[QBO_ENTITY[t]] = load_qbo(client, QBO_ENTITY[t])
+        report.qbo_entities[QBO_ENTITY[t]] = len(qbo[QBO_ENTITY[t]])
+        on_step(done, f"qbo_{QBO_ENTITY[t]}_loaded", len(qbo[QBO_ENTITY[t]]))
+    if "expense" in types:  # to check each purchase's accounts by type
+        qbo["Account"] = load_qbo(client, "Account")
+    report.drift = judge(records, qbo, store.all_mapped(), policy, source,
+                         still_in_timetracker=lambda t, ids: existing_ids(timetracker, t, ids))
+    return report
+
+
 # -- judging (pure) ------------------------------------------------------------------------------------
 
 
+_EXPECT: dict[Placement, Expect] = {
+    Placement.PRESENT: "present", Placement.UNLESS_UNISSUED: "any", Placement.VOIDED: "voided",
+    Placement.REMOVED: "absent", Placement.LOCAL: "absent", Placement.INACTIVE: "any", Placement.OFF: "any"}
+
+
 def expected(aggregate_type: str, state: dict[str, Any], policy: SyncPolicy) -> Expect:
-    """Where the record belongs in QBO under the sync policy (the same statuses lifecycle.decide uses)."""
-    status = str(state.get("status", "")).lower()
-    if aggregate_type == "invoice":
-        if status in policy.invoice_sync and status in policy.invoice_sync_if_issued and not was_issued(state):
-            return "any"  # a draft the daily job made overdue: out of QBO, unless it was synced when sent
-        return "present" if status in policy.invoice_sync else "voided" if status in policy.invoice_void else "absent"
-    if aggregate_type == "expense":
-        return "present" if status in policy.expense_sync else "absent"
-    if aggregate_type == "payment":
-        return "present" if status in policy.payment_sync else "voided" if status in policy.payment_void else "absent"
-    if aggregate_type == "client":
-        return "present" if policy.sync_clients and status != "inactive" else "any"
-    return "any"
+    """Where the record belongs in QBO under the sync policy (lifecycle.placement, which decide() reads too).
+    "any" where QBO may hold it or not: a draft made overdue (in QBO only if it was synced when sent), an
+    archived client (QBO keeps customers, inactive)."""
+    return _EXPECT[placement(aggregate_type, state, policy)]
 
 
 def _money(value: Any) -> Decimal:
@@ -322,7 +340,7 @@ def removal_refusal(plan: list[Removal], checked: dict[str, int], *, max_removal
     return None
 
 
-def repair(drift: list[Drift], *, timetracker: Engine, client: QboClient, store: StateStore, source: str) -> None:
+def repair(drift: list[Drift], *, timetracker: Engine, client: QboPort, store: StateStore, source: str) -> None:
     """Fix each drift in place (``Drift.fixed`` says how). See the module docstring for the split."""
     for d in drift:
         try:
@@ -357,7 +375,7 @@ def keeper_of(d: Drift, store: StateStore) -> str:
     return min(d.qbo_ids, key=lambda q: int(q) if q.isdigit() else 0)
 
 
-def _enqueue(d: Drift, timetracker: Engine, client: QboClient, store: StateStore, source: str) -> None:
+def _enqueue(d: Drift, timetracker: Engine, client: QboPort, store: StateStore, source: str) -> None:
     agg_id = d.aggregate_id or ""
     current = store.mapped(d.aggregate_type, agg_id)
     if d.kind == "missing":
@@ -376,7 +394,7 @@ def _enqueue(d: Drift, timetracker: Engine, client: QboClient, store: StateStore
     d.fixed = f"enqueued {d.aggregate_type}.snapshot v{version} ({event_id})"
 
 
-def _remove(client: QboClient, entity: str, qbo_id: str) -> str:
+def _remove(client: QboPort, entity: str, qbo_id: str) -> str:
     """Take one entity out of the books the least destructive way QBO allows (``REMOVAL``); logged by id."""
     current = client.read(entity, qbo_id)
     token = str(current.get("SyncToken", "0"))

@@ -1,17 +1,25 @@
-"""Build the consumer's parts from settings: one place that knows how they fit together."""
+"""Build ttsync's workers from settings: the one place that knows how the parts fit together (engines, the
+relay and its publisher, the consumer and its ports, topics, signals, the metrics server). The CLI, the demo,
+the tests and the benchmarks all build through here."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import structlog
 from sqlalchemy import Engine
 
 from consumer import metrics
 from consumer.applier import EventApplier
 from consumer.crash_points import crash_hook_from_env
 from consumer.errors import ConfigurationError
-from consumer.group_consumer import GroupConsumer
+from consumer.group_consumer import GroupConsumer, consumer_topics
+from consumer.housekeeping import ProcessedEventsRetention
 from consumer.kafka_port import KafkaPythonConsumer
 from consumer.lifecycle import SyncPolicy
 from consumer.mapping import MappingOptions
@@ -23,6 +31,10 @@ from consumer.retry_policy import RetryPolicy
 from consumer.state_store import StateStore
 from consumer.token_store import TokenStore, make_cipher
 from producer.database import make_engine
+from producer.kafka_publisher import KafkaRecordPublisher, RecordPublisher, ensure_topics
+from producer.outbox_relay import OutboxRelay
+from schemas.contract import all_topics, dlq_topic, dlq_topic_configs
+from schemas.kafka_client import KafkaConnection
 from ttsync.settings import Settings
 
 
@@ -101,4 +113,70 @@ def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                          unjoined_exit_s=settings.consumer_unjoined_exit_s,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
                                                max_open_s=settings.consumer_outage_exit_s),
-                         crash=parts.applier.executor.crash)
+                         crash=parts.applier.executor.crash,
+                         retention=ProcessedEventsRetention(parts.store, settings.processed_events_retention))
+
+
+# -- the relay ----------------------------------------------------------------------------------------------
+
+
+def build_relay(settings: Settings, engine: Engine | None = None, publisher: RecordPublisher | None = None, *,
+                kafka: KafkaConnection | str | None = None, **overrides: Any) -> OutboxRelay:
+    """The relay as ``ttsync relay`` runs it (batch size, poll interval, buckets, retention from the settings;
+    ``overrides`` for a test or a benchmark). Its publisher is ``relay.publisher``: the caller closes it."""
+    options: dict[str, Any] = {
+        "topic_prefix": settings.topic_prefix, "batch_size": settings.relay_batch_size,
+        "poll_interval_s": settings.relay_poll_interval_s, "buckets": settings.relay_buckets,
+        "retention": dt.timedelta(hours=settings.outbox_retention_hours), **overrides}
+    return OutboxRelay(engine or make_engine(settings.database_url),
+                       publisher or KafkaRecordPublisher(kafka or settings.kafka), **options)
+
+
+# -- topics: the aggregate topics are the relay's to create, the retry and dead-letter topics the consumer's ----
+
+
+def ensure_relay_topics(settings: Settings, kafka: KafkaConnection | str | None = None) -> list[str]:
+    return ensure_topics(kafka or settings.kafka, all_topics(settings.topic_prefix), settings.topic_partitions,
+                         settings.topic_replication_factor)
+
+
+def ensure_consumer_topics(settings: Settings) -> list[str]:
+    created = ensure_topics(settings.kafka, consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s),
+                            settings.topic_partitions, settings.topic_replication_factor)
+    # One partition: an operator reads the dead letters in the order they came.
+    return created + ensure_topics(settings.kafka, [dlq_topic(settings.topic_prefix)], 1,
+                                   settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
+
+
+# -- process plumbing ------------------------------------------------------------------------------------------
+
+
+def stop_on_signals(stop: Callable[[], None], doing: str) -> None:
+    """SIGTERM and SIGINT call ``stop``; the worker finishes ``doing`` first (logged with the signal)."""
+    log = structlog.get_logger("ttsync.cli")
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name, action=doing)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve_metrics(settings: Settings, engine: Engine, registry: Any, port: int | None,
+                  heartbeat: Callable[[], float] | None = None) -> Any:
+    """/metrics, /healthz (ready when broker and database answer) and /livez (the worker's loop turns), or None
+    when no port is set."""
+    port = settings.metrics_port if port is None else port
+    if not port:
+        return None
+    from ops.observability import readiness
+    from ttsync.health_server import HealthServer
+
+    server = HealthServer(registry, lambda: readiness(settings.kafka, engine), port,
+                          settings.metrics_host, heartbeat=heartbeat).start()
+    host = str(server.httpd.server_address[0])  # where it really listens (TTSYNC_METRICS_HOST may be 0.0.0.0)
+    shown = f"[{host}]" if ":" in host else host
+    structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://{shown}:{server.port}/metrics",
+                                            host=host, port=server.port)
+    return server

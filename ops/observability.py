@@ -10,9 +10,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
-from consumer.lag import measure
+from ops.lag import measure
+from ops.probe import kafka_answers
 from schemas.kafka_client import KafkaConnection, as_connection
-from ttsync.local_services import kafka_answers
 
 # kafka-lag-exporter's names and labels, so its dashboards and alerts read ours unchanged.
 LAG_MESSAGES, LAG_SECONDS, COMMITTED_OFFSET = (
