@@ -23,10 +23,10 @@ from kafka import KafkaProducer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumer.group_consumer import consumer_topics
+from consumer.group_consumer import GroupConsumer, consumer_topics
 from ops.dlq import DlqFilter, replay
 from ops.lag import measure
 from producer import migrate
@@ -162,6 +162,37 @@ class Demo:
         return self.result
 
     def _run(self, base: Settings) -> None:
+        """Set up (broker, database, sandbox, pipeline), play TimeTracker activity, fix the cause of the dead
+        letters and replay them, then judge what landed in QBO."""
+        settings, engine, sandbox, kafka = self._set_up(base)
+        relay, worker, parts = self._start_pipeline(settings, engine)
+
+        def captured() -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(outbox)).scalar_one())
+
+        def done() -> bool:
+            s = worker.stats
+            return relay.stats.published >= captured() and (
+                s.applied + s.skipped + s.duplicates + s.dead_lettered >= relay.stats.published + 1)
+
+        self._play(engine, kafka, settings.topic_prefix)
+        self._watch(done, relay, worker, captured, settings, timeout_s=90)
+        self._summary("after the first pass", sandbox, worker, relay, captured())
+
+        self.console.print("\n[bold]Fixing the cause[/]: `ttsync map set expense-account \"equipment rental\" "
+                           "\"Office Supplies\"`, then `ttsync dlq replay --error missing_account`")
+        parts.store.set_ref("override:expense_account", "equipment rental", "Office Supplies", "Office Supplies")
+        before = worker.stats.applied
+        replayed = replay(kafka, dlq_topic(settings.topic_prefix), settings.group_id,
+                          DlqFilter(error="missing_account"))
+        self.result.replayed = replayed.replayed
+        self._watch(lambda: worker.stats.applied >= before + replayed.replayed, relay, worker, captured, settings,
+                    timeout_s=60)
+        self._summary("after the replay", sandbox, worker, relay, captured())
+        self._judge(kafka, settings.topic_prefix)
+
+    def _set_up(self, base: Settings) -> tuple[Settings, Engine, SandboxServer, KafkaConnection]:
         say = self.console.print
         kafka, started_kafka = ensure_kafka(base.kafka)
         bootstrap = kafka.bootstrap_servers
@@ -185,20 +216,21 @@ class Demo:
         token = requests.post(f"{sandbox.url}/__admin/tokens", json={"realm_id": REALM}, timeout=10).json()
         say(f"[bold]QBO sandbox[/] {sandbox.url}/ (QBO's limits on: 500 requests/min per company)")
         prefix = f"demo{uuid.uuid4().hex[:6]}"
+        secret = base.qbo_client_secret.__class__
         settings = base.model_copy(update={
             "database_url": db_url, "state_database_url": None, "kafka_bootstrap_servers": bootstrap,
             "topic_prefix": prefix, "group_id": f"{prefix}-qbo", "qbo_base_url": sandbox.url,
             "qbo_token_url": sandbox.token_url, "qbo_realm_id": REALM, "qbo_client_id": SANDBOX_CLIENT_ID,
-            "qbo_client_secret": base.qbo_client_secret.__class__(SANDBOX_CLIENT_SECRET),
-            "qbo_refresh_token": base.qbo_client_secret.__class__(token["refresh_token"]),
-            "secret_key": base.qbo_client_secret.__class__(uuid.uuid4().hex), "retry_topic_delays_s": [2, 5],
-            "relay_poll_interval_s": 0.2,
+            "qbo_client_secret": secret(SANDBOX_CLIENT_SECRET), "qbo_refresh_token": secret(token["refresh_token"]),
+            "secret_key": secret(uuid.uuid4().hex), "retry_topic_delays_s": [2, 5], "relay_poll_interval_s": 0.2,
         })
         demo_topics = [*consumer_topics(prefix, settings.retry_topic_delays_s), dlq_topic(prefix)]
         ensure_consumer_topics(settings)
         if not started_kafka:  # a broker of the user's: leave it as the demo found it
             self.cleanups.append(lambda: delete_topics(kafka, demo_topics))
+        return settings, engine, sandbox, kafka
 
+    def _start_pipeline(self, settings: Settings, engine: Engine) -> tuple[OutboxRelay, GroupConsumer, Any]:
         relay = build_relay(settings, engine)
         parts = build_parts(settings)
         worker = build_consumer(settings, parts)
@@ -215,38 +247,21 @@ class Demo:
             relay.publisher.close()
 
         self.cleanups.append(stop_pipeline)
+        return relay, worker, parts
 
+    def _play(self, engine: Engine, kafka: KafkaConnection, prefix: str) -> None:
         factory = sessionmaker(engine)
         install_session_capture(factory, source="demo-timetracker")
-        say("Playing TimeTracker activity: clients, invoices draft -> sent -> paid/cancelled, payments, expenses "
-            "(one with a category QBO has no account for), and one malformed record ...")
+        self.console.print("Playing TimeTracker activity: clients, invoices draft -> sent -> paid/cancelled, "
+                           "payments, expenses (one with a category QBO has no account for), and one malformed "
+                           "record ...")
         play_activity(factory, self.quick)
         producer = KafkaProducer(**kafka.client_config())
         producer.send(topic_for("invoice", prefix), key=b"9999", value=b'{"event_type": "invoice.updated", '
                       b'"schema_version": "1.0", "payload": "half a record').get(10)
         producer.close()
 
-        def captured() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(outbox)).scalar_one())
-
-        def done() -> bool:
-            s = worker.stats
-            return relay.stats.published >= captured() and (
-                s.applied + s.skipped + s.duplicates + s.dead_lettered >= relay.stats.published + 1)
-
-        self._watch(done, relay, worker, captured, settings, timeout_s=90)
-        self._summary("after the first pass", sandbox, worker, relay, captured())
-
-        say("\n[bold]Fixing the cause[/]: `ttsync map set expense-account \"equipment rental\" \"Office Supplies\"`, "
-            "then `ttsync dlq replay --error missing_account`")
-        parts.store.set_ref("override:expense_account", "equipment rental", "Office Supplies", "Office Supplies")
-        before = worker.stats.applied
-        replayed = replay(kafka, dlq_topic(prefix), settings.group_id, DlqFilter(error="missing_account"))
-        self.result.replayed = replayed.replayed
-        self._watch(lambda: worker.stats.applied >= before + replayed.replayed, relay, worker, captured, settings,
-                    timeout_s=60)
-        self._summary("after the replay", sandbox, worker, relay, captured())
+    def _judge(self, kafka: KafkaConnection, prefix: str) -> None:
         left = [d for d in self._dead_letters(kafka, prefix) if d.replay_count == 0
                 and d.error_code != "missing_account"]
         self.result.dead_letters_left = {}

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from consumer.lifecycle import Mapped, SyncPolicy
-from ops.reconcile import judge
+from ops.drift import judge
 from producer.outbox_snapshot import SnapshotConflict, parse_types, run_snapshot
 from producer.outbox_tables import outbox
 from tests.timetracker_data import base_rows, new_expense, new_invoice, new_payment
@@ -206,7 +206,7 @@ def test_reconcile_compares_totals_balances_accounts_and_decoded_names() -> None
 
 
 def test_a_fix_against_an_empty_timetracker_or_beyond_the_cap_is_refused() -> None:
-    from ops.reconcile import removal_refusal, removals
+    from ops.drift import removal_refusal, removals
 
     qbo = {"Invoice": [_qbo_invoice(str(n), f"ttsync:invoice:{n}@tt", number=f"INV-{n}") for n in range(1, 6)],
            "Customer": [{"Id": "70", "Notes": "ttsync:client:9@tt", "DisplayName": "Gone Ltd"}]}
@@ -226,7 +226,7 @@ def test_decide_and_reconcile_read_the_sync_policy_alike() -> None:
     import uuid
 
     from consumer.lifecycle import Action, Mapped, SyncPolicy, decide
-    from ops.reconcile import expected
+    from ops.drift import expected
     from schemas.events import EventEnvelope
 
     policy = SyncPolicy()

@@ -129,7 +129,8 @@ def reconcile(
 
 def _confirm_removals(report: Any, store: Any, *, yes: bool, max_deletes: int, as_json: bool) -> None:
     """Show what --fix would take out of QBO; refuse (exit 2) when it is unsafe or not confirmed."""
-    from ops.reconcile import keeper_of, removal_refusal, removals
+    from ops.drift import removal_refusal, removals
+    from ops.reconcile import keeper_of
 
     plan = removals(report.drift, lambda d: keeper_of(d, store))
     if not plan:
