@@ -163,3 +163,10 @@ def test_no_secret_in_logs(sandbox: SandboxServer, engine, capsys: pytest.Captur
     for secret in (seed, state.refresh_token, state.access_token or "", "ttsync-local-secret", "test-secret"):
         assert secret not in err
     configure_logging("INFO", "json")
+
+
+def test_a_query_without_an_entity_name_returns_rows(sandbox: SandboxServer, engine) -> None:  # type: ignore[no-untyped-def]
+    """It returned QBO's lists themselves (a list of lists) where its type says rows."""
+    seed = admin(sandbox, "tokens", {"realm_id": REALM})["refresh_token"]
+    rows = client(sandbox, tokens(sandbox, engine, seed)).query("SELECT * FROM Item")
+    assert rows and all(isinstance(r, dict) and r.get("Id") for r in rows)
