@@ -32,13 +32,14 @@ class EventApplier:
         self.preparer = Preparer(qbo, store, resolver, policy, options, adopt_legacy=adopt_legacy)
         self.executor = Executor(qbo, store, options, stale_retries=stale_retries, crash=crash)
 
-    def apply(self, event: EventEnvelope, generation: str = "") -> Outcome:
-        """``generation``: which delivery of the event this is (see mapping.request_id); "" for the first."""
-        prepared = self.prepare(event, generation)
+    def apply(self, event: EventEnvelope, generation: str = "", origin: str | None = None) -> Outcome:
+        """``generation``: which delivery of the event this is (see mapping.request_id); "" for the first.
+        ``origin``: who made the change (``Preparer.prepare``)."""
+        prepared = self.prepare(event, generation, origin)
         return prepared if isinstance(prepared, Outcome) else self.execute(prepared)
 
-    def prepare(self, event: EventEnvelope, generation: str = "") -> Write | Outcome:
-        prepared = self.preparer.prepare(event, generation)
+    def prepare(self, event: EventEnvelope, generation: str = "", origin: str | None = None) -> Write | Outcome:
+        prepared = self.preparer.prepare(event, generation, origin)
         if isinstance(prepared, Outcome) and prepared.result is Result.SKIPPED:
             log.info("event_skipped", event_id=str(event.event_id), event_type=event.event_type,
                      aggregate_id=event.aggregate_id, version=event.aggregate_version, reason=prepared.reason)

@@ -29,8 +29,8 @@ from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
 from consumer.watchdog import FetchWatchdog, GroupWatchdog
 from consumer.writes import Outcome, Result, Write
-from schemas.codec import EventDecodeError, decode_event
-from schemas.contract import all_topics, dlq_topic, retry_topic
+from schemas.codec import EventDecodeError, decode_event, headers_to_dict
+from schemas.contract import Header, all_topics, dlq_topic, retry_topic
 
 log = structlog.get_logger("ttsync.consumer")
 
@@ -56,28 +56,44 @@ def delivery_generation(rec: PolledRecord, tier: int | None) -> str:
     return ".".join(parts)
 
 
+def origin_of(rec: PolledRecord) -> str | None:
+    """Who made the change (capture's ``ttsync.origin`` header), or None for TimeTracker's own users."""
+    return headers_to_dict(rec.headers).get(Header.ORIGIN) or None
+
+
 def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
     main = all_topics(prefix)
     return main + [retry_topic(t, d) for t in main for d in delays]
 
 
+# Applies one record (check, decode, apply) and says what came of it; raises what the retry policy reads.
+RecordHandler = Callable[[PolledRecord, int | None], Outcome]
+
+
 class GroupConsumer:
-    def __init__(self, *, port: ConsumerPort, group_id: str, topic_prefix: str, applier: EventApplier,
+    """The export consumer by default (TimeTracker events -> ``applier``); given ``handler`` and ``topics``, the
+    same loop (retry topics, dead letters, outage pause, watchdogs) serves another stream, e.g. the importer's."""
+
+    def __init__(self, *, port: ConsumerPort, group_id: str, topic_prefix: str, applier: EventApplier | None,
                  policy: RetryPolicy, batch_min_records: int = 10, unjoined_exit_s: float = 120.0,
                  breaker: OutageBreaker | None = None, crash: CrashHook = no_crash,
-                 retention: ProcessedEventsRetention | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 retention: ProcessedEventsRetention | None = None, handler: RecordHandler | None = None,
+                 topics: list[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if applier is None and handler is None:
+            raise ValueError("a consumer needs an applier or a record handler")
         self.port = port
         self.group_id = group_id
         self.prefix = topic_prefix
         self.applier = applier
+        self.handler = handler
         self.policy = policy
-        self.topics = consumer_topics(topic_prefix, policy.topic_delays_s)
+        main = topics or all_topics(topic_prefix)
+        self.topics = main + [retry_topic(t, d) for t in main for d in policy.topic_delays_s]
         self.stats = ConsumerStats()
         self.batch_min_records = batch_min_records
         self.breaker = breaker or OutageBreaker()
         self.crash = crash
-        self.retention = retention or ProcessedEventsRetention(applier.store, None)
+        self.retention = retention
         self._stop = threading.Event()
         self._paused: dict[Partition, float] = {}  # retry partitions waiting for their records' due time
         self._run_over: Callable[[], bool] = lambda: False
@@ -106,7 +122,8 @@ class GroupConsumer:
         try:
             while not self._stop.is_set() and not self._run_over():
                 self.heartbeat = time.monotonic()  # /livez: the loop turns
-                self.retention.maybe_purge()
+                if self.retention is not None:
+                    self.retention.maybe_purge()
                 self._resume_due()
                 batch = self.port.poll(timeout_ms=250)
                 self.group_watchdog.check()
@@ -145,7 +162,8 @@ class GroupConsumer:
 
     def _process_partition(self, tp: Partition, records: list[PolledRecord]) -> None:
         tier = retry_tier(tp.topic, self.policy.topic_delays_s)
-        if tier is None and self.batch_min_records and len(records) >= self.batch_min_records:
+        if tier is None and self.applier is not None and self.batch_min_records \
+                and len(records) >= self.batch_min_records:
             self._process_backlog(tp, records)
             return
         done: int | None = None
@@ -176,6 +194,8 @@ class GroupConsumer:
         """A backlog: plain creates and updates of distinct aggregates go to QBO 30 at a time in one batch
         request (one request of the realm's budget instead of 30). Order per aggregate holds: a second event of
         an aggregate already in the batch sends the batch first. Anything unusual takes the one-by-one path."""
+        assert self.applier is not None
+        applier = self.applier
         pending: list[tuple[PolledRecord, Write]] = []
         done: int | None = None
 
@@ -183,7 +203,7 @@ class GroupConsumer:
             if not pending:
                 return
             try:
-                outcomes: list[Outcome | None] = self.applier.execute_batch([w for _, w in pending])
+                outcomes: list[Outcome | None] = applier.execute_batch([w for _, w in pending])
             except Exception as exc:  # noqa: BLE001 - the single path retries, recovers or dead-letters each
                 log.warning("batch_failed", size=len(pending), error=repr(exc)[:300])
                 outcomes = [None] * len(pending)
@@ -202,11 +222,11 @@ class GroupConsumer:
                     if len(pending) >= BATCH_LIMIT or any((w.event.aggregate_type, w.event.aggregate_id) == key
                                                           for _, w in pending):
                         flush()
-                    prepared = self.applier.prepare(event, delivery_generation(rec, None))
+                    prepared = applier.prepare(event, delivery_generation(rec, None), origin_of(rec))
                     if isinstance(prepared, Write) and prepared.batchable:
                         pending.append((rec, prepared))
                     else:  # a final outcome, or a write that goes alone (a void, an adoption, a settlement)
-                        outcome = prepared if isinstance(prepared, Outcome) else self.applier.execute(prepared)
+                        outcome = prepared if isinstance(prepared, Outcome) else applier.execute(prepared)
                         self._count(base_topic(rec.topic), outcome)
                 except Exception:  # noqa: BLE001 - decode errors and the like: the single path handles them
                     flush()
@@ -260,11 +280,14 @@ class GroupConsumer:
 
     def _apply(self, rec: PolledRecord, tier: int | None) -> Outcome:
         check_headers(rec)
+        if self.handler is not None:
+            return self.handler(rec, tier)
+        assert self.applier is not None
         try:
             event = decode_event(rec.value or b"")
         except EventDecodeError as exc:
             raise MalformedEvent(str(exc), code=exc.code) from exc
-        return self.applier.apply(event, delivery_generation(rec, tier))
+        return self.applier.apply(event, delivery_generation(rec, tier), origin_of(rec))
 
     def _wait_in_place(self, delay_s: float, error: Exception) -> None:
         self.stats.retried_in_place += 1

@@ -42,6 +42,7 @@ from consumer.qbo_queries import NaturalKey, select_in, select_where
 from consumer.references import ReferenceResolver
 from consumer.state_store import StateStore
 from consumer.writes import Operation, Outcome, Result, Write
+from schemas.contract import ORIGIN_QBO_IMPORT
 from schemas.events import ClientState, EventEnvelope, ExpenseState, InvoiceState, PaymentState
 
 log = structlog.get_logger("ttsync.apply")
@@ -79,7 +80,9 @@ class Preparer:
             "invoice": self._invoice, "expense": self._expense, "payment": self._payment, "client": self._client,
         }
 
-    def prepare(self, event: EventEnvelope, generation: str = "") -> Write | Outcome:
+    def prepare(self, event: EventEnvelope, generation: str = "", origin: str | None = None) -> Write | Outcome:
+        """``origin``: who made the change (the record's ``ttsync.origin``); the importer's changes came from QBO
+        and are not sent back (an echo), only recorded."""
         prepare_type = self._by_type.get(event.aggregate_type)
         if prepare_type is None:
             raise MalformedEvent(f"no QBO mapping for aggregate type {event.aggregate_type!r}",
@@ -87,6 +90,9 @@ class Preparer:
         processed, mapped = self.store.lookup(event.event_id, event.aggregate_type, event.aggregate_id)
         if processed:
             return Outcome(Result.DUPLICATE, reason="event already processed")
+        if origin == ORIGIN_QBO_IMPORT:
+            return Outcome(Result.SKIPPED, mapped.qbo_id if mapped else None,
+                           "made by the importer from a QBO change: sending it back would echo")
         decision = decide(event, mapped, self.policy)
         if decision.action is Action.SKIP and mapped is not None and mapped.pending_requestid and not mapped.in_qbo \
                 and mapped.last_version < event.aggregate_version:

@@ -126,6 +126,10 @@ class QboClient:
             return list(response.get(entity, []))
         return [row for rows in response.values() if isinstance(rows, list) for row in rows]
 
+    def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
+        return self.request("GET", "cdc", params={"entities": ",".join(entities), "changedSince": changed_since},
+                            entity="CDC", operation="cdc")
+
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
         if self.batch_limiter is not None:
             self.batch_limiter.acquire()

@@ -23,3 +23,6 @@ class QboPort(Protocol):
     def query(self, sql: str, entity: str = "") -> list[dict[str, Any]]: ...
 
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]: ...
+
+    def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
+        """QBO's change data capture: what changed since an ISO time (QBO looks back 30 days at most)."""

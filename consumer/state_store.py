@@ -55,6 +55,15 @@ class StateStore:
         with connect(self.engine) as conn:
             return _to_mapped(conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first())
 
+    def owner_of(self, qbo_id: str, aggregate_types: tuple[str, ...]) -> str | None:
+        """The aggregate (of one of ``aggregate_types``) the entity map ties to a QBO id, e.g. the TimeTracker
+        invoice of a QBO Invoice, or None."""
+        with connect(self.engine) as conn:
+            row = conn.execute(select(entity_map.c.aggregate_id).where(
+                entity_map.c.realm_id == self.realm_id, entity_map.c.qbo_id == str(qbo_id),
+                entity_map.c.aggregate_type.in_(aggregate_types))).first()
+        return None if row is None else str(row.aggregate_id)
+
     def all_mapped(self) -> dict[str, Mapped]:
         """The whole entity map of this realm, keyed "type:id" (reconcile reads it once)."""
         with connect(self.engine) as conn:

@@ -63,3 +63,10 @@ rate_budget = Table(
     Column("tokens", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+import_cursor = Table(
+    "ttsync_import_cursor", STATE_METADATA,
+    Column("realm_id", String(64), primary_key=True),
+    Column("changed_since", DateTime(timezone=True), nullable=False),  # the next CDC call asks from here
+    Column("polled_at", DateTime(timezone=True), nullable=False),
+)

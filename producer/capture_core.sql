@@ -83,7 +83,9 @@ BEGIN
             'schema_version', '%(schema_version)s',
             'source', '%(source)s',
             'payload', v_payload),
-          v_version, v_now, jsonb_build_object('txid', NEW.txid::text, 'capture', 'trigger'));
+          v_version, v_now, jsonb_build_object('txid', NEW.txid::text, 'capture', 'trigger',
+                                               -- who made the change: the importer sets it (SET LOCAL)
+                                               'origin', NULLIF(current_setting('ttsync.origin', true), '')));
   PERFORM pg_notify('%(notify_channel)s', NEW.aggregatetype);
   RETURN NULL;
 END

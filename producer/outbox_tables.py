@@ -90,3 +90,19 @@ snapshot_progress = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
 )
+
+# The import direction (QBO -> TimeTracker) keeps its state here, beside what it writes: the TimeTracker rows it
+# made and what the QBO entity was when it made them, in the same transaction as the rows themselves.
+import_links = Table(
+    "ttsync_import_links",
+    TTSYNC_METADATA,
+    Column("realm_id", String(64), primary_key=True),
+    Column("qbo_entity", String(64), primary_key=True, comment="e.g. Payment"),
+    Column("qbo_id", String(64), primary_key=True),
+    Column("qbo_invoice_id", String(64), primary_key=True, comment="the invoice a payment line paid"),
+    Column("tt_payment_id", BigInteger, nullable=True, comment="the TimeTracker payments row (None: reversed)"),
+    Column("tt_invoice_id", BigInteger, nullable=False),
+    Column("amount", String(32), nullable=False, comment="decimal text: what the TimeTracker row holds"),
+    Column("sync_token", BigInteger, nullable=False, comment="the QBO SyncToken applied (older ones are skipped)"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from producer.aggregate_snapshots import AGGREGATES, TABLE_TO_AGGREGATES, snapshot
 from producer.outbox_writer import write_event
 
+ORIGIN_INFO_KEY = "ttsync.origin"  # session.info key: who makes this transaction's changes (e.g. the importer)
 _PENDING = "ttsync_pending"
 _UNKNOWN = object()  # before-state we could not read (the aggregate id appeared only after a flush)
 
@@ -112,7 +113,8 @@ class SessionCapture:
                 action=action,
                 payload=payload,
                 source=self.source,
-                headers={"capture": "sqlalchemy"},
+                # Who made the change: the importer marks its sessions (ORIGIN_INFO_KEY), the export skips them.
+                headers={"capture": "sqlalchemy", "origin": session.info.get(ORIGIN_INFO_KEY)},
             )
 
     def after_rollback(self, session: Session) -> None:

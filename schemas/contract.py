@@ -34,6 +34,19 @@ def all_topics(prefix: str = DEFAULT_TOPIC_PREFIX) -> list[str]:
     return [topic_for(t, prefix) for t in AGGREGATE_TYPES]
 
 
+QBO_CHANGES_SUFFIX: Final = ".qbo.changes"
+"""The import direction's topic, ``<prefix>.qbo.changes``: one record per QBO entity change (webhook or CDC),
+keyed ``<realm>:<entity>:<id>``."""
+IMPORT_GROUP_SUFFIX: Final = "-import"
+ORIGIN_QBO_IMPORT: Final = "qbo-import"
+"""The ``ttsync.origin`` of a TimeTracker change the importer made: capture marks it, the export consumer skips it
+(it came from QBO; sending it back would echo)."""
+
+
+def qbo_changes_topic(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    return f"{prefix}{QBO_CHANGES_SUFFIX}"
+
+
 def dlq_topic(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
     return f"{prefix}{DLQ_SUFFIX}"
 
@@ -60,6 +73,8 @@ class Header:
     AGGREGATE_VERSION: Final = "aggregateVersion"
     SCHEMA_VERSION: Final = "schemaVersion"
     TRACE_ID: Final = "traceId"
+    # From the outbox row's headers (capture): which side made the change; ORIGIN_QBO_IMPORT for the importer's.
+    ORIGIN: Final = "ttsync.origin"
 
     # Added when a record is forwarded to a retry topic or the dead-letter topic, in the spirit of
     # Kafka Connect's __connect.errors.* and Spring's kafka_dlt-* headers.

@@ -109,6 +109,10 @@ class InMemoryQbo:
             return list(response.get(entity, []))
         return [row for rows in response.values() if isinstance(rows, list) for row in rows]
 
+    def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
+        return self._call("cdc", "CDC", "GET", "cdc", params={"entities": ",".join(entities),
+                                                            "changedSince": changed_since})
+
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
         params = {"requestid": requestid} if requestid else {}
         return list(self._call("batch", "Batch", "POST", "batch", params=params,

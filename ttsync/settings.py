@@ -192,6 +192,21 @@ class Settings(BaseSettings):
         default=120.0, ge=0,
         description="Exit 1 (for a supervisor to restart it) when the group stays unjoined this long; 0 = never")
 
+    sync_direction: Literal["export", "import", "both"] = Field(
+        default="export", description="TimeTracker -> QBO (export), QBO -> TimeTracker (import: payments received "
+        "in QBO), or both; the seed connector's three choices")
+    qbo_webhook_verifier_token: SecretStr | None = Field(
+        default=None, description="The Intuit app's webhook verifier token: `ttsync webhook` checks each "
+        "delivery's intuit-signature with it (and refuses to start without it)")
+    import_poll_interval_s: float = Field(
+        default=60.0, ge=0, description="`ttsync import` asks QBO's change data capture what changed this often "
+        "(the source of truth behind webhooks, and all there is without a public endpoint); 0 = webhooks only")
+    webhook_host: str = Field(default="127.0.0.1", description="Address `ttsync webhook` listens on (behind your "
+                              "TLS proxy; 0.0.0.0 inside a container)")
+    webhook_port: int = Field(default=8977, ge=0, le=65535, description="Port of `ttsync webhook`")
+    webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger deliveries are refused "
+                                        "(413) before they are read")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise"

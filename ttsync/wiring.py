@@ -33,7 +33,14 @@ from consumer.token_store import TokenStore, make_cipher
 from producer.database import make_engine
 from producer.kafka_publisher import KafkaRecordPublisher, RecordPublisher, ensure_topics
 from producer.outbox_relay import OutboxRelay
-from schemas.contract import all_topics, dlq_topic, dlq_topic_configs
+from schemas.contract import (
+    IMPORT_GROUP_SUFFIX,
+    all_topics,
+    dlq_topic,
+    dlq_topic_configs,
+    qbo_changes_topic,
+    retry_topic,
+)
 from schemas.kafka_client import KafkaConnection
 from ttsync.settings import Settings
 
@@ -180,3 +187,58 @@ def serve_metrics(settings: Settings, engine: Engine, registry: Any, port: int |
     structlog.get_logger("ttsync.cli").info("metrics_listening", url=f"http://{shown}:{server.port}/metrics",
                                             host=host, port=server.port)
     return server
+
+
+# -- the import direction (QBO -> TimeTracker) -------------------------------------------------------------------
+
+
+def ensure_import_topics(settings: Settings) -> list[str]:
+    topic = qbo_changes_topic(settings.topic_prefix)
+    created = ensure_topics(settings.kafka, [topic, *(retry_topic(topic, d) for d in settings.retry_topic_delays_s)],
+                            settings.topic_partitions, settings.topic_replication_factor)
+    return created + ensure_topics(settings.kafka, [dlq_topic(settings.topic_prefix)], 1,
+                                   settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
+
+
+def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-import",
+                   session_timeout_ms: int = 10_000) -> GroupConsumer:
+    """The import consumer group: QBO changes applied to TimeTracker's database (TTSYNC_DATABASE_URL)."""
+    from importer.apply_payment import PaymentImporter
+    from importer.consumer import ImportHandler
+
+    parts = parts or build_parts(settings)
+    group = settings.group_id + IMPORT_GROUP_SUFFIX
+    importer = PaymentImporter(parts.client, make_engine(settings.database_url), parts.store, settings.qbo_realm_id)
+    port = KafkaPythonConsumer(settings.kafka, group_id=group, client_id=client_id,
+                               max_poll_records=settings.consumer_max_poll_records,
+                               session_timeout_ms=session_timeout_ms)
+    return GroupConsumer(port=port, group_id=group, topic_prefix=settings.topic_prefix, applier=None,
+                         handler=ImportHandler(importer, settings.qbo_realm_id),
+                         topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,
+                         unjoined_exit_s=settings.consumer_unjoined_exit_s,
+                         breaker=OutageBreaker(threshold=settings.consumer_outage_records,
+                                               max_open_s=settings.consumer_outage_exit_s))
+
+
+def build_webhook(settings: Settings, publisher: RecordPublisher | None = None) -> Any:
+    """``ttsync webhook``'s receiver; its publisher waits for the broker before a delivery is answered 200."""
+    from importer.webhook import WebhookReceiver
+
+    if settings.qbo_webhook_verifier_token is None:
+        raise ConfigurationError("TTSYNC_QBO_WEBHOOK_VERIFIER_TOKEN is not set: without it no delivery can be "
+                                 "told from a forgery (Intuit's developer portal shows the app's token)")
+    out = publisher or KafkaRecordPublisher(settings.kafka, client_id="ttsync-webhook")
+    return WebhookReceiver(lambda records: out.wait(out.send(records)), qbo_changes_topic(settings.topic_prefix),
+                           settings.qbo_webhook_verifier_token.get_secret_value(), host=settings.webhook_host,
+                           port=settings.webhook_port, max_body_bytes=settings.webhook_max_body_bytes)
+
+
+def build_cdc_poller(settings: Settings, parts: ConsumerParts) -> tuple[Any, KafkaRecordPublisher]:
+    """The CDC poller of ``ttsync import``, and its publisher (the caller closes it)."""
+    from importer.cdc_poller import CdcPoller
+
+    publisher = KafkaRecordPublisher(settings.kafka, client_id="ttsync-cdc")
+    poller = CdcPoller(parts.client, parts.engine, settings.qbo_realm_id,
+                       lambda records: publisher.wait(publisher.send(records)),
+                       qbo_changes_topic(settings.topic_prefix))
+    return poller, publisher

@@ -66,15 +66,17 @@ def test_ci_gates_lint_and_types_before_the_tests() -> None:
     tests_at = next(i for i, ln in enumerate(ci) if ln.startswith("python3 -m pytest"))
     assert ci.index("python3 -m ruff check .") < tests_at and ci.index("python3 -m mypy") < tests_at
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'module = ["schemas.*", "consumer.*", "producer.*"]\nstrict = true' in pyproject
-    for package in ("schemas", "producer", "consumer", "ops", "ttsync"):
+    assert 'module = ["schemas.*", "consumer.*", "producer.*", "importer.*"]\nstrict = true' in pyproject
+    for package in ("schemas", "producer", "consumer", "importer", "ops", "ttsync"):
         assert (ROOT / package / "py.typed").exists(), package
 
 
 def test_runtime_packages_depend_only_downward() -> None:
-    """schemas <- producer, consumer <- ops <- ttsync: nothing imports from a package above it."""
-    above = {"schemas": ("producer", "consumer", "ops", "ttsync"), "producer": ("consumer", "ops", "ttsync"),
-             "consumer": ("producer", "ops", "ttsync"), "ops": ("ttsync",)}
+    """schemas <- producer, consumer <- importer, ops <- ttsync: nothing imports from a package above it."""
+    above = {"schemas": ("producer", "consumer", "importer", "ops", "ttsync"),
+             "producer": ("consumer", "importer", "ops", "ttsync"),
+             "consumer": ("producer", "importer", "ops", "ttsync"),
+             "importer": ("ops", "ttsync"), "ops": ("importer", "ttsync")}
     wrong = []
     for package, forbidden in above.items():
         for path in (ROOT / package).rglob("*.py"):

@@ -14,15 +14,18 @@ from rich.console import Console
 from ttsync.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     JsonOpt,
     app,
     console,
     emit_json,
     err_console,
+    fail,
     fatal_exit_code,
     load_settings,
 )
 from ttsync.logging_setup import configure_logging
+from ttsync.settings import Settings
 from ttsync.wiring import serve_metrics, stop_on_signals
 
 
@@ -79,6 +82,9 @@ def consume(
     from ttsync.wiring import build_consumer, build_parts, ensure_consumer_topics
 
     settings = load_settings()
+    if settings.sync_direction == "import":
+        fail("TTSYNC_SYNC_DIRECTION=import: nothing goes from TimeTracker to QBO, so there is nothing to consume "
+             "(run `ttsync import`)", EXIT_USAGE, False)
     log = structlog.get_logger("ttsync.cli")
     # Without its tables the consumer would retry every record for ever: say what to run instead.
     state = make_engine(settings.effective_state_database_url)
@@ -235,3 +241,83 @@ def sandbox(
     server.serve_forever()
     server.httpd.server_close()
     log.info("sandbox_stopped")
+
+
+# --- the import direction (QBO -> TimeTracker) --------------------------------------------------------------
+
+
+def _require_import(settings: Settings, command: str) -> None:
+    if settings.sync_direction == "export":
+        fail(f"TTSYNC_SYNC_DIRECTION=export: `ttsync {command}` is for the import direction (set it to import or "
+             "both)", EXIT_USAGE, False)
+
+
+@app.command()
+def webhook(
+    create_topics: Annotated[bool, typer.Option(help="Create the changes topic at start.")] = True,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Receive Intuit's webhooks: each signed delivery's entity changes go to <prefix>.qbo.changes (answered 200
+    once the broker has them); a bad signature is refused (401) and nothing reaches Kafka."""
+    from ttsync.wiring import build_webhook, ensure_import_topics
+
+    settings = load_settings()
+    _require_import(settings, "webhook")
+    if create_topics:
+        ensure_import_topics(settings)
+    receiver = build_webhook(settings)
+    log = structlog.get_logger("ttsync.webhook")
+    log.info("webhook_listening", url=receiver.url)
+    console.print(f"webhook receiver on {receiver.url} (behind your TLS proxy: Intuit delivers to https only)")
+    stop_on_signals(lambda: threading.Thread(target=receiver.httpd.shutdown, daemon=True).start(),
+                    "answering the delivery in hand")
+    if max_seconds is not None:
+        threading.Timer(max_seconds, receiver.httpd.shutdown).start()
+    receiver.serve_forever()
+    receiver.httpd.server_close()
+    log.info("webhook_stopped", **receiver.stats)
+
+
+@app.command("import")
+def import_changes(
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    create_topics: Annotated[bool, typer.Option(help="Create the changes topic at start.")] = True,
+) -> None:
+    """Apply QBO changes to TimeTracker: a payment received in QBO becomes a TimeTracker payment and marks the
+    invoice paid, as TimeTracker's own payment route does; a voided or deleted one is reversed."""
+    from consumer.errors import ConsumerStuck, FatalError
+    from ttsync.wiring import build_cdc_poller, build_importer, build_parts, ensure_import_topics
+
+    settings = load_settings()
+    _require_import(settings, "import")
+    if create_topics:
+        ensure_import_topics(settings)
+    log = structlog.get_logger("ttsync.import")
+    try:
+        parts = build_parts(settings)
+        worker = build_importer(settings, parts)
+    except FatalError as exc:
+        fail(str(exc), fatal_exit_code(exc), False)
+    polling = threading.Event()
+    poller, publisher = build_cdc_poller(settings, parts) if settings.import_poll_interval_s else (None, None)
+    if poller is not None:
+        threading.Thread(target=poller.run, args=(polling, settings.import_poll_interval_s), name="ttsync-cdc",
+                         daemon=True).start()
+
+    def stop() -> None:
+        polling.set()
+        worker.stop()
+
+    stop_on_signals(stop, "finishing the current change")
+    try:
+        stats = worker.run(max_seconds=max_seconds)
+    except FatalError as exc:
+        fail(str(exc), fatal_exit_code(exc), False)
+    except ConsumerStuck as exc:
+        fail(str(exc), EXIT_FAILED, False)
+    finally:
+        polling.set()
+        worker.close()
+        if publisher is not None:
+            publisher.close()
+    log.info("import_exit", applied=stats.applied, skipped=stats.skipped, dead_lettered=stats.dead_lettered)

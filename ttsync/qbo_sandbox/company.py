@@ -86,12 +86,20 @@ class Company:
         self.deleted: dict[str, dict[str, dict[str, Any]]] = {e: {} for e in RESOURCES.values()}
         self._next_id = 1
         self.writes = 0
+        self.changes: list[tuple[str, str, str, str]] = []  # (entity, id, operation, lastUpdated), see take_changes
         # Uniqueness indexes, so that checks stay O(1) as a company grows to many thousand records.
         self._names: dict[tuple[str, str], tuple[str, str]] = {}  # (scope, name) -> (entity, id)
         self._docs: dict[tuple[str, str], set[str]] = {}  # (entity, DocNumber) -> ids
         self._seed()
+        self.changes.clear()  # the chart of accounts a new company comes with is no change to announce
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    def take_changes(self) -> list[tuple[str, str, str, str]]:
+        """The entity changes since the last call, oldest first: (entity, id, operation, lastUpdated). What
+        webhook deliveries announce (SandboxState's dispatcher)."""
+        changes, self.changes = self.changes, []
+        return changes
 
     def _new_id(self) -> str:
         ident = str(self._next_id)
@@ -120,14 +128,17 @@ class Company:
         self.entities[entity][obj["Id"]] = obj
         self._index(entity, None, obj)
         self.writes += 1
+        self.changes.append((entity, obj["Id"], "Create", stamp))
         return obj
 
-    def _bump(self, entity: str, obj: dict[str, Any], before: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _bump(self, entity: str, obj: dict[str, Any], before: dict[str, Any] | None = None,
+              operation: str = "Update") -> dict[str, Any]:
         obj["SyncToken"] = str(int(obj["SyncToken"]) + 1)
         obj["MetaData"]["LastUpdatedTime"] = now_iso()
         self.entities[entity][obj["Id"]] = obj
         self._index(entity, before, obj)
         self.writes += 1
+        self.changes.append((entity, obj["Id"], operation, obj["MetaData"]["LastUpdatedTime"]))
         return obj
 
     @staticmethod
@@ -250,6 +261,7 @@ class Company:
                 "MetaData": {"LastUpdatedTime": now_iso()}}
         self.deleted[entity][current["Id"]] = tomb
         self.writes += 1
+        self.changes.append((entity, current["Id"], "Delete", tomb["MetaData"]["LastUpdatedTime"]))
         return {"Id": current["Id"], "status": "Deleted", "domain": "QBO"}
 
     def void(self, entity: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +291,7 @@ class Company:
         note = current.get("PrivateNote") or ""
         current["PrivateNote"] = f"Voided{(' - ' + note) if note and not note.startswith('Voided') else ''}"
         current["Voided"] = True  # the sandbox's marker; QBO shows zero amounts and a 'Voided' memo
-        return copy.deepcopy(self._bump(entity, current))
+        return copy.deepcopy(self._bump(entity, current, operation="Void"))
 
     # -- validation ----------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from ttsync.qbo_sandbox.company import RESOURCES, Company
 from ttsync.qbo_sandbox.faults import QboFault, qbo_time
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, OAuthError, TokenAuthority
 from ttsync.qbo_sandbox.throttle import Throttle
+from ttsync.qbo_sandbox.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("ttsync.sandbox")
 
@@ -62,11 +63,19 @@ class SandboxConfig:
     home_currency: str = "USD"  # a new company's; QBO fixes it when the company is set up
     multicurrency: bool = True
     token_outage_page: bool = False  # the token endpoint answers 200 with an HTML page (a proxy, a portal)
+    webhook_url: str = ""  # where entity changes are delivered (webhooks.py); "" = no deliveries
+    webhook_verifier_token: str = "sandbox-webhook-verifier-token"
+    webhook_format: str = "classic"  # "classic" eventNotifications | "cloudevents"
+    webhook_interval_s: float = 0.2
+    webhook_duplicate_rate: float = 0.0  # share of deliveries sent twice
+    webhook_reverse_order: bool = False  # a delivery's changes newest first
 
     RUNTIME = ("seed", "access_token_lifetime_s", "refresh_rotation", "throttle_enabled", "requests_per_minute",
                "concurrent_requests", "batch_requests_per_minute", "duplicate_requestid_mode", "error_rate",
                "latency_ms", "latency_jitter_ms", "timeout_rate", "timeout_hang_s", "timeout_after_apply",
-               "throttle_rate", "throttle_retry_after_s", "warn_duplicate_doc_number", "token_outage_page")
+               "throttle_rate", "throttle_retry_after_s", "warn_duplicate_doc_number", "token_outage_page",
+               "webhook_url", "webhook_verifier_token", "webhook_format", "webhook_interval_s",
+               "webhook_duplicate_rate", "webhook_reverse_order")
 
 
 class _Hang(Exception):
@@ -364,6 +373,24 @@ class Admin:
                 except QboFault as fault:  # what the test seeded is invalid: say why, as QBO would
                     return Reply(fault.status, fault.to_json())
                 return Reply(200, created)
+            if len(parts) == 3 and parts[0] == "realms" and parts[2] == "receive-payment" and method == "POST":
+                # A customer pays an invoice in QBO (QuickBooks Payments, a deposit the bookkeeper matched).
+                company = s.company(parts[1])
+                try:
+                    invoice = company.get("Invoice", str(data["invoice_id"]))
+                    amount = data.get("amount", invoice["Balance"])
+                    payment = company.save("Payment", {
+                        "CustomerRef": dict(invoice["CustomerRef"]), "TotalAmt": amount,
+                        **({"CurrencyRef": dict(invoice["CurrencyRef"])} if invoice.get("CurrencyRef") else {}),
+                        "TxnDate": data.get("txn_date") or dt.date.today().isoformat(),
+                        "PaymentRefNum": data.get("reference", "QBP-SANDBOX"),
+                        "PaymentMethodRef": {"value": "1", "name": data.get("method", "Credit Card")},
+                        "Line": [{"Amount": amount, "LinkedTxn": [{"TxnId": invoice["Id"], "TxnType": "Invoice"}]}]})
+                except QboFault as fault:
+                    return Reply(fault.status, fault.to_json())
+                except KeyError:
+                    return Reply(400, {"error": "invoice_id is required"})
+                return Reply(200, {"Payment": payment})
             if parts == ["requests"]:
                 limit = int(params.get("limit", "1000"))
                 return Reply(200, {"requests": list(s.requests)[-limit:]})
@@ -564,6 +591,7 @@ class SandboxServer:
         self.httpd = _HTTPServer((self.config.host, self.config.port), self.state)
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None
+        self.webhooks = WebhookDispatcher(self.state)
 
     @property
     def url(self) -> str:
@@ -577,12 +605,15 @@ class SandboxServer:
     def start(self) -> SandboxServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="qbo-sandbox", daemon=True)
         self._thread.start()
+        self.webhooks.start()
         return self
 
     def serve_forever(self) -> None:
+        self.webhooks.start()
         self.httpd.serve_forever()
 
     def stop(self) -> None:
+        self.webhooks.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread is not None:
