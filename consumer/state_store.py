@@ -139,6 +139,12 @@ class StateStore:
             conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(
                 pending_requestid=None, pending_since=None, updated_at=_now()))
 
+    def mark_status(self, aggregate_type: str, aggregate_id: str, status: str) -> None:
+        """What QBO did to a mapped entity by itself (an invoice voided there): the map follows, ids kept."""
+        with begin(self.engine) as conn:
+            conn.execute(update(entity_map).where(self._key(aggregate_type, aggregate_id)).values(
+                qbo_status=status, updated_at=_now()))
+
     def forget(self, aggregate_type: str, aggregate_id: str, *, status: str = "deleted") -> None:
         """The mapped QBO entity is gone (deleted by hand, or removed by reconcile): the next event creates
         anew. ``last_version`` stays, so older events are still skipped."""

@@ -19,18 +19,18 @@ from decimal import Decimal
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, delete, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 
 from consumer.errors import MissingMapping, QboValidationFault
 from consumer.qbo_port import QboPort
 from consumer.state_store import StateStore
 from consumer.writes import Outcome, Result
+from importer.metrics import CONFLICTS
 from importer.notifications import Change
 from importer.payment_effects import PaymentChange, amounts_by_invoice, invoice_after, payment_method
+from importer.transactions import marked_as_import
 from producer.outbox_tables import import_links
-from producer.session_capture import ORIGIN_INFO_KEY
 from producer.timetracker_schema import Invoice, Payment
-from schemas.contract import ORIGIN_QBO_IMPORT
 
 log = structlog.get_logger("ttsync.import")
 
@@ -71,7 +71,7 @@ class PaymentImporter:
             return Outcome(Result.SKIPPED, change.entity_id, "pays no invoice ttsync knows (or nothing at all)")
         targets = {qid: self._tt_invoice(change.entity_id, qid, links) for qid in {*wanted, *links}}
         with self.timetracker.begin() as conn:
-            _mark_as_import(conn)
+            marked_as_import(conn)
             results = [self._apply_to_invoice(conn, change.entity_id, payment, qid, targets[qid],
                                               wanted.get(qid, Decimal("0")), links.get(qid), token)
                        for qid in sorted(targets)]
@@ -114,8 +114,18 @@ class PaymentImporter:
     def _apply_to_invoice(self, conn: Connection, qbo_id: str, payment: dict[str, Any] | None, qbo_invoice_id: str,
                           tt_invoice_id: int, amount: Decimal, link: Link | None, token: int | None) -> str:
         """One invoice's share of the payment; returns what happened to its TimeTracker payment row."""
-        had = link.amount if link is not None and link.tt_payment_id is not None else Decimal("0")
         payment_id = link.tt_payment_id if link is not None else None
+        had = Decimal("0")
+        if payment_id is not None:
+            row = conn.execute(select(payments.c.amount).where(payments.c.id == payment_id)).scalar()
+            had = Decimal(row) if row is not None else Decimal("0")
+            if row is None:  # deleted in TimeTracker meanwhile: QBO owns payments, it comes back
+                payment_id = None
+            if link is not None and had != link.amount:
+                # Both sides changed it since the last sync: QBO owns payments (README, the import direction).
+                CONFLICTS.labels("Payment", "qbo").inc()
+                log.warning("payment_conflict", qbo_id=qbo_id, payment_id=link.tt_payment_id,
+                            timetracker=str(had), qbo=str(amount), winner="qbo")
         change: PaymentChange | None = None
         if amount > 0 and payment_id is None:
             payment_id, change = self._insert_payment(conn, tt_invoice_id, amount, payment or {}), "create"
@@ -169,10 +179,3 @@ class PaymentImporter:
             if link.tt_payment_id is not None and payment is not None:
                 self.store.adopt("payment", str(link.tt_payment_id), {"Id": qbo_id, "SyncToken": payment["SyncToken"]})
 
-
-def _mark_as_import(conn: Connection) -> None:
-    """Tag this transaction's TimeTracker changes as the importer's: the capture triggers read ``ttsync.origin``
-    (SET LOCAL: it ends with the transaction), SQLAlchemy capture reads the session's info."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT set_config('ttsync.origin', :o, true)"), {"o": ORIGIN_QBO_IMPORT})
-    conn.info[ORIGIN_INFO_KEY] = ORIGIN_QBO_IMPORT

@@ -1,18 +1,25 @@
 """``ttsync import``: the consumer group on ``<prefix>.qbo.changes`` (the export consumer's loop, with this
-handler): each change record is decoded and applied to TimeTracker by the importer of its entity."""
+handler): each change record is decoded and applied to TimeTracker by the importer of its entity (payments,
+invoices, customers: ``apply_*.py``)."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from consumer.errors import MalformedEvent
 from consumer.kafka_port import PolledRecord
 from consumer.writes import Outcome, Result
-from importer.apply_payment import PaymentImporter
+from importer.metrics import IMPORTED
 from importer.notifications import Change, NotificationError
 
 
+class EntityImporter(Protocol):
+    def apply(self, change: Change) -> Outcome: ...
+
+
 class ImportHandler:
-    def __init__(self, payments: PaymentImporter, realm_id: str) -> None:
-        self.payments = payments
+    def __init__(self, importers: dict[str, EntityImporter], realm_id: str) -> None:
+        self.importers = importers  # by QBO entity: Payment, Invoice, Customer
         self.realm_id = realm_id
 
     def __call__(self, rec: PolledRecord, tier: int | None) -> Outcome:
@@ -22,6 +29,8 @@ class ImportHandler:
             raise MalformedEvent(str(exc), code="malformed_change") from exc
         if change.realm_id != self.realm_id:
             return Outcome(Result.SKIPPED, reason=f"company {change.realm_id} is not this ttsync's")
-        if change.entity == "Payment":
-            return self.payments.apply(change)
-        return Outcome(Result.SKIPPED, reason=f"{change.entity} changes are not imported (payments are)")
+        importer = self.importers.get(change.entity)
+        outcome = importer.apply(change) if importer is not None else Outcome(
+            Result.SKIPPED, reason=f"{change.entity} changes are not imported")
+        IMPORTED.labels(change.entity, outcome.result.value).inc()
+        return outcome

@@ -18,6 +18,7 @@ from consumer.mapping import MappingOptions
 from consumer.outage import OutageBreaker
 from consumer.references import ResolverConfig
 from consumer.retry_policy import RetryPolicy
+from importer.apply_customer import CLIENT_FIELDS, ClientField
 from producer.database import DEFAULT_SCHEMA, SCHEMA_ENV
 from schemas.kafka_client import KafkaConnection, SaslMechanism, SecurityProtocol
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
@@ -201,6 +202,15 @@ class Settings(BaseSettings):
     import_poll_interval_s: float = Field(
         default=60.0, ge=0, description="`ttsync import` asks QBO's change data capture what changed this often "
         "(the source of truth behind webhooks, and all there is without a public endpoint); 0 = webhooks only")
+    import_invoice_void: Literal["cancel", "flag"] = Field(
+        default="cancel", description="An invoice voided or deleted in QBO: cancel the TimeTracker invoice, or "
+        "only flag it (log and /metrics)")
+    import_client_fields: list[ClientField] = Field(
+        default_factory=lambda: list(CLIENT_FIELDS),
+        description="Client fields a QBO customer edit may change in TimeTracker, JSON list (the name stays "
+        "TimeTracker's)")
+    import_new_customers: bool = Field(default=False, description="A customer made in QBO becomes a TimeTracker "
+                                       "client")
     webhook_host: str = Field(default="127.0.0.1", description="Address `ttsync webhook` listens on (behind your "
                               "TLS proxy; 0.0.0.0 inside a container)")
     webhook_port: int = Field(default=8977, ge=0, le=65535, description="Port of `ttsync webhook`")

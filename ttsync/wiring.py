@@ -203,17 +203,25 @@ def ensure_import_topics(settings: Settings) -> list[str]:
 def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-import",
                    session_timeout_ms: int = 10_000) -> GroupConsumer:
     """The import consumer group: QBO changes applied to TimeTracker's database (TTSYNC_DATABASE_URL)."""
+    from importer.apply_customer import CustomerImporter
+    from importer.apply_invoice import InvoiceImporter
     from importer.apply_payment import PaymentImporter
-    from importer.consumer import ImportHandler
+    from importer.consumer import EntityImporter, ImportHandler
 
     parts = parts or build_parts(settings)
     group = settings.group_id + IMPORT_GROUP_SUFFIX
-    importer = PaymentImporter(parts.client, make_engine(settings.database_url), parts.store, settings.qbo_realm_id)
+    timetracker = make_engine(settings.database_url)
+    importers: dict[str, EntityImporter] = {
+        "Payment": PaymentImporter(parts.client, timetracker, parts.store, settings.qbo_realm_id),
+        "Invoice": InvoiceImporter(parts.client, timetracker, parts.store, on_void=settings.import_invoice_void),
+        "Customer": CustomerImporter(parts.client, timetracker, parts.store,
+                                     fields=tuple(settings.import_client_fields),
+                                     new_customers=settings.import_new_customers)}
     port = KafkaPythonConsumer(settings.kafka, group_id=group, client_id=client_id,
                                max_poll_records=settings.consumer_max_poll_records,
                                session_timeout_ms=session_timeout_ms)
     return GroupConsumer(port=port, group_id=group, topic_prefix=settings.topic_prefix, applier=None,
-                         handler=ImportHandler(importer, settings.qbo_realm_id),
+                         handler=ImportHandler(importers, settings.qbo_realm_id),
                          topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
