@@ -51,7 +51,15 @@ from ttsync.local_services import ensure_kafka, ensure_postgres, run_script
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from ttsync.qbo_sandbox.server import SandboxConfig, SandboxServer
 from ttsync.settings import Settings
-from ttsync.wiring import build_consumer, build_parts, build_relay, ensure_consumer_topics
+from ttsync.wiring import (
+    build_consumer,
+    build_importer,
+    build_parts,
+    build_relay,
+    build_webhook,
+    ensure_consumer_topics,
+    ensure_import_topics,
+)
 
 REALM = "9130000000000001"
 CLIENT_NAMES = ["Acme Corp", "O'Brien & Sons", "Zeta Analytics", "Café Ünïcode", "Northwind Traders"]
@@ -71,6 +79,7 @@ class DemoResult:
     qbo: dict[str, int] = field(default_factory=dict)
     dead_letters_left: dict[str, int] = field(default_factory=dict)
     sandbox_url: str = ""
+    imported_payment_s: float | None = None  # --direction both: a payment received in QBO -> the invoice paid
     problems: list[str] = field(default_factory=list)
 
 
@@ -139,13 +148,16 @@ def play_activity(factory: sessionmaker[Session], quick: bool) -> None:
 
 
 class Demo:
-    def __init__(self, *, postgres: bool, quick: bool, keep: bool, console: Console) -> None:
+    def __init__(self, *, postgres: bool, quick: bool, keep: bool, console: Console,
+                 direction: str = "export") -> None:
+        self.direction = direction
         self.postgres = postgres
         self.quick = quick
         self.keep = keep
         self.console = console
         self.result = DemoResult()
         self.cleanups: list[Any] = []
+        self.users_broker = False
 
     def run(self, base: Settings) -> DemoResult:
         started = time.monotonic()
@@ -191,6 +203,8 @@ class Demo:
                     timeout_s=60)
         self._summary("after the replay", sandbox, worker, relay, captured())
         self._judge(kafka, settings.topic_prefix)
+        if self.direction == "both":
+            self._import_round_trip(settings, sandbox, engine, parts)
 
     def _set_up(self, base: Settings) -> tuple[Settings, Engine, SandboxServer, KafkaConnection]:
         say = self.console.print
@@ -226,7 +240,8 @@ class Demo:
         })
         demo_topics = [*consumer_topics(prefix, settings.retry_topic_delays_s), dlq_topic(prefix)]
         ensure_consumer_topics(settings)
-        if not started_kafka:  # a broker of the user's: leave it as the demo found it
+        self.users_broker = not started_kafka
+        if self.users_broker:  # a broker of the user's: leave it as the demo found it
             self.cleanups.append(lambda: delete_topics(kafka, demo_topics))
         return settings, engine, sandbox, kafka
 
@@ -273,6 +288,53 @@ class Demo:
             and self.result.qbo.get("Purchase", 0) == approved_expenses
         if not self.result.ok:
             self.result.problems.append(f"unexpected end: {self.result.qbo}, left {self.result.dead_letters_left}")
+
+    def _import_round_trip(self, base: Settings, sandbox: SandboxServer, engine: Engine, parts: Any) -> None:
+        """The other direction: a customer pays an invoice in QBO; Intuit's webhook (the sandbox's) reaches
+        `ttsync webhook`, `ttsync import` records the payment in TimeTracker and marks the invoice paid."""
+        say = self.console.print
+        settings = base.model_copy(update={"sync_direction": "both", "webhook_port": 0,
+                                           "qbo_webhook_verifier_token": base.qbo_client_secret.__class__(
+                                               sandbox.config.webhook_verifier_token)})
+        mapped = {k.split(":", 1)[1]: m for k, m in parts.store.all_mapped().items() if k.startswith("invoice:")}
+        with engine.connect() as conn:
+            open_ids = [str(i) for i in conn.execute(select(Invoice.id).where(Invoice.status == "sent")).scalars()]
+        target = next((i for i in open_ids if i in mapped and mapped[i].qbo_id), None)
+        if target is None:
+            self.result.problems.append("no sent invoice in QBO to pay")
+            return
+        created = ensure_import_topics(settings)
+        if self.users_broker:
+            self.cleanups.append(lambda: delete_topics(settings.kafka, [t for t in created if "qbo.changes" in t]))
+        receiver = build_webhook(settings).start()
+        self.cleanups.append(receiver.stop)
+        importer = build_importer(settings, parts)
+        thread = threading.Thread(target=importer.run, kwargs={"max_seconds": 60}, daemon=True)
+        thread.start()
+
+        def stop_importer() -> None:
+            importer.stop()
+            thread.join(30)
+            importer.close()
+
+        self.cleanups.append(stop_importer)
+        sandbox.state.apply_config({"webhook_url": receiver.url})
+        say(f"\n[bold]The other direction[/]: a customer pays invoice {target} in QBO (QuickBooks Payments) ...")
+        started = time.monotonic()
+        paid = {"invoice_id": mapped[target].qbo_id, "reference": "QBP-DEMO"}
+        requests.post(f"{sandbox.url}/__admin/realms/{REALM}/receive-payment", json=paid, timeout=10).raise_for_status()
+        deadline = started + 30
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                status = conn.execute(select(Invoice.status).where(Invoice.id == int(target))).scalar()
+            if status == "paid":
+                self.result.imported_payment_s = round(time.monotonic() - started, 2)
+                say(f"TimeTracker invoice {target} is [green]paid[/] {self.result.imported_payment_s} s later "
+                    "(webhook -> Kafka -> ttsync import), with its payment row")
+                return
+            time.sleep(0.2)
+        self.result.problems.append("the payment received in QBO did not reach TimeTracker within 30 s")
+        self.result.ok = False
 
     def _fresh_postgres_database(self, server_url: str) -> str:
         """A database of the demo's own on the local cluster, dropped afterwards (unless --keep)."""

@@ -139,9 +139,13 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Keep the sandbox and the broker running afterwards.")] = False,
     kafka: Annotated[str | None, typer.Option(help="Use this broker (bootstrap servers) instead of starting one; "
                                                    "the demo's topics are deleted at the end.")] = None,
+    direction: Annotated[str, typer.Option(help="export, or both: then a payment received in QBO also comes back "
+                                                "to TimeTracker (webhook -> ttsync import).")] = "export",
     as_json: JsonOpt = False,
 ) -> None:
     """The whole pipeline on this machine: TimeTracker activity -> outbox -> Kafka -> QuickBooks sandbox."""
+    if direction not in ("export", "both"):
+        fail("--direction must be export or both", EXIT_USAGE, as_json)
     from ttsync.demo import Demo
 
     settings = load_settings()
@@ -151,7 +155,7 @@ def demo(
     # printed as warnings (a failure of the demo itself still ends it with its problems listed).
     configure_logging("CRITICAL", settings.log_format)
     out = Console(stderr=True) if as_json else console
-    runner = Demo(postgres=postgres, quick=quick, keep=keep, console=out)
+    runner = Demo(postgres=postgres, quick=quick, keep=keep, console=out, direction=direction)
     result = runner.run(settings)
     if as_json:
         emit_json(result.__dict__)
