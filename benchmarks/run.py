@@ -32,6 +32,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
      ["--rate", "10", "--seconds", "5", "--backlog", "20000", "--consume-seconds", "10"]),
     ("debezium", "benchmarks.debezium", [], ["--events", "2000", "--seconds", "5", "--rate", "100"]),
     ("backfill", "benchmarks.backfill", [], ["--records", "500", "--drain-records", "100"]),
+    ("import", "benchmarks.import_latency", [], ["--payments", "5"]),
 ]
 
 
@@ -86,6 +87,10 @@ FIGURES: list[Figure] = [
     ("backfill", "backfill drain at QBO's limits, with / without adoption lookup",
      lambda d: (_get(d, "drain_adopt", "seconds") / 60, _get(d, "drain_no_adopt", "seconds") / 60,
                 _get(d, "drain_adopt", "events")), "{0:.1f} / {1:.1f} min for {2:,} records"),
+    ("import", "QBO payment -> TimeTracker paid p50/p99: webhook, polling",
+     lambda d: (_get(d, "webhook", "p50_ms"), _get(d, "webhook", "p99_ms"), _get(d, "polling", "p50_ms"),
+                _get(d, "polling", "p99_ms")), "{0:.0f}/{1:.0f} ms, {2:.0f}/{3:.0f} ms"),
+    ("import", "QBO requests per imported change", lambda d: (d.get("requests_per_change"),), "{0:.2f}"),
     ("pipeline", "consumer peak RSS in it (first half / whole)",
      lambda d: (_get(d, "memory", "consumer_peak_rss_mb_first_half"), _get(d, "memory", "consumer_peak_rss_mb")),
      "{0:.0f} / {1:.0f} MB"),
