@@ -21,6 +21,7 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 
+from consumer.crash_points import CrashHook, no_crash
 from consumer.errors import MissingMapping, QboValidationFault
 from consumer.qbo_port import QboPort
 from consumer.state_store import StateStore
@@ -51,7 +52,9 @@ def _now() -> dt.datetime:
 
 
 class PaymentImporter:
-    def __init__(self, qbo: QboPort, timetracker: Engine, store: StateStore, realm_id: str) -> None:
+    def __init__(self, qbo: QboPort, timetracker: Engine, store: StateStore, realm_id: str, *,
+                 crash: CrashHook = no_crash) -> None:
+        self.crash = crash
         self.qbo = qbo
         self.timetracker = timetracker
         self.store = store
@@ -75,6 +78,7 @@ class PaymentImporter:
             results = [self._apply_to_invoice(conn, change.entity_id, payment, qid, targets[qid],
                                               wanted.get(qid, Decimal("0")), links.get(qid), token)
                        for qid in sorted(targets)]
+        self.crash("after_timetracker_commit")
         self._remember(change.entity_id, payment, self._links(change.entity_id))
         result = Result.CREATED if "create" in results else Result.DELETED if results and all(
             r == "delete" for r in results) else Result.UPDATED

@@ -212,7 +212,8 @@ def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, cl
     group = settings.group_id + IMPORT_GROUP_SUFFIX
     timetracker = make_engine(settings.database_url)
     importers: dict[str, EntityImporter] = {
-        "Payment": PaymentImporter(parts.client, timetracker, parts.store, settings.qbo_realm_id),
+        "Payment": PaymentImporter(parts.client, timetracker, parts.store, settings.qbo_realm_id,
+                                   crash=parts.applier.executor.crash),
         "Invoice": InvoiceImporter(parts.client, timetracker, parts.store, on_void=settings.import_invoice_void),
         "Customer": CustomerImporter(parts.client, timetracker, parts.store,
                                      fields=tuple(settings.import_client_fields),
@@ -223,7 +224,7 @@ def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, cl
     return GroupConsumer(port=port, group_id=group, topic_prefix=settings.topic_prefix, applier=None,
                          handler=ImportHandler(importers, settings.qbo_realm_id),
                          topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,
-                         unjoined_exit_s=settings.consumer_unjoined_exit_s,
+                         unjoined_exit_s=settings.consumer_unjoined_exit_s, crash=parts.applier.executor.crash,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
                                                max_open_s=settings.consumer_outage_exit_s))
 

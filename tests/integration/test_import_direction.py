@@ -148,3 +148,51 @@ def test_a_forged_delivery_is_refused_and_nothing_reaches_kafka(pipeline: Pipeli
     assert sum(ends.values()) == 1  # the signed one only
     with pipeline.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(outbox)).scalar() == 0
+
+
+def test_the_importer_killed_between_its_writes_applies_every_payment_once(pipeline: Pipeline) -> None:
+    """kill -9 after the TimeTracker commit (before the entity map and the offset), then before the offset
+    commit: the redelivered changes find their links and apply nothing twice."""
+    import subprocess
+    import sys
+
+    from producer.outbox_tables import import_links
+
+    with Session(pipeline.engine) as s:
+        user, client, project = base_rows(s)
+        invoices = [new_invoice(s, user, client, project, number=f"INV-K-{n}", items=1, status="sent")
+                    for n in range(4)]
+        s.commit()
+        invoice_ids = [i.id for i in invoices]
+    pipeline.relay()
+    pipeline.consume_until(lambda _: len(pipeline.qbo("Invoice")) == 4, timeout_s=60)
+    settings = pipeline.settings(sync_direction="import")
+    ensure_import_topics(settings)
+    poller, publisher = build_cdc_poller(settings, build_parts(settings))
+    try:
+        poller.poll_once()
+        for invoice in pipeline.qbo("Invoice"):
+            pipeline.admin(f"realms/{REALM}/receive-payment", {"invoice_id": invoice["Id"]})
+        assert poller.poll_once() >= 4
+    finally:
+        publisher.close()
+
+    def importer(**env: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "ttsync", "import", "--no-create-topics", "--max-seconds",
+                               "25"], env=pipeline.env(TTSYNC_SYNC_DIRECTION="import",
+                                                       TTSYNC_IMPORT_POLL_INTERVAL_S="0", **env),
+                              capture_output=True, timeout=90, check=False)
+
+    first = importer(TTSYNC_TEST_CRASH_AT="after_timetracker_commit", TTSYNC_TEST_CRASH_AFTER="2")
+    assert first.returncode == -9, first.stderr[-2000:]
+    second = importer(TTSYNC_TEST_CRASH_AT="before_offset_commit", TTSYNC_TEST_CRASH_AFTER="1")
+    assert second.returncode == -9, second.stderr[-2000:]
+    last = importer()
+    assert last.returncode == 0, last.stderr[-2000:]
+    payments = tt_payments(pipeline)
+    assert sorted(p.invoice_id for p in payments) == sorted(invoice_ids)  # one each: none twice, none lost
+    assert all(tt_invoice(pipeline, i).status == "paid" for i in invoice_ids)
+    with pipeline.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(import_links)).scalar() == 4
+    store = build_parts(settings).store
+    assert all((m := store.mapped("payment", str(p.id))) is not None and m.qbo_id for p in payments)  # map caught up
