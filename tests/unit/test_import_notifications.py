@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import requests
@@ -94,3 +95,22 @@ def test_the_receiver_stores_signed_deliveries_and_refuses_the_rest() -> None:
 def test_a_receiver_without_a_verifier_token_is_refused() -> None:
     with pytest.raises(ValueError, match="verifier token"):
         WebhookReceiver(Broker().publish, "t", "")
+
+
+@pytest.mark.parametrize(("command", "env", "says"), [
+    ("consume", {"TTSYNC_SYNC_DIRECTION": "import"}, "nothing goes from TimeTracker to QBO"),
+    ("import", {"TTSYNC_SYNC_DIRECTION": "export"}, "is for the import direction"),
+    ("webhook", {"TTSYNC_SYNC_DIRECTION": "both", "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+     "TTSYNC_QBO_WEBHOOK_VERIFIER_TOKEN"),
+])
+def test_a_command_of_the_other_direction_ends_in_one_line_with_exit_2(command: str, env: dict[str, str],
+                                                                        says: str, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "ttsync", command] + (["--no-create-topics"] if command == "webhook" else [])
+    done = subprocess.run(args, env={**os.environ, "HOME": str(tmp_path), **env}, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert says in " ".join(done.stderr.split())
