@@ -61,9 +61,14 @@ def origin_of(rec: PolledRecord) -> str | None:
     return headers_to_dict(rec.headers).get(Header.ORIGIN) or None
 
 
-def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
-    main = all_topics(prefix)
+def with_retry_topics(main: list[str], delays: Iterable[int]) -> list[str]:
+    """The topics a consumer group reads: its main topics, and a retry topic per delay for each."""
+    delays = list(delays)
     return main + [retry_topic(t, d) for t in main for d in delays]
+
+
+def consumer_topics(prefix: str, delays: Iterable[int]) -> list[str]:
+    return with_retry_topics(all_topics(prefix), delays)
 
 
 # Applies one record (check, decode, apply) and says what came of it; raises what the retry policy reads.
@@ -87,8 +92,7 @@ class GroupConsumer:
         self.applier = applier
         self.handler = handler
         self.policy = policy
-        main = topics or all_topics(topic_prefix)
-        self.topics = main + [retry_topic(t, d) for t in main for d in policy.topic_delays_s]
+        self.topics = with_retry_topics(topics or all_topics(topic_prefix), policy.topic_delays_s)
         self.stats = ConsumerStats()
         self.batch_min_records = batch_min_records
         self.breaker = breaker or OutageBreaker()

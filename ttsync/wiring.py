@@ -18,7 +18,7 @@ from consumer import metrics
 from consumer.applier import EventApplier
 from consumer.crash_points import crash_hook_from_env
 from consumer.errors import ConfigurationError
-from consumer.group_consumer import GroupConsumer, consumer_topics
+from consumer.group_consumer import GroupConsumer, consumer_topics, with_retry_topics
 from consumer.housekeeping import ProcessedEventsRetention
 from consumer.kafka_port import KafkaPythonConsumer
 from consumer.lifecycle import SyncPolicy
@@ -39,7 +39,6 @@ from schemas.contract import (
     dlq_topic,
     dlq_topic_configs,
     qbo_changes_topic,
-    retry_topic,
 )
 from schemas.kafka_client import KafkaConnection
 from ttsync.settings import Settings
@@ -193,9 +192,8 @@ def serve_metrics(settings: Settings, engine: Engine, registry: Any, port: int |
 
 
 def ensure_import_topics(settings: Settings) -> list[str]:
-    topic = qbo_changes_topic(settings.topic_prefix)
-    created = ensure_topics(settings.kafka, [topic, *(retry_topic(topic, d) for d in settings.retry_topic_delays_s)],
-                            settings.topic_partitions, settings.topic_replication_factor)
+    topics = with_retry_topics([qbo_changes_topic(settings.topic_prefix)], settings.retry_topic_delays_s)
+    created = ensure_topics(settings.kafka, topics, settings.topic_partitions, settings.topic_replication_factor)
     return created + ensure_topics(settings.kafka, [dlq_topic(settings.topic_prefix)], 1,
                                    settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
 
