@@ -17,13 +17,6 @@ from tests.sandbox.test_books import CLIENT, ev, invoice
 
 
 @pytest.fixture
-def parts(tmp_path: Any) -> Iterator[FakeParts]:
-    p = FakeParts(tmp_path)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def strict_parts(tmp_path: Any) -> Iterator[FakeParts]:
     """QBO answering a repeated requestid with Fault 600 instead of replaying its first answer."""
     p = FakeParts(tmp_path, duplicate_requestid_mode="fault")

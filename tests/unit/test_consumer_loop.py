@@ -5,8 +5,6 @@ redelivery after a crash writes nothing twice. The integration and chaos suites 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -20,13 +18,6 @@ from tests.sandbox.test_books import CLIENT, ev, invoice
 
 PAY = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "method": "bank_transfer",
        "status": "completed"}
-
-
-@pytest.fixture
-def parts(tmp_path: Any) -> Iterator[FakeParts]:
-    p = FakeParts(tmp_path)
-    yield p
-    p.close()
 
 
 def committed(broker: StubBroker, topic: str, partition: int = 0) -> int | None:

@@ -4,8 +4,7 @@ the cursor moves on QBO's clock with an overlap, an outage longer than QBO's 30-
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
@@ -13,13 +12,6 @@ from importer.cdc_poller import CdcPoller
 from importer.notifications import Change
 from schemas.kafka_client import OutRecord
 from tests.consumer_harness import REALM, FakeParts
-
-
-@pytest.fixture
-def parts(tmp_path: Any) -> Iterator[FakeParts]:
-    p = FakeParts(tmp_path)
-    yield p
-    p.close()
 
 
 class Broker:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -17,13 +14,6 @@ from producer.timetracker_schema import Client
 from tests.consumer_harness import REALM, FakeParts
 from tests.timetracker_data import base_rows
 from tests.unit.test_import_payments import Books
-
-
-@pytest.fixture
-def parts(tmp_path: Any) -> Iterator[FakeParts]:
-    p = FakeParts(tmp_path)
-    yield p
-    p.close()
 
 
 @pytest.fixture

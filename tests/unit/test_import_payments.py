@@ -3,7 +3,6 @@ in-memory QBO, a SQLite TimeTracker database and a SQLite state store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -20,13 +19,6 @@ from producer.outbox_tables import import_links
 from producer.timetracker_schema import Invoice, Payment
 from tests.consumer_harness import REALM, FakeParts
 from tests.timetracker_data import base_rows, new_invoice
-
-
-@pytest.fixture
-def parts(tmp_path: Any) -> Iterator[FakeParts]:
-    p = FakeParts(tmp_path)
-    yield p
-    p.close()
 
 
 class Books:
