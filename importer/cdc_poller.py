@@ -52,6 +52,12 @@ class CdcPoller:
         self.entities = entities
         self.clock = clock
         self.stats = {"polls": 0, "changes": 0, "gaps": 0}
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        """Poll now rather than at the interval's end: a webhook said something changed (its delivery may have
+        been one of several, or a hint that came before the change is visible)."""
+        self._woken.set()
 
     def cursor(self) -> dt.datetime | None:
         with connect(self.state) as conn:
@@ -96,11 +102,13 @@ class CdcPoller:
                 "changed_since": stmt.excluded.changed_since, "polled_at": stmt.excluded.polled_at}))
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
-        """Poll until ``stop``; a failed poll is logged and tried again at the next interval (the cursor holds)."""
+        """Poll until ``stop`` (set it, then ``wake``); a failed poll is logged and tried again at the next
+        interval (the cursor holds)."""
         while not stop.is_set():
+            self._woken.clear()
             try:
                 self.poll_once()
             except Exception as exc:  # noqa: BLE001 - QBO or the broker away: the next interval tries again
                 log.warning("cdc_poll_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
                             retry_in_s=interval_s)
-            stop.wait(interval_s)
+            self._woken.wait(interval_s)

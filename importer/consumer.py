@@ -4,6 +4,7 @@ invoices, customers: ``apply_*.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from consumer.errors import MalformedEvent
@@ -18,15 +19,19 @@ class EntityImporter(Protocol):
 
 
 class ImportHandler:
-    def __init__(self, importers: dict[str, EntityImporter], realm_id: str) -> None:
+    def __init__(self, importers: dict[str, EntityImporter], realm_id: str,
+                 on_webhook: Callable[[], None] = lambda: None) -> None:
         self.importers = importers  # by QBO entity: Payment, Invoice, Customer
         self.realm_id = realm_id
+        self.on_webhook = on_webhook  # a webhook's change: CDC, the source of truth, is asked at once
 
     def __call__(self, rec: PolledRecord, tier: int | None) -> Outcome:
         try:
             change = Change.decode(rec.value)
         except NotificationError as exc:
             raise MalformedEvent(str(exc), code="malformed_change") from exc
+        if change.source == "webhook":
+            self.on_webhook()
         if change.realm_id != self.realm_id:
             return Outcome(Result.SKIPPED, reason=f"company {change.realm_id} is not this ttsync's")
         importer = self.importers.get(change.entity)

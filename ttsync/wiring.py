@@ -199,7 +199,7 @@ def ensure_import_topics(settings: Settings) -> list[str]:
 
 
 def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-import",
-                   session_timeout_ms: int = 10_000) -> GroupConsumer:
+                   session_timeout_ms: int = 10_000, on_webhook: Callable[[], None] = lambda: None) -> GroupConsumer:
     """The import consumer group: QBO changes applied to TimeTracker's database (TTSYNC_DATABASE_URL)."""
     from importer.apply_customer import CustomerImporter
     from importer.apply_invoice import InvoiceImporter
@@ -220,7 +220,7 @@ def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                                max_poll_records=settings.consumer_max_poll_records,
                                session_timeout_ms=session_timeout_ms)
     return GroupConsumer(port=port, group_id=group, topic_prefix=settings.topic_prefix, applier=None,
-                         handler=ImportHandler(importers, settings.qbo_realm_id),
+                         handler=ImportHandler(importers, settings.qbo_realm_id, on_webhook),
                          topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s, crash=parts.applier.executor.crash,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,

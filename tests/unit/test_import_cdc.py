@@ -56,3 +56,29 @@ def test_an_outage_longer_than_qbos_window_is_said_and_polling_goes_on(parts: Fa
     assert poller.stats["gaps"] == 1
     cursor = poller.cursor()
     assert cursor is not None and dt.datetime.now(dt.UTC) - cursor < dt.timedelta(minutes=10)
+
+
+def test_a_webhook_wakes_the_poller_before_its_interval(parts: FakeParts) -> None:
+    import threading
+    import time
+
+    from importer.consumer import ImportHandler
+    from tests.fakes import StubRecord
+
+    broker = Broker()
+    poller = CdcPoller(parts.qbo, parts.engine, REALM, broker.publish, "t.qbo.changes")
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop, 3600.0), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while poller.stats["polls"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handler = ImportHandler({}, REALM, on_webhook=poller.wake)
+    hint = Change(REALM, "Payment", "1", "Create", "", "webhook")
+    handler(StubRecord("t.qbo.changes", 0, 0, hint.key, hint.encode(), [], 0), None)
+    while poller.stats["polls"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    poller.wake()
+    thread.join(5)
+    assert poller.stats["polls"] == 2 and not thread.is_alive()  # woken long before its hour was up

@@ -299,17 +299,19 @@ def import_changes(
     log = structlog.get_logger("ttsync.import")
     try:
         parts = build_parts(settings)
-        worker = build_importer(settings, parts)
+        poller, publisher = build_cdc_poller(settings, parts) if settings.import_poll_interval_s else (None, None)
+        worker = build_importer(settings, parts, on_webhook=poller.wake if poller is not None else lambda: None)
     except FatalError as exc:
         fail(str(exc), fatal_exit_code(exc), False)
     polling = threading.Event()
-    poller, publisher = build_cdc_poller(settings, parts) if settings.import_poll_interval_s else (None, None)
     if poller is not None:
         threading.Thread(target=poller.run, args=(polling, settings.import_poll_interval_s), name="ttsync-cdc",
                          daemon=True).start()
 
     def stop() -> None:
         polling.set()
+        if poller is not None:
+            poller.wake()
         worker.stop()
 
     stop_on_signals(stop, "finishing the current change")
@@ -320,7 +322,7 @@ def import_changes(
     except ConsumerStuck as exc:
         fail(str(exc), EXIT_FAILED, False)
     finally:
-        polling.set()
+        stop()
         worker.close()
         if publisher is not None:
             publisher.close()
