@@ -71,7 +71,7 @@ def replication_slot(engine: Engine, slot: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(text(
             "SELECT active, confirmed_flush_lsn::text, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes "
+            "pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes "
             "FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}).first()
     if row is None:
         return None
@@ -102,7 +102,10 @@ def purge(engine: Engine, older_than: dt.timedelta, *, slot: str | None = None, 
         ids = [str(i) for i in conn.execute(text(
             "SELECT id FROM ttsync_outbox WHERE published_at IS NULL AND occurred_at < :cutoff"),
             {"cutoff": cutoff}).scalars()]
-        position = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one()
+        # The insert position, not pg_current_wal_lsn(): that is the write position, which can lag behind
+        # records already committed (it moves in whole pages), so a slot created moments ago could seem to
+        # have confirmed rows it never streamed.
+        position = conn.execute(text("SELECT pg_current_wal_insert_lsn()::text")).scalar_one()
         conn.rollback()
     if not ids:
         return total
