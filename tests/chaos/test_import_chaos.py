@@ -32,9 +32,9 @@ def test_payments_from_qbo_arrive_once_while_receiver_and_importer_are_killed(pi
     started, rng = time.monotonic(), random.Random(17)
     with Session(pipeline.engine) as s:
         user, client, project = base_rows(s)
-        invoice_ids = [new_invoice(s, user, client, project, number=f"INV-C-{n}", items=1, status="sent").id
-                       for n in range(8)]
+        made = [new_invoice(s, user, client, project, number=f"INV-C-{n}", items=1, status="sent") for n in range(8)]
         s.commit()
+        invoice_ids = [inv.id for inv in made]
     pipeline.relay()
     pipeline.consume_until(lambda _: len(pipeline.qbo("Invoice")) == 8, timeout_s=90)
     ensure_import_topics(pipeline.settings())
