@@ -9,6 +9,7 @@ a SQLite TimeTracker database; payments are received one after the other, each t
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import tempfile
 import threading
@@ -41,7 +42,8 @@ def books(settings: Settings, sandbox: SandboxServer, count: int) -> list[tuple[
     item = company.find("Item", "Name", "Services")
     assert item is not None
     parts = build_parts(settings)
-    out = []
+    out: list[tuple[int, str]] = []
+    synced: list[dict[str, Any]] = []
     with Session(engine) as s:
         user = User(username=f"bench-{uuid.uuid4().hex[:6]}")
         client = Client(name=f"Bench client {uuid.uuid4().hex[:6]}")
@@ -53,15 +55,18 @@ def books(settings: Settings, sandbox: SandboxServer, count: int) -> list[tuple[
         for n in range(count):
             inv = Invoice(invoice_number=f"B-{n:05d}", project_id=project.id, client_id=client.id,
                           client_name=client.name, created_by=user.id, status="sent", subtotal=Decimal("100"),
+                          issue_date=dt.date(2026, 11, 2), due_date=dt.date(2026, 12, 2),
                           total_amount=Decimal("100"), currency_code="USD")
             s.add(inv)
             s.flush()
             qbo = company.save("Invoice", {"CustomerRef": {"value": customer["Id"]}, "DocNumber": f"B-{n:05d}",
                                            "Line": [{"DetailType": "SalesItemLineDetail", "Amount": 100,
                                                      "SalesItemLineDetail": {"ItemRef": {"value": item["Id"]}}}]})
-            parts.store.adopt("invoice", str(inv.id), qbo)
             out.append((inv.id, str(qbo["Id"])))
+            synced.append(qbo)
         s.commit()
+    for (tt_id, _), qbo in zip(out, synced, strict=True):  # after the commit: SQLite has one writer at a time
+        parts.store.adopt("invoice", str(tt_id), qbo)
     company.take_changes()  # the set-up is not what is measured
     return out
 
