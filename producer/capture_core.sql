@@ -71,7 +71,7 @@ BEGIN
   ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = v.version + 1
   RETURNING v.version INTO v_version;
   INSERT INTO ttsync_outbox (id, aggregatetype, aggregateid, type, payload, aggregate_version, occurred_at,
-                             headers)
+                             headers, origin)
   VALUES (v_event_id, NEW.aggregatetype, NEW.aggregateid, NEW.aggregatetype || '.' || v_action,
           jsonb_build_object(
             'event_id', v_event_id,
@@ -83,9 +83,9 @@ BEGIN
             'schema_version', '%(schema_version)s',
             'source', '%(source)s',
             'payload', v_payload),
-          v_version, v_now, jsonb_build_object('txid', NEW.txid::text, 'capture', 'trigger',
-                                               -- who made the change: the importer sets it (SET LOCAL)
-                                               'origin', NULLIF(current_setting('ttsync.origin', true), '')));
+          v_version, v_now, jsonb_build_object('txid', NEW.txid::text, 'capture', 'trigger'),
+          -- who made the change: the importer sets it for its transaction (set_config(..., true))
+          NULLIF(current_setting('ttsync.origin', true), ''));
   PERFORM pg_notify('%(notify_channel)s', NEW.aggregatetype);
   RETURN NULL;
 END

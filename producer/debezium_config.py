@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from producer.database import ttsync_schema
-from schemas.contract import SCHEMA_VERSION
+from schemas.contract import SCHEMA_VERSION, Header
 
 
 def default_slot(database: str) -> str:
@@ -61,8 +61,9 @@ def connector_config(database_url: str, topic_prefix: str, *, slot: str | None =
         "transforms.outbox.table.field.event.id": "id",
         "transforms.outbox.table.field.event.key": "aggregateid",
         "transforms.outbox.table.field.event.payload": "payload",
-        "transforms.outbox.table.fields.additional.placement": "type:header:eventType,"
-                                                                "aggregate_version:header:aggregateVersion",
+        "transforms.outbox.table.fields.additional.placement": f"type:header:{Header.EVENT_TYPE},"
+                                                                f"origin:header:{Header.ORIGIN},"
+                                                                f"aggregate_version:header:{Header.AGGREGATE_VERSION}",
         "transforms.outbox.route.by.field": "aggregatetype",
         "transforms.outbox.route.topic.replacement": f"{topic_prefix}.${{routedByValue}}",
         "transforms.outbox.route.tombstone.on.empty.payload": "false",

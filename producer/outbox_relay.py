@@ -32,7 +32,7 @@ from producer.relay_buckets import BucketLeases, bucket_of_sql
 from producer.trigger_capture import NOTIFY_CHANNEL
 from schemas.backoff import Backoff
 from schemas.codec import record_headers
-from schemas.contract import topic_for
+from schemas.contract import Header, topic_for
 from schemas.kafka_client import OutRecord
 
 log = structlog.get_logger("ttsync.relay")
@@ -55,7 +55,7 @@ WITH claimed AS (
      FOR UPDATE OF o SKIP LOCKED
 )
 SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload::text AS payload, o.aggregate_version,
-       o.headers::text AS headers, o.attempts
+       o.headers::text AS headers, o.origin, o.attempts
   FROM claimed c JOIN ttsync_outbox o ON o.id = c.id
  ORDER BY c.seq
 """
@@ -68,7 +68,7 @@ _PG_CLAIM_ALL = text(_PG_CLAIM_SQL.format(bucket_filter=""))
 _SQLITE_CLAIM = text(
     """
 SELECT o.id, o.aggregatetype, o.aggregateid, o.type, CAST(o.payload AS TEXT) AS payload,
-       o.aggregate_version, CAST(o.headers AS TEXT) AS headers, o.attempts
+       o.aggregate_version, CAST(o.headers AS TEXT) AS headers, o.origin, o.attempts
   FROM ttsync_outbox o
  WHERE o.published_at IS NULL
    AND (o.available_at IS NULL OR o.available_at <= :now)
@@ -184,6 +184,8 @@ class OutboxRelay:
     def _record(self, row: Any) -> OutRecord:
         # SQLite hands back the uuid as 32 hex digits: normalise to the canonical form.
         headers = record_headers(str(uuid.UUID(str(row.id))), row.type, row.aggregate_version)
+        if row.origin:
+            headers.append((Header.ORIGIN, row.origin.encode()))
         if row.headers:
             extra = json.loads(row.headers)
             if isinstance(extra, dict):

@@ -41,6 +41,8 @@ outbox = Table(
     Column("aggregate_version", BigInteger, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("headers", JsonDoc, nullable=True, comment="extra record headers (trace ids)"),
+    Column("origin", String(64), nullable=True, comment="who made the change (header ttsync.origin); the importer's "
+           "are not sent back to QBO"),
     Column("published_at", DateTime(timezone=True), nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),

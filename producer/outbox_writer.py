@@ -83,6 +83,7 @@ def write_event(
     headers: dict[str, Any] | None = None,
     event_type: str | None = None,
     version: int | None = None,
+    origin: str | None = None,
 ) -> uuid.UUID:
     """Insert one outbox row for the aggregate with the next version (or ``version``, already taken with
     ``next_version`` by a caller that had to lock it before reading the state); returns the event id."""
@@ -109,6 +110,7 @@ def write_event(
         "aggregate_version": version,
         "occurred_at": now,
         "headers": headers,
+        "origin": origin,
     }
     if conn.dialect.name == "sqlite":
         # SQLite has no identity columns beside the rowid; writers are serialised, so max+1 is safe.

@@ -113,8 +113,9 @@ class SessionCapture:
                 action=action,
                 payload=payload,
                 source=self.source,
+                headers={"capture": "sqlalchemy"},
                 # Who made the change: the importer marks its sessions (ORIGIN_INFO_KEY), the export skips them.
-                headers={"capture": "sqlalchemy", "origin": session.info.get(ORIGIN_INFO_KEY)},
+                origin=session.info.get(ORIGIN_INFO_KEY),
             )
 
     def after_rollback(self, session: Session) -> None:

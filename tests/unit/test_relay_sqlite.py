@@ -121,3 +121,15 @@ def test_outbox_status_reports_backlog_age_and_rate(sqlite_engine: Engine) -> No
     status = outbox_status(sqlite_engine)
     assert status["backlog"] == 0 and status["published_retained"] == 3
     assert status["publish_rate_per_second"] == pytest.approx(3 / 300)
+
+
+def test_the_origin_of_a_change_travels_as_a_header(sqlite_engine: Engine) -> None:
+    """The importer's changes are marked at capture; the relay carries the mark to the export consumer."""
+    with sqlite_engine.begin() as conn:
+        write_event(conn, aggregate_type="invoice", aggregate_id="1", action="updated", payload={"id": 1},
+                    source="test", origin="qbo-import")
+        write_event(conn, aggregate_type="invoice", aggregate_id="2", action="updated", payload={"id": 2},
+                    source="test")
+    stub = StubPublisher()
+    OutboxRelay(sqlite_engine, stub).run(idle_exit=True)
+    assert [dict(r.headers).get("ttsync.origin") for r in stub.sent] == [b"qbo-import", None]

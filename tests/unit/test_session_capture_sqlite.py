@@ -90,3 +90,23 @@ def test_bulk_orm_updates_and_deletes_are_captured_too(sqlite_engine: Engine) ->
     assert ("invoice.updated", "sent", 2) in got
     assert ("invoice.updated", "sent", 0) in got
     assert ("expense.updated", "approved", 0) in got
+
+
+def test_a_session_marked_as_the_importers_marks_its_events(sqlite_engine: Engine) -> None:
+    from producer.session_capture import ORIGIN_INFO_KEY
+    from tests.timetracker_data import base_rows, new_invoice
+
+    factory = sessionmaker(sqlite_engine)
+    install_session_capture(factory, source="tt-test")
+    with factory() as s:
+        user, client, project = base_rows(s)
+        new_invoice(s, user, client, project, number="INV-9")
+        s.commit()
+    with factory() as s:
+        s.info[ORIGIN_INFO_KEY] = "qbo-import"
+        s.scalars(select(Invoice)).one().status = "paid"
+        s.commit()
+    with sqlite_engine.connect() as conn:
+        origins = conn.execute(select(outbox.c.type, outbox.c.origin).order_by(outbox.c.seq)).all()
+    assert [(t, o) for t, o in origins if t.startswith("invoice")] == [("invoice.created", None),
+                                                                       ("invoice.updated", "qbo-import")]
