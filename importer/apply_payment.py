@@ -80,8 +80,9 @@ class PaymentImporter:
                        for qid in sorted(targets)]
         self.crash("after_timetracker_commit")
         self._remember(change.entity_id, payment, self._links(change.entity_id))
-        result = Result.CREATED if "create" in results else Result.DELETED if results and all(
-            r == "delete" for r in results) else Result.UPDATED
+        if all(r == "unchanged" for r in results):  # a deletion delivered again, a change of nothing we hold
+            return Outcome(Result.DUPLICATE, change.entity_id, "TimeTracker holds this already")
+        result = Result.CREATED if "create" in results else Result.UPDATED if "edit" in results else Result.DELETED
         log.info("qbo_payment_imported", qbo_id=change.entity_id, invoices=sorted(targets), changes=results)
         return Outcome(result, change.entity_id)
 

@@ -126,3 +126,13 @@ def test_ttsyncs_own_payments_are_echoes(books: Books) -> None:
     books.parts.store.adopt("payment", "77", exported)  # the export consumer wrote it for TimeTracker payment 77
     assert books.apply(exported).result is Result.SKIPPED
     assert books.payments() == []
+
+
+def test_a_deletion_delivered_again_changes_nothing(books: Books) -> None:
+    payment = books.receive(books.total)
+    books.apply(payment)
+    books.parts.qbo.delete("Payment", payment["Id"], books.parts.qbo.read("Payment", payment["Id"])["SyncToken"],
+                           "d-1")
+    assert books.apply(payment, "Delete").result is Result.DELETED
+    assert books.apply(payment, "Delete").result is Result.DUPLICATE
+    assert books.payments() == [] and books.invoice().status == "sent"
