@@ -13,12 +13,14 @@ import structlog
 from sqlalchemy import Engine, Table, insert, select, update
 
 from consumer.errors import QboValidationFault
+from consumer.mapping import MappingOptions, customer_request
 from consumer.qbo_port import QboPort
 from consumer.state_store import StateStore
 from consumer.writes import Outcome, Result
 from importer.notifications import Change
 from importer.transactions import marked_as_import
 from producer.timetracker_schema import Client
+from schemas.events import ClientState
 
 log = structlog.get_logger("ttsync.import")
 
@@ -63,7 +65,12 @@ class CustomerImporter:
             row = conn.execute(select(clients).where(clients.c.id == int(tt_id))).first()
             if row is None:
                 return Outcome(Result.SKIPPED, change.entity_id, f"client {tt_id} is gone from TimeTracker")
-            changes = {f: wanted[f] for f in self.fields if wanted[f] != getattr(row, f)}
+            # Compared as QBO holds them: what ttsync itself sent (an address's blank lines dropped, a phone cut
+            # to 30 characters) comes back unchanged in substance, and must not rewrite the client.
+            sent = client_fields(customer_request(ClientState(id=row.id, name=row.name or "-", email=row.email,
+                                                              phone=row.phone, address=row.address),
+                                                  MappingOptions(decode_html=False)))
+            changes = {f: wanted[f] for f in self.fields if wanted[f] != sent[f]}
             if not changes:
                 return Outcome(Result.SKIPPED, change.entity_id, "nothing QBO may change differs (an echo, or a "
                                                                  "field TimeTracker owns)")

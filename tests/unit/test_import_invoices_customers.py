@@ -78,3 +78,27 @@ def test_a_customer_made_in_qbo_becomes_a_client_only_when_allowed(parts: FakePa
         row = conn.execute(select(Client.__table__).where(Client.__table__.c.name == "Walk-in Ltd")).one()
     assert row.phone == "42" and parts.store.owner_of(made["Id"], ("client",)) == str(row.id)
     assert on.apply(change("Customer", made["Id"])).result is Result.SKIPPED  # ours now, and equal
+
+
+def test_ttsyncs_own_customer_write_coming_back_does_not_rewrite_the_client(parts: FakeParts,
+                                                                             sqlite_engine: Engine) -> None:
+    """The export sends the address without its blank lines and the phone cut to 30 characters; reading that
+    back is no change of the client's."""
+    from consumer.mapping import MappingOptions, customer_request
+    from schemas.events import ClientState
+
+    address, phone = "1 Main St\n\n  Springfield  \n", "+1 555 0100 ext. 4242 (reception desk)"
+    with Session(sqlite_engine) as s:
+        _, client, _ = base_rows(s, name="Echo Ltd")
+        client.address, client.phone = address, phone
+        s.commit()
+        client_id, email = client.id, client.email
+    body = customer_request(ClientState(id=client_id, name="Echo Ltd", address=address, phone=phone, email=email),
+                            MappingOptions())
+    written = parts.qbo.create("Customer", body, "c-echo")
+    parts.store.adopt("client", str(client_id), written)
+    importer = CustomerImporter(parts.qbo, sqlite_engine, parts.store)
+    assert importer.apply(change("Customer", written["Id"], "Create")).result is Result.SKIPPED
+    with sqlite_engine.connect() as conn:
+        row = conn.execute(select(Client.__table__).where(Client.__table__.c.id == client_id)).one()
+    assert (row.address, row.phone) == (address, phone)
