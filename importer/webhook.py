@@ -27,10 +27,12 @@ Publish = Callable[[Sequence[OutRecord]], list[BaseException | None]]
 
 class WebhookReceiver:
     def __init__(self, publish: Publish, topic: str, verifier_token: str, *, host: str = "127.0.0.1",
-                 port: int = 0, max_body_bytes: int = 1_048_576) -> None:
+                 port: int = 0, max_body_bytes: int = 1_048_576, on_close: Callable[[], None] = lambda: None) -> None:
         if not verifier_token:
             raise ValueError("a webhook receiver without a verifier token would take anyone's deliveries")
         self.publish = publish
+        self.on_close = on_close  # e.g. the publisher's close: a producer left open keeps fetching the topic's
+        # metadata, and a broker that creates topics on demand brings a deleted one back
         self.topic = topic
         self.verifier_token = verifier_token
         self.max_body_bytes = max_body_bytes
@@ -117,6 +119,11 @@ class WebhookReceiver:
 
     def stop(self) -> None:
         self.httpd.shutdown()
-        self.httpd.server_close()
         if self._thread is not None:
             self._thread.join(5)
+        self.close()
+
+    def close(self) -> None:
+        """After serving: the socket, then what the receiver was given to close."""
+        self.httpd.server_close()
+        self.on_close()

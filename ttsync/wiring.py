@@ -237,7 +237,8 @@ def build_webhook(settings: Settings, publisher: RecordPublisher | None = None) 
     out = publisher or KafkaRecordPublisher(settings.kafka, client_id="ttsync-webhook")
     return WebhookReceiver(lambda records: out.wait(out.send(records)), qbo_changes_topic(settings.topic_prefix),
                            settings.qbo_webhook_verifier_token.get_secret_value(), host=settings.webhook_host,
-                           port=settings.webhook_port, max_body_bytes=settings.webhook_max_body_bytes)
+                           port=settings.webhook_port, max_body_bytes=settings.webhook_max_body_bytes,
+                           on_close=out.close if publisher is None else lambda: None)
 
 
 def build_cdc_poller(settings: Settings, parts: ConsumerParts) -> tuple[Any, KafkaRecordPublisher]:

@@ -92,6 +92,14 @@ def test_the_receiver_stores_signed_deliveries_and_refuses_the_rest() -> None:
         receiver.stop()
 
 
+def test_stopping_the_receiver_closes_its_publisher() -> None:
+    """A producer left open keeps fetching its topic's metadata: a broker that creates topics on demand then
+    brings back a topic the demo deleted."""
+    closed: list[bool] = []
+    WebhookReceiver(Broker().publish, "t", TOKEN, on_close=lambda: closed.append(True)).start().stop()
+    assert closed == [True]
+
+
 def test_a_receiver_without_a_verifier_token_is_refused() -> None:
     with pytest.raises(ValueError, match="verifier token"):
         WebhookReceiver(Broker().publish, "t", "")

@@ -278,7 +278,7 @@ def webhook(
     if max_seconds is not None:
         threading.Timer(max_seconds, receiver.httpd.shutdown).start()
     receiver.serve_forever()
-    receiver.httpd.server_close()
+    receiver.close()
     log.info("webhook_stopped", **receiver.stats)
 
 
