@@ -26,7 +26,7 @@ from rich.table import Table
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumer.group_consumer import GroupConsumer, consumer_topics
+from consumer.group_consumer import GroupConsumer, consumer_topics, with_retry_topics
 from ops.dlq import DlqFilter, replay
 from ops.lag import measure
 from producer import migrate
@@ -45,7 +45,7 @@ from producer.timetracker_schema import (
     Project,
     User,
 )
-from schemas.contract import dlq_topic, topic_for
+from schemas.contract import dlq_topic, qbo_changes_topic, topic_for
 from schemas.kafka_client import KafkaConnection
 from ttsync.local_services import ensure_kafka, ensure_postgres, run_script
 from ttsync.qbo_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
@@ -239,6 +239,8 @@ class Demo:
             "secret_key": secret(uuid.uuid4().hex), "retry_topic_delays_s": [2, 5], "relay_poll_interval_s": 0.2,
         })
         demo_topics = [*consumer_topics(prefix, settings.retry_topic_delays_s), dlq_topic(prefix)]
+        if self.direction == "both":  # deleted with the rest, once every client of the demo is closed
+            demo_topics += with_retry_topics([qbo_changes_topic(prefix)], settings.retry_topic_delays_s)
         ensure_consumer_topics(settings)
         self.users_broker = not started_kafka
         if self.users_broker:  # a broker of the user's: leave it as the demo found it
@@ -303,9 +305,7 @@ class Demo:
         if target is None:
             self.result.problems.append("no sent invoice in QBO to pay")
             return
-        created = ensure_import_topics(settings)
-        if self.users_broker:
-            self.cleanups.append(lambda: delete_topics(settings.kafka, [t for t in created if "qbo.changes" in t]))
+        ensure_import_topics(settings)
         receiver = build_webhook(settings).start()
         self.cleanups.append(receiver.stop)
         importer = build_importer(settings, parts)
