@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from consumer.errors import DependencyNotReady, MalformedEvent, QboValidationFault
+from consumer.errors import DependencyNotReady, MalformedEvent
 from consumer.lifecycle import Action, Decision, Mapped, SyncPolicy, decide
 from consumer.mapping import (
     MARKER_RE,
@@ -37,7 +37,7 @@ from consumer.mapping import (
     readable_state,
     stale_subtotal_gap,
 )
-from consumer.qbo_port import QboPort
+from consumer.qbo_port import QboPort, read_if_present
 from consumer.qbo_queries import NaturalKey, select_in, select_where
 from consumer.references import ReferenceResolver
 from consumer.state_store import StateStore
@@ -237,19 +237,15 @@ class Preparer:
         created long before it (``LEGACY_AGE``), which the snapshot may not have reached yet; a record born
         under ttsync costs no extra QBO call."""
         qbo_id = legacy_qbo_id(event.aggregate_type, event.payload)
-        if qbo_id is not None:
-            try:
-                found = self.qbo.read(entity, qbo_id)
-            except QboValidationFault as fault:
-                if fault.code not in ("610", "2030"):  # gone or never there: create it anew
-                    raise
-                log.info("legacy_id_not_in_qbo", entity=entity, qbo_id=qbo_id, aggregate_id=event.aggregate_id)
-            else:
-                owner = MARKER_RE.search(found.get("PrivateNote") or "")
-                if owner is None or (owner.group(1), owner.group(2)) == (event.aggregate_type, event.aggregate_id):
-                    return found
-                log.warning("legacy_id_owned_by_another_record", entity=entity, qbo_id=qbo_id,
-                            aggregate_id=event.aggregate_id, owner=owner.group(0))
+        found = read_if_present(self.qbo, entity, qbo_id) if qbo_id is not None else None
+        if qbo_id is not None and found is None:  # gone or never there: create it anew
+            log.info("legacy_id_not_in_qbo", entity=entity, qbo_id=qbo_id, aggregate_id=event.aggregate_id)
+        elif found is not None:
+            owner = MARKER_RE.search(found.get("PrivateNote") or "")
+            if owner is None or (owner.group(1), owner.group(2)) == (event.aggregate_type, event.aggregate_id):
+                return found
+            log.warning("legacy_id_owned_by_another_record", entity=entity, qbo_id=qbo_id,
+                        aggregate_id=event.aggregate_id, owner=owner.group(0))
         if legacy is not None and self.adopt_legacy and (event.action == "snapshot" or _predates_ttsync(event)):
             return legacy()
         return None

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from consumer.errors import QboValidationFault
+
+GONE = ("610", "2030")  # QBO's Faults for an entity deleted, or an id it never had
+
 
 class QboPort(Protocol):
     def create(self, entity: str, body: dict[str, Any], requestid: str) -> dict[str, Any]: ...
@@ -26,3 +30,13 @@ class QboPort(Protocol):
 
     def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
         """QBO's change data capture: what changed since an ISO time (QBO looks back 30 days at most)."""
+
+
+def read_if_present(qbo: QboPort, entity: str, qbo_id: str) -> dict[str, Any] | None:
+    """The entity, or None when QBO says it is gone or was never there (``GONE``); other Faults raise."""
+    try:
+        return qbo.read(entity, qbo_id)
+    except QboValidationFault as fault:
+        if fault.code in GONE:
+            return None
+        raise

@@ -12,9 +12,8 @@ from typing import Any, Literal, cast
 import structlog
 from sqlalchemy import Engine, Table, insert, select, update
 
-from consumer.errors import QboValidationFault
 from consumer.mapping import MappingOptions, customer_request
-from consumer.qbo_port import QboPort
+from consumer.qbo_port import QboPort, read_if_present
 from consumer.state_store import StateStore
 from consumer.writes import Outcome, Result
 from importer.notifications import Change
@@ -51,12 +50,9 @@ class CustomerImporter:
         if change.operation in ("Delete", "Merge"):
             return Outcome(Result.SKIPPED, change.entity_id, f"{change.operation.lower()}d in QBO: TimeTracker keeps "
                                                              "its client (archive it there)")
-        try:
-            customer = self.qbo.read("Customer", change.entity_id)
-        except QboValidationFault as fault:
-            if fault.code in ("610", "2030"):
-                return Outcome(Result.SKIPPED, change.entity_id, "gone from QBO")
-            raise
+        customer = read_if_present(self.qbo, "Customer", change.entity_id)
+        if customer is None:
+            return Outcome(Result.SKIPPED, change.entity_id, "gone from QBO")
         tt_id = self.store.owner_of(change.entity_id, ("client",))
         wanted = client_fields(customer)
         if tt_id is None:

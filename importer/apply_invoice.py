@@ -11,8 +11,7 @@ from typing import Any, Literal, cast
 import structlog
 from sqlalchemy import Engine, Table, select, update
 
-from consumer.errors import QboValidationFault
-from consumer.qbo_port import QboPort
+from consumer.qbo_port import QboPort, read_if_present
 from consumer.state_store import StateStore
 from consumer.writes import Outcome, Result
 from importer.metrics import CONFLICTS
@@ -49,7 +48,7 @@ class InvoiceImporter:
         mapped = self.store.mapped("invoice", tt_id)
         if mapped is not None and mapped.qbo_status in ("voided", "deleted"):
             return Outcome(Result.SKIPPED, change.entity_id, "voided by ttsync (an echo of the export)")
-        invoice = None if change.operation == "Delete" else self._read(change.entity_id)
+        invoice = None if change.operation == "Delete" else read_if_present(self.qbo, "Invoice", change.entity_id)
         if not voided(invoice):
             return Outcome(Result.SKIPPED, change.entity_id, "TimeTracker owns invoice content (balance and edits "
                                                              "in QBO are not imported)")
@@ -70,10 +69,3 @@ class InvoiceImporter:
         log.info("qbo_invoice_void_imported", qbo_id=change.entity_id, invoice_id=tt_id, qbo=status)
         return Outcome(Result.VOIDED, change.entity_id)
 
-    def _read(self, qbo_id: str) -> dict[str, Any] | None:
-        try:
-            return self.qbo.read("Invoice", qbo_id)
-        except QboValidationFault as fault:
-            if fault.code in ("610", "2030"):
-                return None
-            raise

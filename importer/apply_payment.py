@@ -22,8 +22,8 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 
 from consumer.crash_points import CrashHook, no_crash
-from consumer.errors import MissingMapping, QboValidationFault
-from consumer.qbo_port import QboPort
+from consumer.errors import MissingMapping
+from consumer.qbo_port import QboPort, read_if_present
 from consumer.state_store import StateStore
 from consumer.writes import Outcome, Result
 from importer.metrics import CONFLICTS
@@ -61,7 +61,7 @@ class PaymentImporter:
         self.realm_id = realm_id
 
     def apply(self, change: Change) -> Outcome:
-        payment = None if change.operation == "Delete" else self._read(change.entity_id)
+        payment = None if change.operation == "Delete" else read_if_present(self.qbo, "Payment", change.entity_id)
         links = self._links(change.entity_id)
         if not links and self.store.owner_of(change.entity_id, ("payment", "settlement")) is not None:
             return Outcome(Result.SKIPPED, change.entity_id, "ttsync's own payment (an echo of the export)")
@@ -87,14 +87,6 @@ class PaymentImporter:
         return Outcome(result, change.entity_id)
 
     # -- reading ------------------------------------------------------------------------------------
-
-    def _read(self, qbo_id: str) -> dict[str, Any] | None:
-        try:
-            return self.qbo.read("Payment", qbo_id)
-        except QboValidationFault as fault:
-            if fault.code in ("610", "2030"):  # deleted since the notification: reverse it
-                return None
-            raise
 
     def _links(self, qbo_id: str) -> dict[str, Link]:
         with self.timetracker.connect() as conn:

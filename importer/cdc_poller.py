@@ -23,8 +23,6 @@ from consumer.state_db import begin, connect
 from consumer.state_tables import import_cursor
 from importer.notifications import IMPORTED_ENTITIES, changes_from_cdc
 from importer.webhook import Publish
-from schemas.contract import Header
-from schemas.kafka_client import OutRecord
 
 log = structlog.get_logger("ttsync.import.cdc")
 
@@ -79,8 +77,7 @@ class CdcPoller:
             since = oldest
         answer = self.qbo.cdc(list(self.entities), since.isoformat().replace("+00:00", "Z"))
         changes = changes_from_cdc(self.realm_id, answer)
-        records = [OutRecord(self.topic, c.key, c.encode(),
-                             [(Header.EVENT_TYPE, f"qbo.{c.entity}.{c.operation}".lower().encode())]) for c in changes]
+        records = [c.record(self.topic) for c in changes]
         errors = [e for e in self.publish(records) if e is not None] if records else []
         if errors:
             raise errors[0]

@@ -16,6 +16,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from schemas.contract import Header
+from schemas.kafka_client import OutRecord
+
 # The QBO entities the import direction reads; a notification of any other is acknowledged and dropped.
 IMPORTED_ENTITIES = ("Payment", "Invoice", "Customer")
 OPERATIONS = ("Create", "Update", "Delete", "Void", "Merge")
@@ -43,6 +46,11 @@ class Change:
     def key(self) -> bytes:
         """Kafka key: every change of one entity on one partition, in order."""
         return f"{self.realm_id}:{self.entity}:{self.entity_id}".encode()
+
+    def record(self, topic: str) -> OutRecord:
+        """The change as the record the webhook receiver and the CDC poller write to ``<prefix>.qbo.changes``."""
+        kind = f"qbo.{self.entity}.{self.operation}".lower()
+        return OutRecord(topic, self.key, self.encode(), [(Header.EVENT_TYPE, kind.encode())])
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -16,7 +16,6 @@ from typing import Any
 import structlog
 
 from importer.notifications import IMPORTED_ENTITIES, NotificationError, parse_delivery, signature_valid
-from schemas.contract import Header
 from schemas.kafka_client import OutRecord
 
 log = structlog.get_logger("ttsync.webhook")
@@ -96,8 +95,7 @@ class WebhookReceiver:
             return 400, "not an Intuit webhook payload"
         wanted = [c for c in changes if c.entity in IMPORTED_ENTITIES]
         self._count("ignored", len(changes) - len(wanted))
-        records = [OutRecord(self.topic, c.key, c.encode(), [(Header.EVENT_TYPE, f"qbo.{c.entity}.{c.operation}"
-                                                              .lower().encode())]) for c in wanted]
+        records = [c.record(self.topic) for c in wanted]
         errors = [e for e in self.publish(records) if e is not None] if records else []
         if errors:
             self._count("broker_failed")
