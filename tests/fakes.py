@@ -47,7 +47,8 @@ class InMemoryQbo:
     without HTTP, tokens or rate limits, its answers read by the same ``consumer.qbo_faults`` as the real client's.
 
     ``lose_answer("create", "Customer", nth=2)``: the second such call from now happens in QBO, and its answer is
-    lost (a timeout after QBO applied it)."""
+    lost (a timeout after QBO applied it); ``refuse("create", "Invoice")``: the next such call is answered 503 and
+    never reaches QBO."""
 
     def __init__(self, realm: str = "9130000000000001", **config: Any) -> None:
         self.state = SandboxState(SandboxConfig(throttle_enabled=False, **config))
@@ -55,6 +56,7 @@ class InMemoryQbo:
         self.realm = realm
         self.state.authority.access_tokens["AT-in-memory"] = AccessToken(SANDBOX_CLIENT_ID, realm, float("inf"))
         self._lost: dict[tuple[str, str], list[int]] = {}  # countdowns to the calls whose answer is lost
+        self._refused: dict[tuple[str, str], list[int]] = {}  # countdowns to the calls refused before QBO
         self.calls: list[tuple[str, str]] = []  # (operation, entity), in order
 
     @property
@@ -64,18 +66,28 @@ class InMemoryQbo:
     def lose_answer(self, operation: str, entity: str, nth: int = 1) -> None:
         self._lost.setdefault((operation, entity), []).append(nth)
 
+    def refuse(self, operation: str, entity: str, nth: int = 1) -> None:
+        self._refused.setdefault((operation, entity), []).append(nth)
+
+    @staticmethod
+    def _due(countdowns: list[int]) -> bool:
+        countdowns[:] = [n - 1 for n in countdowns]
+        if 0 in countdowns:
+            countdowns.remove(0)
+            return True
+        return False
+
     def _call(self, operation: str, entity: str, method: str, path: str, *, params: dict[str, str] | None = None,
               body: Any = None, text: str | None = None) -> dict[str, Any]:
         self.calls.append((operation, entity))
+        if self._due(self._refused.get((operation, entity), [])):
+            raise QboUnavailable(f"in-memory QBO: {operation} {entity} answered 503")
         data = json.dumps(body).encode() if body is not None else (text or "").encode()
         reply = self.api.handle(method, f"/v3/company/{self.realm}/{path}", {"minorversion": "75", **(params or {})},
                                 data, {"authorization": "Bearer AT-in-memory"})
         answer = read_answer(reply.status, reply.body if isinstance(reply.body, str) else json.dumps(reply.body),
                              retry_after=reply.headers.get("Retry-After"))
-        countdowns = self._lost.get((operation, entity), [])
-        countdowns[:] = [n - 1 for n in countdowns]
-        if 0 in countdowns:
-            countdowns.remove(0)
+        if self._due(self._lost.get((operation, entity), [])):
             raise QboUnavailable(f"in-memory QBO: the answer to {operation} {entity} was lost")
         if answer.error is not None:
             raise answer.error

@@ -111,6 +111,7 @@ def test_a_subtotal_left_stale_by_an_admin_edit_still_gives_timetrackers_total(h
 
 
 def test_a_draft_the_daily_job_made_overdue_stays_out_of_qbo(h: Any) -> None:
+    assert h.applier.apply(ev("invoice", invoice("draft"), 1, "created")).result == "skipped"
     out = h.applier.apply(ev("invoice", invoice("overdue"), 2))
     assert out.result == "skipped" and "without ever being issued" in out.reason and h.qbo("Invoice") == []
     # Sent by e-mail before ttsync saw it, or money received against it: it is a real receivable.

@@ -62,6 +62,23 @@ def test_a_record_waiting_for_another_goes_to_a_retry_topic_and_comes_back_when_
     assert committed(broker, retry_tp.topic) == 1 and len(parts.entities("Payment")) == 1
 
 
+def test_a_sent_invoice_whose_create_failed_is_not_lost_when_the_daily_job_overtakes_it(parts: FakeParts) -> None:
+    """Chaos, QBO 5xx: v1 (created as sent) was answered 503 and went to a retry topic; v2 (made overdue by
+    TimeTracker's daily job) overtook it and was skipped as never issued; v1 then came back older than v2, and the
+    sent invoice never reached QBO."""
+    broker = StubBroker()
+    parts.qbo.refuse("create", "Invoice")
+    publish(broker, ev("invoice", invoice("sent"), 1, "created"))
+    publish(broker, ev("invoice", invoice("overdue"), 2))
+    group = parts.group(broker, policy=RetryPolicy(inplace_attempts=0, backoff_base_s=0.001, topic_delays_s=(0, 0)))
+    stats = group.run(max_seconds=10, until=lambda s: s.applied == 2)
+    assert stats.applied == 2 and stats.dead_lettered == 0 and stats.forwarded_to_retry == 2
+    [created] = parts.entities("Invoice")
+    assert created["DocNumber"] == "INV-0001" and parts.writes("create", "Invoice") == 2
+    held = parts.store.mapped("invoice", "1")
+    assert held is not None and held.last_version == 2 and held.qbo_id == created["Id"]
+
+
 def test_a_crash_before_the_commit_redelivers_and_nothing_is_written_twice(parts: FakeParts) -> None:
     class Crash(Exception):
         pass
