@@ -16,7 +16,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from schemas.kafka_client import KafkaConnection, OutRecord
+from schemas.kafka_client import KafkaConnection, OutRecord, open_consumer
 
 log = structlog.get_logger("ttsync.consumer.kafka")
 
@@ -104,8 +104,8 @@ class KafkaPythonConsumer:
 
     def __init__(self, connection: KafkaConnection, *, group_id: str, client_id: str, max_poll_records: int,
                  session_timeout_ms: int) -> None:
-        self.consumer = KafkaConsumer(
-            **connection.client_config(), group_id=group_id, client_id=client_id,
+        self.consumer: KafkaConsumer = open_consumer(
+            connection, group_id=group_id, client_id=client_id,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_poll_records,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
             # One event can wait a 429's Retry-After in place: allow it between polls.

@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from schemas.codec import headers_to_dict
 from schemas.contract import DLQ_REPLAY_GROUP_SUFFIX, Header
-from schemas.kafka_client import KafkaConnection, as_connection
+from schemas.kafka_client import KafkaConnection, as_connection, open_consumer
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _to_dead_letter(rec: Any) -> DeadLetter:
 def scan(bootstrap: KafkaConnection | str, topic: str, *, group: str | None = None, from_beginning: bool = True,
          timeout_s: float = 10.0) -> Iterator[tuple[TopicPartition, DeadLetter]]:
     """Every record of the DLQ up to its end when the scan started (from the group's position if given)."""
-    consumer = KafkaConsumer(**as_connection(bootstrap).client_config(), group_id=group, enable_auto_commit=False,
+    consumer = open_consumer(bootstrap, group_id=group, enable_auto_commit=False,
                              client_id=f"ttsync-dlq-{uuid.uuid4().hex[:6]}")
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or [])
@@ -168,7 +168,7 @@ def dead_letter_state(d: DeadLetter, replay_position: int | None, processed: set
 
 def replay_positions(bootstrap: KafkaConnection | str, topic: str, base_group: str) -> dict[int, int | None]:
     """The replay group's saved position in each partition of the dead-letter topic (None: never replayed)."""
-    consumer = KafkaConsumer(**as_connection(bootstrap).client_config(), enable_auto_commit=False,
+    consumer = open_consumer(bootstrap, enable_auto_commit=False,
                              group_id=base_group + DLQ_REPLAY_GROUP_SUFFIX)
     try:
         return {p: consumer.committed(TopicPartition(topic, p)) for p in consumer.partitions_for_topic(topic) or []}
@@ -178,7 +178,7 @@ def replay_positions(bootstrap: KafkaConnection | str, topic: str, base_group: s
 
 def show(bootstrap: KafkaConnection | str, topic: str, ref: str) -> DeadLetter | None:
     partition, _, offset = ref.partition(":")
-    consumer = KafkaConsumer(**as_connection(bootstrap).client_config(), enable_auto_commit=False)
+    consumer = open_consumer(bootstrap, enable_auto_commit=False)
     try:
         tp = TopicPartition(topic, int(partition))
         consumer.assign([tp])
@@ -209,7 +209,7 @@ def replay(bootstrap: KafkaConnection | str, topic: str, base_group: str, flt: D
     connection = as_connection(bootstrap)
     producer = None if dry_run else KafkaProducer(**connection.client_config(), acks="all", enable_idempotence=True,
                                                    max_request_size=8 * 1024 * 1024)
-    committer = None if dry_run else KafkaConsumer(**connection.client_config(), group_id=group,
+    committer = None if dry_run else open_consumer(connection, group_id=group,
                                                    enable_auto_commit=False)
     # Per partition: may the saved position still move? Only over records replayed, never past one a filter
     # skipped (a mistyped --error must not hide dead letters from the next, correct replay). Records replayed

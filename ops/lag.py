@@ -27,7 +27,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from schemas.kafka_client import KafkaConnection, as_connection
+from schemas.kafka_client import KafkaConnection, as_connection, open_consumer
 
 STATUSES = ("OK", "WARN", "STALL", "STOP", "REWIND", "ERR")
 DEFAULT_STOP_AFTER_S = 300.0
@@ -118,7 +118,7 @@ def measure(bootstrap: KafkaConnection | str, group: str, topic: str | None = No
     topics = sorted({tp.topic for tp in committed} | {t for t, _ in owner})
     if topic:
         topics = [t for t in topics if t == topic]
-    reader = KafkaConsumer(**as_connection(bootstrap).client_config(), group_id=None, enable_auto_commit=False,
+    reader = open_consumer(bootstrap, group_id=None, enable_auto_commit=False,
                            client_id=f"ttsync-lag-{uuid.uuid4().hex[:6]}")
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or [])]

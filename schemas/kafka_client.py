@@ -146,6 +146,21 @@ def as_connection(kafka: KafkaConnection | str) -> KafkaConnection:
     return kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(bootstrap_servers=kafka)
 
 
+def open_consumer(kafka: KafkaConnection | str, **config: Any) -> Any:
+    """A kafka-python ``KafkaConsumer`` that never creates a topic by asking for it. ttsync creates its topics
+    itself, with their partitions and retention; one a consumer's metadata request re-created on a broker with
+    ``auto.create.topics.enable`` (the default) would have the broker's defaults, and a read-only command
+    (``lag``, ``dlq list``) would have written to the cluster. Seen: the demo's deleted import topics came back."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**as_connection(kafka).client_config(), allow_auto_create_topics=False, **config)
+    # kafka-python 3.0.12 accepts the setting but builds its ClusterMetadata without it (kafka/net/manager.py), so
+    # every metadata request still asks the broker to create the topic (cf. dpkp/kafka-python#2083, where the
+    # setting is the maintainers' answer): set it where the metadata request reads it.
+    consumer._client.cluster.config["allow_auto_create_topics"] = False
+    return consumer
+
+
 # -- least privilege -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

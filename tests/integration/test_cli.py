@@ -207,12 +207,14 @@ def test_the_readme_first_command_runs_the_demo_to_a_green_end(kafka_bootstrap: 
 
     before = demo_topics()
     env = {"HOME": str(tmp_path)}
-    result = ttsync("demo", "--quick", "--json", "--kafka", kafka_bootstrap, env=env, timeout=240)
+    result = ttsync("demo", "--quick", "--json", "--kafka", kafka_bootstrap, "--direction", "both", env=env,
+                    timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["replayed"] == 1
     assert report["qbo"]["Invoice"] == 4 and report["qbo"]["Purchase"] == 3 and report["qbo"]["Customer"] == 5
     assert report["dead_letters_left"] == {"malformed_event": 1}
+    assert report["imported_payment_s"] is not None  # and back: a payment received in QBO marked an invoice paid
     assert report["seconds"] < 120
     assert demo_topics() == before  # an existing broker is left as the demo found it
     assert "event_failed" not in result.stderr and "event_dead_lettered" not in result.stderr  # counted, not warned

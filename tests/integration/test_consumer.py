@@ -537,3 +537,34 @@ def test_an_outage_that_outlasts_the_pause_stops_the_consumer_for_its_supervisor
         assert worker.stats.dead_lettered == 0
     finally:
         worker.close()
+
+
+def test_a_consumer_never_creates_the_topic_it_reads(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """The demo deleted its import topics at its end and they came back: the importer's consumer, subscribed to
+    them, asked for their metadata, and kafka-python 3.0.12 asks the broker to create what it asks about, whatever
+    ``allow_auto_create_topics`` says. The local broker creates topics on demand, as Kafka does by default."""
+    import time
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from schemas.kafka_client import open_consumer
+
+    topic = f"{topic_prefix}.qbo.changes"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    consumer = open_consumer(kafka_bootstrap, group_id=f"{topic_prefix}-probe", metadata_max_age_ms=300)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+        consumer.subscribe([topic])
+        for _ in range(10):
+            consumer.poll(200)
+        admin.delete_topics([topic])
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:  # fetch errors and metadata refreshes, several times over
+            consumer.poll(200)
+        assert topic not in admin.list_topics()
+    finally:
+        consumer.close()
+        if topic in admin.list_topics():
+            admin.delete_topics([topic])
+        admin.close()
