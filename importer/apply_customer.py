@@ -57,6 +57,11 @@ class CustomerImporter:
         wanted = client_fields(customer)
         if tt_id is None:
             return self._new_client(change.entity_id, customer, wanted)
+        held = self.store.mapped("client", tt_id)
+        if held is not None and held.sync_token is not None and str(customer.get("SyncToken")) == held.sync_token:
+            # The very version ttsync wrote: an echo, whatever TimeTracker holds now. Compared field by field, a
+            # client edited again in TimeTracker since (its export still on the way) would be written back.
+            return Outcome(Result.SKIPPED, change.entity_id, "ttsync's own write (its SyncToken): an echo")
         with self.timetracker.begin() as conn:
             row = conn.execute(select(clients).where(clients.c.id == int(tt_id))).first()
             if row is None:

@@ -102,3 +102,26 @@ def test_ttsyncs_own_customer_write_coming_back_does_not_rewrite_the_client(part
     with sqlite_engine.connect() as conn:
         row = conn.execute(select(Client.__table__).where(Client.__table__.c.id == client_id)).one()
     assert (row.address, row.phone) == (address, phone)
+
+
+def test_the_echo_of_an_export_is_skipped_while_a_newer_timetracker_edit_is_on_its_way(
+        parts: FakeParts, sqlite_engine: Engine) -> None:
+    """The export wrote e-mail A; the client was edited to B in TimeTracker, its export not done yet; the
+    notification of A's write then arrives. Compared field by field, A differed from B and was written back into
+    TimeTracker: a change nobody made on the QBO side. The SyncToken ttsync recorded says it is its own write."""
+    with Session(sqlite_engine) as s:
+        _, client, _ = base_rows(s, name="Race Ltd")
+        client.email = "a@race.test"
+        s.commit()
+        client_id = client.id
+    written = parts.qbo.create("Customer", {"DisplayName": "Race Ltd", "PrimaryEmailAddr": {"Address": "a@race.test"}},
+                               "c-race")
+    parts.store.adopt("client", str(client_id), written)
+    with Session(sqlite_engine) as s:
+        s.get_one(Client, client_id).email = "b@race.test"
+        s.commit()
+    outcome = CustomerImporter(parts.qbo, sqlite_engine, parts.store).apply(change("Customer", written["Id"]))
+    assert outcome.result is Result.SKIPPED and "echo" in outcome.reason
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(select(Client.__table__.c.email).where(Client.__table__.c.id == client_id)).scalar() \
+            == "b@race.test"
