@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from importer.transactions import marked_as_import
 from producer import cdc_role
 from producer.outbox_status import drop_replication_slot, replication_slot
 from schemas.codec import headers_to_dict
-from schemas.contract import topic_for
+from schemas.contract import ORIGIN_QBO_IMPORT, Header, topic_for
 from tests.chaos.conftest import MakeRun
 from tests.chaos.harness import changes_per_scenario
 from tests.chaos.report import record
@@ -122,6 +123,14 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
             time.sleep(2)
             connect_worker.run("start")
             workload.join(600)
+            # 3. A change the importer made (a QBO edit applied to TimeTracker) reaches Kafka through Debezium
+            #    with its origin, so that the export consumer does not send it back (the import direction's echo).
+            with run.pipe.engine.begin() as conn:
+                marked_as_import(conn)
+                conn.execute(text("UPDATE clients SET phone = '+1 555 0199' WHERE id = (SELECT MIN(id) FROM clients)"))
+            with run.pipe.engine.connect() as conn:  # captured at commit (a deferred trigger)
+                imported = str(conn.execute(text("SELECT id FROM ttsync_outbox WHERE origin = :o ORDER BY seq DESC "
+                                                 "LIMIT 1"), {"o": ORIGIN_QBO_IMPORT}).scalar_one())
             with run.pipe.engine.connect() as conn:
                 run.wal_target = str(conn.execute(text("SELECT pg_current_wal_lsn()")).scalar_one())
 
@@ -137,6 +146,8 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
                 {headers_to_dict(x.headers).get("id") for x in r}) >= len(ids), timeout_s=60)
             in_kafka = {headers_to_dict(x.headers).get("id") for x in records}
             assert ids <= in_kafka, f"{len(ids - in_kafka)} outbox events never reached Kafka"
+            echoes = [headers_to_dict(x.headers) for x in records if headers_to_dict(x.headers).get("id") == imported]
+            assert echoes and all(h.get(Header.ORIGIN) == ORIGIN_QBO_IMPORT for h in echoes), echoes
             assert after_cutover > changes_per_scenario() // 10, "Debezium relayed too little to prove anything"
             record(run.scenario, verdict, time.monotonic() - started,
                    f"cut-over at 20%, Connect kill -9 at 60%; {after_cutover} events by Debezium only")
