@@ -34,16 +34,25 @@ class StateStore:
 
     # -- processed events ----------------------------------------------------------------------------
 
-    def processed_among(self, event_ids: list[str]) -> set[str]:
-        """Which of these events this group has processed (read-only; ``dlq list`` marks them resolved)."""
+    def processed_among(self, event_ids: list[str], *, also_groups: tuple[str, ...] = ()) -> set[str]:
+        """Which of these events this group (or ``also_groups``: the import group) has processed (read-only;
+        ``dlq list`` marks them resolved)."""
         found: set[str] = set()
         with connect(self.engine) as conn:
             for start in range(0, len(event_ids), 500):
                 chunk = event_ids[start:start + 500]
                 found.update(conn.execute(select(processed_events.c.event_id).where(
-                    processed_events.c.consumer_group == self.group,
+                    processed_events.c.consumer_group.in_((self.group, *also_groups)),
                     processed_events.c.event_id.in_(chunk))).scalars())
         return found
+
+    def record_processed(self, group: str, event_id: str, kind: str, key: str, outcome: str) -> None:
+        """A record another group applied without an entity-map version (a QBO change the importer applied to
+        TimeTracker): noted for ``dlq list`` only; the importer's own dedupe lives with its TimeTracker writes."""
+        with begin(self.engine) as conn:
+            conn.execute(self._insert(conn, processed_events).values(
+                consumer_group=group, event_id=event_id[:36], aggregate_type=kind[:64], aggregate_id=key[:255],
+                aggregate_version=0, outcome=outcome[:32], processed_at=_now()).on_conflict_do_nothing())
 
     # -- entity map ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,9 +49,12 @@ class Change:
         return f"{self.realm_id}:{self.entity}:{self.entity_id}".encode()
 
     def record(self, topic: str) -> OutRecord:
-        """The change as the record the webhook receiver and the CDC poller write to ``<prefix>.qbo.changes``."""
+        """The change as the record the webhook receiver and the CDC poller write to ``<prefix>.qbo.changes``. Its
+        id (one per record) is what the importer records once it applied it: ``ttsync dlq list`` tells a dead letter
+        replayed and applied since (resolved) by it."""
         kind = f"qbo.{self.entity}.{self.operation}".lower()
-        return OutRecord(topic, self.key, self.encode(), [(Header.EVENT_TYPE, kind.encode())])
+        return OutRecord(topic, self.key, self.encode(), [(Header.EVENT_ID, str(uuid.uuid4()).encode()),
+                                                          (Header.EVENT_TYPE, kind.encode())])
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

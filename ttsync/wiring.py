@@ -201,10 +201,12 @@ def ensure_import_topics(settings: Settings) -> list[str]:
 def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-import",
                    session_timeout_ms: int = 10_000, on_webhook: Callable[[], None] = lambda: None) -> GroupConsumer:
     """The import consumer group: QBO changes applied to TimeTracker's database (TTSYNC_DATABASE_URL)."""
+    from consumer.writes import Outcome
     from importer.apply_customer import CustomerImporter
     from importer.apply_invoice import InvoiceImporter
     from importer.apply_payment import PaymentImporter
     from importer.consumer import EntityImporter, ImportHandler
+    from importer.notifications import Change
 
     parts = parts or build_parts(settings)
     group = settings.group_id + IMPORT_GROUP_SUFFIX
@@ -216,11 +218,16 @@ def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, cl
         "Customer": CustomerImporter(parts.client, timetracker, parts.store,
                                      fields=tuple(settings.import_client_fields),
                                      new_customers=settings.import_new_customers)}
+
+    def noted(event_id: str, change: Change, outcome: Outcome) -> None:
+        parts.store.record_processed(group, event_id, f"qbo.{change.entity}".lower(), change.entity_id,
+                                     outcome.result.value)
+
     port = KafkaPythonConsumer(settings.kafka, group_id=group, client_id=client_id,
                                max_poll_records=settings.consumer_max_poll_records,
                                session_timeout_ms=session_timeout_ms)
     return GroupConsumer(port=port, group_id=group, topic_prefix=settings.topic_prefix, applier=None,
-                         handler=ImportHandler(importers, settings.qbo_realm_id, on_webhook),
+                         handler=ImportHandler(importers, settings.qbo_realm_id, on_webhook, on_applied=noted),
                          topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s, crash=parts.applier.executor.crash,
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,

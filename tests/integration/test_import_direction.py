@@ -196,3 +196,44 @@ def test_the_importer_killed_between_its_writes_applies_every_payment_once(pipel
         assert conn.execute(select(func.count()).select_from(import_links)).scalar() == 4
     store = build_parts(settings).store
     assert all((m := store.mapped("payment", str(p.id))) is not None and m.qbo_id for p in payments)  # map caught up
+
+
+def test_an_import_dead_letter_is_listed_open_then_replayed_and_resolved(
+        importing: tuple[Pipeline, Any, threading.Thread]) -> None:
+    """A payment in QBO for an invoice ttsync does not know is dead-lettered with its reason; once the invoice is
+    known (here: mapped again), `ttsync dlq replay` brings it back, and `ttsync dlq list` shows it resolved (it
+    could not tell before: change records had no id, and the importer noted nothing)."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-m", "ttsync", *args, "--json"], env=pipeline.env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return dict(json.loads(done.stdout))
+
+    pipeline, worker, _ = importing
+    invoice_id, _, qbo_invoice = exported_invoice(pipeline)
+    settings = pipeline.settings(sync_direction="import")
+    parts = build_parts(settings)
+    held = parts.store.mapped("invoice", str(invoice_id))
+    assert held is not None
+    parts.store.forget("invoice", str(invoice_id))  # as if ttsync had never synced it
+    poller, publisher = build_cdc_poller(settings, parts)
+    try:
+        poller.poll_once()
+        pipeline.admin(f"realms/{REALM}/receive-payment", {"invoice_id": qbo_invoice, "amount": 50})
+        poller.poll_once()
+        wait_until(lambda: worker.stats.dead_lettered >= 1, 30, "the payment dead-lettered")
+        [dead] = cli("dlq", "list")["records"]
+        assert (dead["state"], dead["error_code"]) == ("open", "unknown_invoice"), dead
+        assert tt_payments(pipeline) == []
+
+        [invoice] = pipeline.qbo("Invoice")
+        parts.store.adopt("invoice", str(invoice_id), invoice, version=held.last_version)  # the fix
+        assert cli("dlq", "replay")["replayed"] == 1
+        wait_until(lambda: len(tt_payments(pipeline)) == 1, 30, "the replayed payment in TimeTracker")
+        wait_until(lambda: cli("dlq", "list")["by_state"] == {"open": 0, "replayed": 0, "resolved": 1}, 30,
+                   "the dead letter resolved")
+    finally:
+        publisher.close()

@@ -82,3 +82,33 @@ def test_a_webhook_wakes_the_poller_before_its_interval(parts: FakeParts) -> Non
     poller.wake()
     thread.join(5)
     assert poller.stats["polls"] == 2 and not thread.is_alive()  # woken long before its hour was up
+
+
+def test_an_applied_change_is_noted_under_its_record_id_for_dlq_list(parts: FakeParts) -> None:
+    """``ttsync dlq list`` knew no import dead letter as resolved: change records had no id, and the importer
+    noted nothing it applied. Each record now carries an id, and the import group's processed changes hold it."""
+    from consumer.writes import Outcome, Result
+    from importer.consumer import ImportHandler
+    from schemas.codec import headers_to_dict
+    from schemas.contract import IMPORT_GROUP_SUFFIX, Header
+    from tests.fakes import StubRecord
+
+    group = parts.store.group + IMPORT_GROUP_SUFFIX
+
+    class Applies:
+        def apply(self, change: Change) -> Outcome:
+            return Outcome(Result.UPDATED, change.entity_id)
+
+    def noted(event_id: str, change: Change, outcome: Outcome) -> None:
+        parts.store.record_processed(group, event_id, f"qbo.{change.entity}".lower(), change.entity_id,
+                                     outcome.result.value)
+
+    change = Change(REALM, "Customer", "58", "Update", "", "cdc")
+    out = change.record("t.qbo.changes")
+    event_id = headers_to_dict(out.headers)[Header.EVENT_ID]
+    assert event_id != headers_to_dict(change.record("t.qbo.changes").headers)[Header.EVENT_ID]  # one per record
+    handler = ImportHandler({"Customer": Applies()}, REALM, on_applied=noted)
+    assert parts.store.processed_among([event_id], also_groups=(group,)) == set()
+    handler(StubRecord(out.topic, 0, 0, out.key, out.value, list(out.headers), 0), None)
+    assert parts.store.processed_among([event_id]) == set()  # the export group's: not its record
+    assert parts.store.processed_among([event_id], also_groups=(group,)) == {event_id}

@@ -59,7 +59,7 @@ def dlq_list(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt
     from collections import Counter
 
     from ops.dlq import DLQ_STATES, dead_letter_state, list_dead_letters, replay_positions
-    from schemas.contract import dlq_topic
+    from schemas.contract import IMPORT_GROUP_SUFFIX, dlq_topic
 
     settings = load_settings()
     if state is not None and state not in DLQ_STATES:
@@ -68,7 +68,8 @@ def dlq_list(event_type: TypeOpt = None, aggregate: AggOpt = None, error: ErrOpt
     topic = dlq_topic(settings.topic_prefix)
     found, _ = list_dead_letters(settings.kafka, topic, _dlq_filter(event_type, aggregate, error, since, until))
     positions = replay_positions(settings.kafka, topic, settings.group_id)
-    processed = state_store().processed_among([d.event_id for d in found if d.event_id]) if found else set()
+    processed = state_store().processed_among([d.event_id for d in found if d.event_id], also_groups=(
+        settings.group_id + IMPORT_GROUP_SUFFIX,)) if found else set()
     states = {d.ref: dead_letter_state(d, positions.get(d.partition), processed) for d in found}
     by_state = Counter(states.values())
     shown = [d for d in found if state is None or states[d.ref] == state][:limit]
