@@ -99,6 +99,16 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
+MAX_REFRESH_MARGIN_S = 60.0
+
+
+def refresh_margin_s(lifetime_s: float) -> float:
+    """How long before its expiry an access token is replaced: a minute for QBO's hour-long tokens, a tenth of the
+    life of a shorter one. A fixed minute had a 15-second token refreshed (and the refresh token rotated) before
+    every request."""
+    return min(MAX_REFRESH_MARGIN_S, max(0.0, lifetime_s) / 10)
+
+
 @dataclass
 class TokenState:
     access_token: str | None
@@ -219,14 +229,18 @@ class TokenStore:
                 row = conn.execute(select(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id)).one()
                 stored = self._dec(row.access_token_enc)
                 expires = _aware(row.access_expires_at)
-                if stored and stored != failed_token and expires and expires - _now() > dt.timedelta(seconds=60):
-                    self._remember(stored, expires)
-                    return stored
+                issued = _aware(row.updated_at)
+                if stored and stored != failed_token and expires and issued:
+                    margin = refresh_margin_s((expires - issued).total_seconds())
+                    if (expires - _now()).total_seconds() > margin:
+                        self._remember(stored, expires, margin)
+                        return stored
                 old_refresh = self._dec(row.refresh_token_enc) or ""
                 body = self._call_token_endpoint(old_refresh)
                 new_refresh = str(body.get("refresh_token") or old_refresh)
                 now = _now()
-                expires = now + dt.timedelta(seconds=float(body.get("expires_in", 3600)))
+                lifetime = float(body.get("expires_in", 3600))
+                expires = now + dt.timedelta(seconds=lifetime)
                 conn.execute(update(oauth_tokens).where(oauth_tokens.c.realm_id == self.realm_id).values(
                     refresh_token_enc=self._enc(new_refresh),
                     access_token_enc=self._enc(body["access_token"]),
@@ -238,11 +252,11 @@ class TokenStore:
                 ))
             self.refreshes += 1
             log.info("access_token_refreshed", realm=self.realm_id, rotated=new_refresh != old_refresh)
-            self._remember(body["access_token"], expires)
+            self._remember(body["access_token"], expires, refresh_margin_s(lifetime))
             return str(body["access_token"])
 
-    def _remember(self, token: str, expires: dt.datetime) -> None:
-        seconds_left = (expires - _now()).total_seconds() - 60
+    def _remember(self, token: str, expires: dt.datetime, margin_s: float) -> None:
+        seconds_left = (expires - _now()).total_seconds() - margin_s
         self._access = (token, time.monotonic() + max(seconds_left, 0))
 
     def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any]:

@@ -170,3 +170,26 @@ def test_a_query_without_an_entity_name_returns_rows(sandbox: SandboxServer, eng
     seed = admin(sandbox, "tokens", {"realm_id": REALM})["refresh_token"]
     rows = client(sandbox, tokens(sandbox, engine, seed)).query("SELECT * FROM Item")
     assert rows and all(isinstance(r, dict) and r.get("Id") for r in rows)
+
+
+def test_a_short_lived_access_token_is_kept_until_close_to_its_expiry(sandbox: SandboxServer,  # type: ignore[no-untyped-def]
+                                                                      engine) -> None:
+    """With a fixed one-minute margin, a token living 15 s was refreshed (and the refresh token rotated) before
+    every request. The margin is a tenth of the token's life, a minute at most."""
+    from consumer.token_store import refresh_margin_s
+
+    assert (refresh_margin_s(3600), refresh_margin_s(15), refresh_margin_s(0)) == (60, 1.5, 0)
+    admin(sandbox, "config", {"access_token_lifetime_s": 15})
+    try:
+        seed = admin(sandbox, "tokens", {"realm_id": REALM})["refresh_token"]
+        qbo = client(sandbox, tokens(sandbox, engine, seed))
+        for _ in range(20):
+            qbo.query("SELECT * FROM Item", "Item")
+        assert admin(sandbox, "stats")["token_refreshes"] == 1
+        # another process reads the stored token and keeps it as well
+        other = client(sandbox, tokens(sandbox, engine, seed))
+        for _ in range(5):
+            other.query("SELECT * FROM Item", "Item")
+        assert admin(sandbox, "stats")["token_refreshes"] == 1
+    finally:
+        admin(sandbox, "config", {"access_token_lifetime_s": 3600})
