@@ -39,6 +39,7 @@ class QboClient:
         self.batch_limiter = batch_limiter  # QBO also limits batch requests (40/min per realm and app)
         self.on_wait = on_wait  # seconds spent waiting for the realm's budget, for metrics
         self.calls = 0
+        self._batches_reserved = 0
 
     # -- the one request path ------------------------------------------------------------------------
 
@@ -130,8 +131,16 @@ class QboClient:
         return self.request("GET", "cdc", params={"entities": ",".join(entities), "changedSince": changed_since},
                             entity="CDC", operation="cdc")
 
+    def reserve_batch(self) -> bool:
+        if self.batch_limiter is None or self.batch_limiter.try_acquire():
+            self._batches_reserved += 1
+            return True
+        return False
+
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
-        if self.batch_limiter is not None:
+        if self._batches_reserved:
+            self._batches_reserved -= 1
+        elif self.batch_limiter is not None:
             self.batch_limiter.acquire()
         body = self.request("POST", "batch", json_body={"BatchItemRequest": items}, requestid=requestid,
                             entity="Batch", operation="batch")

@@ -28,6 +28,10 @@ class QboPort(Protocol):
 
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]: ...
 
+    def reserve_batch(self) -> bool:
+        """Take one of the realm's batch requests (QBO allows 40 a minute) if one is free now, for the next
+        ``batch``; False when none is: the caller writes on its own meanwhile rather than wait for one."""
+
     def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
         """QBO's change data capture: what changed since an ISO time (QBO looks back 30 days at most)."""
 

@@ -23,6 +23,10 @@ class RateLimiter(Protocol):
         """Block until one request may be sent; returns the seconds waited."""
         ...
 
+    def try_acquire(self) -> bool:
+        """Take one request of the budget if one is free now; never waits."""
+        ...
+
 
 def bucket_parameters(requests_per_minute: int, fraction: float, burst: int) -> tuple[float, float]:
     """(rate per second, capacity) with ``capacity + 60 * rate <= requests_per_minute``."""
@@ -45,17 +49,26 @@ class LocalTokenBucket:
     def acquire(self) -> float:
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._clock()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1 - 1e-9:  # float dust must not make a full token wait for ever
-                    self.tokens -= 1
-                    self.waited_s += waited
-                    return waited
-                delay = (1 - self.tokens) / self.rate
+            delay = self._take()
+            if delay == 0:
+                self.waited_s += waited
+                return waited
             self._sleep(delay)
             waited += delay
+
+    def try_acquire(self) -> bool:
+        return self._take() == 0
+
+    def _take(self) -> float:
+        """Take a token and return 0, or return how long until one is free."""
+        with self._lock:
+            now = self._clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1 - 1e-9:  # float dust must not make a full token wait for ever
+                self.tokens -= 1
+                return 0.0
+            return (1 - self.tokens) / self.rate
 
 
 class SharedTokenBucket:
@@ -71,6 +84,19 @@ class SharedTokenBucket:
     def acquire(self) -> float:
         waited = 0.0
         while True:
+            delay = self._take()
+            if delay == 0:
+                self.waited_s += waited
+                return waited
+            time.sleep(delay)
+            waited += delay
+
+    def try_acquire(self) -> bool:
+        return self._take() == 0
+
+    def _take(self) -> float:
+        """Take a token and return 0, or return how long until one is free."""
+        while True:
             now = time.time()  # wall clock: shared between processes
             params = {"r": self.realm_id, "cap": self.capacity, "rate": self.rate, "now": now}
             with begin(self.engine) as conn:
@@ -80,8 +106,7 @@ class SharedTokenBucket:
                     "* :rate) - 1, updated_at = :now WHERE realm_id = :r AND LEAST(:cap, tokens + "
                     "GREATEST(0, :now - updated_at) * :rate) >= 1 RETURNING tokens"), params).first()
                 if taken is not None:
-                    self.waited_s += waited
-                    return waited
+                    return 0.0
                 row = conn.execute(text("SELECT tokens, updated_at FROM ttsync_rate_budget WHERE realm_id = :r"),
                                    params).first()
                 if row is None:
@@ -89,9 +114,7 @@ class SharedTokenBucket:
                                       "VALUES (:r, :cap, :now) ON CONFLICT (realm_id) DO NOTHING"), params)
                     continue
                 tokens = min(self.capacity, row.tokens + max(0.0, now - row.updated_at) * self.rate)
-            delay = max((1 - tokens) / self.rate, 0.001)
-            time.sleep(delay)
-            waited += delay
+            return max((1 - float(tokens)) / self.rate, 0.001)
 
 
 def make_rate_limiter(engine: Engine, realm_id: str, requests_per_minute: int, fraction: float,

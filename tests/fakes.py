@@ -58,6 +58,7 @@ class InMemoryQbo:
         self._lost: dict[tuple[str, str], list[int]] = {}  # countdowns to the calls whose answer is lost
         self._refused: dict[tuple[str, str], list[int]] = {}  # countdowns to the calls refused before QBO
         self.calls: list[tuple[str, str]] = []  # (operation, entity), in order
+        self.batch_budget: int | None = None  # batch requests free now (reserve_batch); None: unlimited
 
     @property
     def company(self) -> Company:
@@ -124,6 +125,15 @@ class InMemoryQbo:
     def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
         return self._call("cdc", "CDC", "GET", "cdc", params={"entities": ",".join(entities),
                                                             "changedSince": changed_since})
+
+    def reserve_batch(self) -> bool:
+        """``batch_budget``: how many batch requests are free (None: always one)."""
+        if self.batch_budget is None:
+            return True
+        if self.batch_budget > 0:
+            self.batch_budget -= 1
+            return True
+        return False
 
     def batch(self, items: list[dict[str, Any]], requestid: str | None = None) -> list[dict[str, Any]]:
         params = {"requestid": requestid} if requestid else {}

@@ -167,3 +167,19 @@ def test_retention_shorter_than_kafka_may_redeliver_is_refused() -> None:
     for days, dlq in ((3, 0), (30, 365)):
         with pytest.raises(ValueError, match="PROCESSED_EVENTS_RETENTION_DAYS"):
             Settings(processed_events_retention_days=days, dlq_retention_days=dlq)
+
+
+def test_a_backlog_writes_alone_while_no_batch_request_is_free_and_keeps_its_batches_full(parts: FakeParts) -> None:
+    """QBO allows 40 batch requests a minute within its 500: waiting for a free one left the rest of the budget
+    unused (1,080 writes/min of the 1,660 QBO allows). While none is free, the oldest pending write goes alone."""
+    broker = StubBroker()
+    for n in range(1, 41):
+        publish(broker, ev("invoice", invoice(invoice_id=n), 1, "created"))
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))  # the customer exists: invoices are plain creates
+    parts.qbo.batch_budget = 1  # one batch request free during this backlog
+    stats = parts.group(broker, batch_min_records=5).run(max_seconds=10, until=lambda s: s.applied >= 40)
+    assert committed(broker, "tt.invoice") == 40 and len(parts.entities("Invoice")) == 40
+    assert parts.writes("batch", "Batch") == 1 and parts.writes("create", "Invoice") == 10
+    assert stats.by_result.get("created") == 40
+    [batch_request] = [i for i, call in enumerate(parts.qbo.calls) if call == ("batch", "Batch")]
+    assert parts.qbo.calls[:batch_request].count(("create", "Invoice")) == 0  # the first full batch went as one
