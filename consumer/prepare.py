@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from consumer.errors import DependencyNotReady, MalformedEvent
+from consumer.legacy_pool import LegacyPool
 from consumer.lifecycle import Action, Decision, Mapped, SyncPolicy, decide
 from consumer.mapping import (
     MARKER_RE,
@@ -76,6 +77,7 @@ class Preparer:
         self.policy = policy
         self.options = options
         self.adopt_legacy = adopt_legacy
+        self.legacy_pool = LegacyPool(qbo)  # the old connector's entities, read in bulk
         self._by_type: dict[str, Callable[[Delivery, Any], Write]] = {
             "invoice": self._invoice, "expense": self._expense, "payment": self._payment, "client": self._client,
         }
@@ -125,8 +127,9 @@ class Preparer:
 
         def legacy() -> dict[str, Any] | None:
             # TimeTracker's connector sent no DocNumber and no tax: same customer, date and one of the totals.
-            rows = self.qbo.query(select_where("Invoice", CustomerRef=customer, TxnDate=body["TxnDate"]), "Invoice")
-            return _legacy_pick(d.event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True))
+            rows = self.legacy_pool.candidates("Invoice", body["TxnDate"], CustomerRef=customer)
+            return self._legacy_taken("Invoice", _legacy_pick(
+                d.event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True)))
 
         # A "mark as paid" without payment rows is held by a settlement Payment, written after the invoice; when
         # there is none (any more), a settlement left from before is voided first: it may hold the total down.
@@ -147,9 +150,9 @@ class Preparer:
                             marker("expense", exp.id, self.options.source))
 
         def legacy() -> dict[str, Any] | None:
-            rows = self.qbo.query(select_where("Purchase", TxnDate=body["TxnDate"]), "Purchase")
-            return _legacy_pick(d.event, "Purchase",
-                                *legacy_match(rows, {exp.amount, exp.amount + (exp.tax_amount or 0)}))
+            rows = self.legacy_pool.candidates("Purchase", body["TxnDate"])
+            return self._legacy_taken("Purchase", _legacy_pick(
+                d.event, "Purchase", *legacy_match(rows, {exp.amount, exp.amount + (exp.tax_amount or 0)})))
 
         return self._upsert(d, "Purchase", body, lookup, legacy)
 
@@ -228,6 +231,11 @@ class Preparer:
         name = customer_request(p, self.options)["DisplayName"]
         return NaturalKey("Customer", select_in("Customer", "DisplayName", [name, f"{name} (customer)"]), mark,
                           note_field="Notes", skip_voided=True)
+
+    def _legacy_taken(self, entity: str, found: dict[str, Any] | None) -> dict[str, Any] | None:
+        if found is not None:
+            self.legacy_pool.taken(entity, found)
+        return found
 
     def _legacy_entity(self, event: EventEnvelope, entity: str,
                        legacy: Callable[[], dict[str, Any] | None] | None) -> dict[str, Any] | None:

@@ -44,3 +44,19 @@ def read_if_present(qbo: QboPort, entity: str, qbo_id: str) -> dict[str, Any] | 
         if fault.code in GONE:
             return None
         raise
+
+
+QUERY_PAGE = 1000  # QBO answers at most 1,000 entities per query
+
+
+def query_all(qbo: QboPort, entity: str, where: str = "", page: int = QUERY_PAGE) -> list[dict[str, Any]]:
+    """Every entity of one type (``where``: a condition, e.g. a TxnDate range), a page per query."""
+    rows: list[dict[str, Any]] = []
+    condition = f" WHERE {where}" if where else ""
+    start = 1
+    while True:
+        got = qbo.query(f"SELECT * FROM {entity}{condition} STARTPOSITION {start} MAXRESULTS {page}", entity)
+        rows.extend(got)
+        if len(got) < page:
+            return rows
+        start += page

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 from consumer.errors import QboValidationFault
 from consumer.lifecycle import QBO_ENTITY, SyncPolicy
 from consumer.mapping import request_id
-from consumer.qbo_port import QboPort
+from consumer.qbo_port import QUERY_PAGE, QboPort, query_all
 from consumer.state_store import StateStore
 from ops.drift import REMOVAL, Drift, judge
 from producer.aggregate_snapshots import AGGREGATES, snapshot
@@ -89,16 +89,9 @@ def existing_ids(engine: Engine, aggregate_type: str, ids: Iterable[str]) -> set
         return {str(r[0]) for r in rows}
 
 
-def load_qbo(client: QboPort, entity: str, page: int = 1000) -> list[dict[str, Any]]:
+def load_qbo(client: QboPort, entity: str, page: int = QUERY_PAGE) -> list[dict[str, Any]]:
     """All entities of one type, a page per query (QBO answers at most 1,000 per query)."""
-    rows: list[dict[str, Any]] = []
-    start = 1
-    while True:
-        got = client.query(f"SELECT * FROM {entity} STARTPOSITION {start} MAXRESULTS {page}", entity)
-        rows.extend(got)
-        if len(got) < page:
-            return rows
-        start += page
+    return query_all(client, entity, page=page)
 
 
 def compare(timetracker: Engine, client: QboPort, store: StateStore, policy: SyncPolicy, source: str,

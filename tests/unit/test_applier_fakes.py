@@ -163,3 +163,30 @@ def test_an_unknown_aggregate_type_is_malformed(parts: FakeParts) -> None:
     event = ev("invoice", invoice(), 1).model_copy(update={"aggregate_type": "timesheet"})
     with pytest.raises(MalformedEvent):
         parts.applier.apply(event)
+
+
+# -- taking over from TimeTracker's old connector ---------------------------------------------------------
+
+def test_the_old_connectors_entities_are_read_in_bulk_and_each_adopted_once(parts: FakeParts) -> None:
+    """Adoption cost one QBO query per create (a backfill drained at half speed with it). The candidates are read
+    a year of TxnDate at a time, matched in memory, and one adopted leaves the pool."""
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    [customer] = parts.entities("Customer")
+    [item] = [i for i in parts.entities("Item") if i["Name"] == "Services"]
+    old = {}
+    for n in range(1, 11):  # what the old connector made: no DocNumber, no marker, no tax; the total tells them apart
+        amount = f"{100 + n}.00"
+        old[n] = parts.qbo.create("Invoice", {
+            "CustomerRef": {"value": customer["Id"]}, "TxnDate": "2026-11-02",
+            "Line": [{"Amount": amount, "DetailType": "SalesItemLineDetail",
+                      "SalesItemLineDetail": {"ItemRef": {"value": item["Id"]}, "Qty": 1, "UnitPrice": amount}}]},
+            f"old-{n}")["Id"]
+    before = parts.writes("query", "Invoice")
+    for n in range(1, 11):
+        out = parts.applier.apply(ev("invoice", invoice(items=[("1.00", f"{100 + n}.00")], invoice_id=n), 1,
+                                     "snapshot"))
+        assert (out.result, out.qbo_id) == (Result.ADOPTED, old[n])
+    assert parts.writes("query", "Invoice") - before == 1  # one page for the year, not one query per create
+    # an eleventh record of the same customer, date and a total already taken: created, never a second adoption
+    twin = parts.applier.apply(ev("invoice", invoice(items=[("1.00", "101.00")], invoice_id=11), 1, "snapshot"))
+    assert twin.result is Result.CREATED and len(parts.entities("Invoice")) == 11
