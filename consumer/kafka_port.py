@@ -103,9 +103,10 @@ class KafkaPythonConsumer:
     retry and dead-letter forwards."""
 
     def __init__(self, connection: KafkaConnection, *, group_id: str, client_id: str, max_poll_records: int,
-                 session_timeout_ms: int) -> None:
+                 session_timeout_ms: int, instance_id: str | None = None) -> None:
+        static = {"group_instance_id": instance_id} if instance_id else {}  # static membership
         self.consumer: KafkaConsumer = open_consumer(
-            connection, group_id=group_id, client_id=client_id,
+            connection, group_id=group_id, client_id=client_id, **static,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_poll_records,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
             # One event can wait a 429's Retry-After in place: allow it between polls.

@@ -114,6 +114,19 @@ class KafkaConnection:
         return {**self.client_config(), "client_id": client_id, "acks": "all", "enable_idempotence": True,
                 "max_request_size": MAX_RECORD_BYTES}
 
+    def librdkafka_producer_config(self, client_id: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        """An idempotent, acks=all librdkafka producer (the relay's, the consumer's forwards) that waits no more
+        than ``timeout_s`` for a delivery."""
+        return {
+            **self.librdkafka_config(), "client.id": client_id,
+            "enable.idempotence": True, "acks": "all",  # idempotence keeps order with up to 5 requests in flight
+            "max.in.flight.requests.per.connection": 5, "linger.ms": 5, "batch.size": 1024 * 1024,
+            "message.max.bytes": MAX_RECORD_BYTES + 64 * 1024,
+            "message.timeout.ms": int(timeout_s * 1000) + 10_000, "socket.timeout.ms": 10_000,
+            # ttsync creates its topics itself, with their partitions: never the broker's defaults
+            "allow.auto.create.topics": False,
+        }
+
     def librdkafka_config(self) -> dict[str, Any]:
         """The same connection in librdkafka's (confluent-kafka's) property names."""
         config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,

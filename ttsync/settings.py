@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = Field(default=None, description="Client key (PEM), for mutual TLS")
     kafka_ssl_key_password: SecretStr | None = Field(default=None, description="Password of the client key")
     kafka_ssl_check_hostname: bool = Field(default=True, description="Check the broker certificate's host name")
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        default="kafka-python", description="The Kafka client of the relay and the consumers: kafka-python (the "
+                                            "default), or confluent (librdkafka, `pip install 'ttsync[librdkafka]'`:"
+                                            " a backlog drains many times faster)")
     kafka_cluster_name: str = Field(default="default", description="The cluster_name label of the lag metrics "
                                     "(kafka-lag-exporter's)")
     topic_prefix: str = Field(default="timetracker", description="Topics are <prefix>.<aggregate type>")
@@ -181,6 +185,10 @@ class Settings(BaseSettings):
         description="A payment whose invoice is not in QBO yet keeps waiting in the last retry "
         "topic this long before it is dead-lettered (a backfill at QBO's rate limit can take hours)")
     consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
+    consumer_instance_id: str | None = Field(
+        default=None, description="Static group membership (group.instance.id): a consumer restarted within its "
+                                  "session keeps its partitions, no rebalance (one distinct id per replica, e.g. "
+                                  "the pod name)")
     consumer_outage_records: int = Field(
         default=OutageBreaker.threshold, ge=1,
         description="Distinct records failing in a row with the same cause not tied to them "

@@ -20,7 +20,7 @@ from consumer.crash_points import crash_hook_from_env
 from consumer.errors import ConfigurationError
 from consumer.group_consumer import GroupConsumer, consumer_topics, with_retry_topics
 from consumer.housekeeping import ProcessedEventsRetention
-from consumer.kafka_port import KafkaPythonConsumer
+from consumer.kafka_port import ConsumerPort, KafkaPythonConsumer
 from consumer.lifecycle import SyncPolicy
 from consumer.mapping import MappingOptions
 from consumer.outage import OutageBreaker
@@ -110,9 +110,7 @@ def build_parts(settings: Settings, engine: Engine | None = None) -> ConsumerPar
 def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-consumer",
                    session_timeout_ms: int = 10_000) -> GroupConsumer:
     parts = parts or build_parts(settings)
-    port = KafkaPythonConsumer(settings.kafka, group_id=settings.group_id, client_id=client_id,
-                               max_poll_records=settings.consumer_max_poll_records,
-                               session_timeout_ms=session_timeout_ms)
+    port = consumer_port(settings, settings.group_id, client_id, session_timeout_ms)
     return GroupConsumer(port=port, group_id=settings.group_id, topic_prefix=settings.topic_prefix,
                          applier=parts.applier, policy=parts.policy,
                          batch_min_records=settings.qbo_batch_min_backlog,
@@ -135,7 +133,39 @@ def build_relay(settings: Settings, engine: Engine | None = None, publisher: Rec
         "poll_interval_s": settings.relay_poll_interval_s, "buckets": settings.relay_buckets,
         "retention": dt.timedelta(hours=settings.outbox_retention_hours), **overrides}
     return OutboxRelay(engine or make_engine(settings.database_url),
-                       publisher or KafkaRecordPublisher(kafka or settings.kafka), **options)
+                       publisher or relay_publisher(settings, kafka or settings.kafka), **options)
+
+
+def _librdkafka_present() -> None:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError("TTSYNC_KAFKA_CLIENT=confluent needs confluent-kafka: pip install "
+                                 "'ttsync[librdkafka]'") from exc
+
+
+def relay_publisher(settings: Settings, kafka: KafkaConnection | str) -> RecordPublisher:
+    """The relay's producer on the client ``TTSYNC_KAFKA_CLIENT`` names."""
+    if settings.kafka_client == "confluent":
+        _librdkafka_present()
+        from producer.librdkafka_publisher import LibrdkafkaRecordPublisher
+
+        return LibrdkafkaRecordPublisher(kafka)
+    return KafkaRecordPublisher(kafka)
+
+
+def consumer_port(settings: Settings, group_id: str, client_id: str, session_timeout_ms: int) -> ConsumerPort:
+    """A consumer group member on the client ``TTSYNC_KAFKA_CLIENT`` names."""
+    if settings.kafka_client == "confluent":
+        _librdkafka_present()
+        from consumer.librdkafka_port import LibrdkafkaConsumer
+
+        return LibrdkafkaConsumer(settings.kafka, group_id=group_id, client_id=client_id,
+                                  max_poll_records=settings.consumer_max_poll_records,
+                                  session_timeout_ms=session_timeout_ms, instance_id=settings.consumer_instance_id)
+    return KafkaPythonConsumer(settings.kafka, group_id=group_id, client_id=client_id,
+                               max_poll_records=settings.consumer_max_poll_records,
+                               session_timeout_ms=session_timeout_ms, instance_id=settings.consumer_instance_id)
 
 
 # -- topics: the aggregate topics are the relay's to create, the retry and dead-letter topics the consumer's ----
@@ -223,9 +253,7 @@ def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, cl
         parts.store.record_processed(group, event_id, f"qbo.{change.entity}".lower(), change.entity_id,
                                      outcome.result.value)
 
-    port = KafkaPythonConsumer(settings.kafka, group_id=group, client_id=client_id,
-                               max_poll_records=settings.consumer_max_poll_records,
-                               session_timeout_ms=session_timeout_ms)
+    port = consumer_port(settings, group, client_id, session_timeout_ms)
     return GroupConsumer(port=port, group_id=group, topic_prefix=settings.topic_prefix, applier=None,
                          handler=ImportHandler(importers, settings.qbo_realm_id, on_webhook, on_applied=noted),
                          topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,

@@ -24,12 +24,13 @@ MakeRun = Callable[..., AbstractContextManager[ChaosRun]]
 
 @pytest.fixture
 def make_run(pg_server_url: str, kafka_bootstrap: str) -> MakeRun:
-    """``make_run(scenario, bootstrap=..., pg_url=..., **sandbox_config)``: a fresh database with capture
-    triggers, topics of its own, a sandbox; everything the scenario started is stopped afterwards."""
+    """``make_run(scenario, bootstrap=..., pg_url=..., kafka_client=..., **sandbox_config)``: a fresh database with
+    capture triggers, topics of its own, a sandbox; relay and consumers on ``kafka_client`` (TTSYNC_KAFKA_CLIENT);
+    everything the scenario started is stopped afterwards."""
 
     @contextmanager
     def factory(scenario: str, *, bootstrap: str | None = None, pg_url: str | None = None,
-                **sandbox_config: Any) -> Iterator[ChaosRun]:
+                kafka_client: str = "kafka-python", **sandbox_config: Any) -> Iterator[ChaosRun]:
         bootstrap = bootstrap or kafka_bootstrap
         with scratch_database(pg_url or pg_server_url, "chaos_") as db_url:
             engine = prepare_timetracker_db(db_url)
@@ -49,7 +50,7 @@ def make_run(pg_server_url: str, kafka_bootstrap: str) -> MakeRun:
                            # consumer benchmark. A 429 without Retry-After waits 1 s here, not QBO's 60.
                            extra_env={"TTSYNC_QBO_THROTTLE_DEFAULT_WAIT_S": "1", "TTSYNC_QBO_REQUESTS_PER_MINUTE":
                                       "12000", "TTSYNC_QBO_BATCH_REQUESTS_PER_MINUTE": "1200",
-                                      "TTSYNC_QBO_TIMEOUT_S": "5"})
+                                      "TTSYNC_QBO_TIMEOUT_S": "5", "TTSYNC_KAFKA_CLIENT": kafka_client})
             try:
                 yield run
             finally:

@@ -23,17 +23,31 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
 Fault = Callable[[ChaosRun, Workload], str]
 
 
+# The scenarios that touch Kafka run on both clients (TTSYNC_KAFKA_CLIENT); the librdkafka runs play half the
+# changes, which keeps the suite within its half hour and proves the same.
+CLIENTS = [pytest.param("kafka-python", id="kafka-python"), pytest.param("confluent", id="librdkafka")]
+
+
+def named(scenario: str, client: str) -> str:
+    return scenario if client == "kafka-python" else f"{scenario} [librdkafka]"
+
+
+def changes_for(client: str) -> int:
+    return changes_per_scenario() if client == "kafka-python" else changes_per_scenario() // 2
+
+
 def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: float = 0.0, seed: int = 7,
           fault: Fault | None = None, expect_dead_lettered: bool = False, timeout_s: float = 420,
-          pace_s: float = 0.0) -> None:
+          pace_s: float = 0.0, changes: int | None = None) -> None:
     """Start the processes, play the workload while ``fault`` breaks things, wait for the pipeline to settle,
     check the invariant, and put the scenario's row in the suite's table."""
     started = time.monotonic()
+    changes = changes or changes_per_scenario()
     for _ in range(relays):
         run.relay()
     for _ in range(consumers):
         run.consumer()
-    workload = Workload(run.pipe.engine, changes=changes_per_scenario(), seed=seed, poison_rate=poison_rate,
+    workload = Workload(run.pipe.engine, changes=changes, seed=seed, poison_rate=poison_rate,
                         tag=run.scenario[:6], pace_s=pace_s).start()
     notes = fault(run, workload) if fault else ""
     workload.join(timeout_s)
@@ -45,7 +59,7 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     if not verdict.ok:
         details += f"\nQBO and outbox written to {run.dump()}"
     assert verdict.ok, f"{run.scenario}: {verdict.lost} lost, {verdict.duplicated} duplicated\n{details}"
-    assert verdict.applied > changes_per_scenario() // 10, f"too little reached QBO to prove anything\n{details}"
+    assert verdict.applied > changes // 10, f"too little reached QBO to prove anything\n{details}"
     if expect_dead_lettered:
         assert verdict.dead_lettered > 0 and verdict.junk_dead_lettered == run.junk_injected, details
     else:
@@ -68,7 +82,8 @@ def test_baseline_without_faults(make_run: MakeRun) -> None:
         drive(run)
 
 
-def test_kill_9_of_the_relay_at_random_moments(make_run: MakeRun) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_of_the_relay_at_random_moments(make_run: MakeRun, client: str) -> None:
     def fault(run: ChaosRun, workload: Workload) -> str:
         rng = random.Random(11)
         relay = run.procs[0]
@@ -79,11 +94,12 @@ def test_kill_9_of_the_relay_at_random_moments(make_run: MakeRun) -> None:
             relay.start()
         return f"{relay.kills} x kill -9"
 
-    with make_run("relay kill -9") as run:
-        drive(run, fault=fault)
+    with make_run(named("relay kill -9", client), kafka_client=client) as run:
+        drive(run, fault=fault, changes=changes_for(client))
 
 
-def test_kill_9_of_the_consumer_between_qbo_write_and_offset_commit(make_run: MakeRun) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_of_the_consumer_between_qbo_write_and_offset_commit(make_run: MakeRun, client: str) -> None:
     points = ["after_qbo_create", "before_offset_commit", "after_qbo_batch", "after_qbo_create"]
 
     def fault(run: ChaosRun, workload: Workload) -> str:
@@ -113,12 +129,13 @@ def test_kill_9_of_the_consumer_between_qbo_write_and_offset_commit(make_run: Ma
         assert crashes >= 3, f"only {crashes} crashes: the scenario proved little"
         return f"{crashes} x kill -9 inside the consumer"
 
-    with make_run("consumer kill -9 write/commit") as run:
+    with make_run(named("consumer kill -9 write/commit", client), kafka_client=client) as run:
         # changes spread over about a minute, so that the crashes happen while there is work in flight
-        drive(run, fault=fault, pace_s=60 / changes_per_scenario())
+        drive(run, fault=fault, pace_s=60 / changes_for(client), changes=changes_for(client))
 
 
-def test_broker_restart_mid_stream(make_run: MakeRun) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_broker_restart_mid_stream(make_run: MakeRun, client: str) -> None:
     with private_broker() as broker:
         def fault(run: ChaosRun, workload: Workload) -> str:
             wait_progress(workload, 0.3)
@@ -127,8 +144,8 @@ def test_broker_restart_mid_stream(make_run: MakeRun) -> None:
             broker.start()
             return "broker down 8 s at 30%"
 
-        with make_run("broker restart", bootstrap=broker.bootstrap) as run:
-            drive(run, fault=fault)
+        with make_run(named("broker restart", client), bootstrap=broker.bootstrap, kafka_client=client) as run:
+            drive(run, fault=fault, changes=changes_for(client))
 
 
 def test_postgresql_restart_mid_stream(make_run: MakeRun) -> None:
@@ -188,7 +205,8 @@ def test_one_percent_poison(make_run: MakeRun) -> None:
         drive(run, poison_rate=0.01, fault=fault, expect_dead_lettered=True)
 
 
-def test_two_relays_and_two_consumers_with_a_rebalance(make_run: MakeRun) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_two_relays_and_two_consumers_with_a_rebalance(make_run: MakeRun, client: str) -> None:
     def fault(run: ChaosRun, workload: Workload) -> str:
         wait_progress(workload, 0.3)
         run.consumer()  # a third member joins: rebalance
@@ -196,5 +214,5 @@ def test_two_relays_and_two_consumers_with_a_rebalance(make_run: MakeRun) -> Non
         run.procs[2].retire()  # the first consumer leaves: rebalance
         return "2 relays; consumers 2 -> 3 -> 2"
 
-    with make_run("2 relays + 2 consumers, rebalance") as run:
-        drive(run, relays=2, consumers=2, fault=fault)
+    with make_run(named("2 relays + 2 consumers, rebalance", client), kafka_client=client) as run:
+        drive(run, relays=2, consumers=2, fault=fault, changes=changes_for(client))

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from producer.kafka_publisher import KafkaRecordPublisher, ensure_topics
+from producer.kafka_publisher import KafkaRecordPublisher, RecordPublisher, ensure_topics
 from producer.outbox_relay import OutboxRelay
 from producer.outbox_tables import outbox
 from producer.outbox_writer import write_event
@@ -95,8 +95,18 @@ def test_committed_change_gives_exactly_one_record(pg_engine: Engine, kafka_boot
     assert row.published_at is not None
 
 
+def publisher_of(client: str, bootstrap: str) -> RecordPublisher:
+    if client == "confluent":
+        from producer.librdkafka_publisher import LibrdkafkaRecordPublisher
+
+        return LibrdkafkaRecordPublisher(bootstrap)
+    return KafkaRecordPublisher(bootstrap)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_concurrent_writers_and_two_relays_keep_order_per_aggregate(pg_engine: Engine, kafka_bootstrap: str,
-                                                                   topic_prefix: str) -> None:
+                                                                   topic_prefix: str, client: str) -> None:
+    """Both Kafka clients the relay can run on (TTSYNC_KAFKA_CLIENT), with the same guarantees."""
     ensure_topics(kafka_bootstrap, all_topics(topic_prefix), partitions=3, replication=1)
     with pg_engine.begin() as conn:
         install_triggers(conn)
@@ -106,7 +116,7 @@ def test_concurrent_writers_and_two_relays_keep_order_per_aggregate(pg_engine: E
         s.commit()
         invoice_ids = [i.id for i in invoice_ids]
 
-    relays = [OutboxRelay(pg_engine, KafkaRecordPublisher(kafka_bootstrap), topic_prefix=topic_prefix,
+    relays = [OutboxRelay(pg_engine, publisher_of(client, kafka_bootstrap), topic_prefix=topic_prefix,
                           batch_size=50, poll_interval_s=0.2, buckets=8) for _ in range(2)]
     threads = [threading.Thread(target=r.run) for r in relays]
     for t in threads:

@@ -1,0 +1,163 @@
+"""``ConsumerPort`` on librdkafka (confluent-kafka), beside ``kafka_port.KafkaPythonConsumer``: the same loop, the
+same guarantees (no auto-commit, a synchronous commit after a record is settled, idempotent acks=all forwards),
+cooperative-sticky rebalancing, static membership when ``TTSYNC_CONSUMER_INSTANCE_ID`` is set.
+
+Optional: ``pip install 'ttsync[librdkafka]'`` and ``TTSYNC_KAFKA_CLIENT=confluent``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from consumer.kafka_port import BrokerUnavailable, Partition, PolledRecord
+from schemas.kafka_client import KafkaConnection, OutRecord
+
+log = structlog.get_logger("ttsync.consumer")
+
+_INVALID = -1001  # librdkafka's OFFSET_INVALID: no position yet
+
+
+@dataclass(frozen=True)
+class LibrdkafkaRecord:
+    """A confluent-kafka ``Message`` as the loop reads records (its accessors are methods, not properties)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] | None
+    timestamp: int
+
+
+def _record(msg: Any) -> LibrdkafkaRecord:
+    headers = msg.headers() or []
+    return LibrdkafkaRecord(str(msg.topic()), int(msg.partition()), int(msg.offset()), msg.key(), msg.value(),
+                            [(str(k), v if v is None or isinstance(v, bytes) else str(v).encode()) for k, v in headers],
+                            int(msg.timestamp()[1]))
+
+
+class LibrdkafkaConsumer:
+    def __init__(self, connection: KafkaConnection, *, group_id: str, client_id: str, max_poll_records: int,
+                 session_timeout_ms: int, instance_id: str | None = None) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        config: dict[str, Any] = {
+            **connection.librdkafka_config(), "group.id": group_id, "client.id": client_id,
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": session_timeout_ms, "heartbeat.interval.ms": max(1000, session_timeout_ms // 4),
+            # One event can wait a 429's Retry-After in place: allow it between polls.
+            "max.poll.interval.ms": 900_000,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "allow.auto.create.topics": False,  # never a topic with the broker's defaults (kafka_client.open_consumer)
+        }
+        if instance_id:
+            config["group.instance.id"] = instance_id  # static membership: a restart within the session keeps it
+        self.consumer = Consumer(config)
+        self.producer = Producer(connection.librdkafka_producer_config(f"{client_id}-forward"))
+        self.max_poll_records = max_poll_records
+        self._assigned: set[Partition] = set()
+        self._paused: set[Partition] = set()
+
+    # -- the group -----------------------------------------------------------------------------------
+
+    def subscribe(self, topics: list[str]) -> None:
+        def assigned(_consumer: Any, tps: list[Any]) -> None:
+            self._assigned |= {Partition(tp.topic, tp.partition) for tp in tps}
+
+        def revoked(_consumer: Any, tps: list[Any]) -> None:
+            gone = {Partition(tp.topic, tp.partition) for tp in tps}
+            self._assigned -= gone
+            self._paused -= gone
+
+        self.consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def poll(self, timeout_ms: int) -> dict[Partition, list[PolledRecord]]:
+        out: dict[Partition, list[PolledRecord]] = {}
+        for msg in self.consumer.consume(num_messages=self.max_poll_records, timeout=timeout_ms / 1000):
+            err = msg.error()
+            if err is not None:  # a broker or partition event, not a record: librdkafka retries by itself
+                log.info("kafka_client_event", error=str(err))
+                continue
+            rec = _record(msg)
+            tp = Partition(rec.topic, rec.partition)
+            if tp in self._paused:  # fetched before the pause: read again once resumed (seek put it back)
+                continue
+            out.setdefault(tp, []).append(rec)
+        return out
+
+    def pause(self, tp: Partition) -> None:
+        self.consumer.pause([self._tp(tp)])
+        self._paused.add(tp)
+
+    def resume(self, tp: Partition) -> None:
+        self.consumer.resume([self._tp(tp)])
+        self._paused.discard(tp)
+
+    def paused(self) -> set[Partition]:
+        return set(self._paused)
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        self.consumer.seek(self._tp(tp, offset))
+
+    def commit(self, tp: Partition, next_offset: int) -> None:
+        self.consumer.commit(offsets=[self._tp(tp, next_offset)], asynchronous=False)
+
+    def assignment(self) -> set[Partition]:
+        return {Partition(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    def end_offsets(self, tps: list[Partition]) -> dict[Partition, int]:
+        from confluent_kafka import KafkaException
+
+        try:
+            return {tp: int(self.consumer.get_watermark_offsets(self._tp(tp), timeout=5)[1]) for tp in tps}
+        except KafkaException as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def position(self, tp: Partition) -> int:
+        """The next offset this member reads: its fetch position, else the group's committed offset, else the
+        partition's start."""
+        from confluent_kafka import KafkaException
+
+        try:
+            [pos] = self.consumer.position([self._tp(tp)])
+            if pos.offset >= 0:
+                return int(pos.offset)
+            [committed] = self.consumer.committed([self._tp(tp)], timeout=5)
+            if committed.offset >= 0:
+                return int(committed.offset)
+            return int(self.consumer.get_watermark_offsets(self._tp(tp), timeout=5)[0])
+        except KafkaException as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def in_stable_group(self) -> bool | None:
+        return None  # librdkafka rejoins by itself and does not say; the group watchdog is for kafka-python
+
+    def fetch_state(self, tp: Partition) -> dict[str, Any]:
+        return {"assigned": tp in self._assigned, "paused": tp in self._paused}
+
+    def send(self, record: OutRecord, timeout_s: float = 30.0) -> None:
+        delivered: list[Any] = []
+        self.producer.produce(record.topic, value=record.value, key=record.key, headers=list(record.headers),
+                              on_delivery=lambda err, _msg: delivered.append(err))
+        self.producer.flush(timeout_s)
+        if not delivered:
+            raise BrokerUnavailable(f"no acknowledgement for a record to {record.topic} within {timeout_s:.0f}s")
+        if delivered[0] is not None:
+            raise BrokerUnavailable(f"the broker refused a record to {record.topic}: {delivered[0]}")
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.flush(10)
+
+    @staticmethod
+    def _tp(tp: Partition, offset: int | None = None) -> Any:
+        from confluent_kafka import TopicPartition
+
+        return TopicPartition(tp.topic, tp.partition) if offset is None else \
+            TopicPartition(tp.topic, tp.partition, offset)
