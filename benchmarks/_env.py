@@ -19,9 +19,24 @@ def kafka_bootstrap() -> str:
     return connection.bootstrap_servers
 
 
+DURABILITY = ("fsync", "synchronous_commit", "full_page_writes")
+
+
 def postgres_url() -> str:
+    """The PostgreSQL server to measure on; refused unless it runs durable: figures taken with fsync,
+    synchronous_commit or full_page_writes off do not count (``PG_DURABLE=1 deploy/local/postgres.sh start``)."""
     url = os.environ.get("TTSYNC_DATABASE_URL", "")
-    return url if url.startswith("postgresql") else ensure_postgres()
+    url = url if url.startswith("postgresql") else ensure_postgres()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            off = [name for name in DURABILITY if conn.exec_driver_sql(f"SHOW {name}").scalar() != "on"]
+    finally:
+        engine.dispose()
+    if off:
+        raise SystemExit(f"PostgreSQL at {url} runs with {', '.join(off)} off: benchmarks need it durable. Run "
+                         "`PG_DURABLE=1 bash deploy/local/postgres.sh start` (it restarts the local cluster).")
+    return url
 
 
 @contextmanager

@@ -7,6 +7,9 @@
 #   PGPORT          port (default 5432, or the next free one when taken by something else)
 #   PG_STATE_DIR    data dir, socket and log (default <repo>/.local/postgres)
 #   PG_DATABASE     database created for us (default ttsync)
+#   PG_DURABLE      1: fsync, synchronous_commit and full_page_writes on (benchmarks, durability proofs);
+#                   default 0: off, for the test suite's speed. `start` restarts a running cluster whose mode
+#                   differs; `status` says which it runs.
 #
 # `start` installs PostgreSQL with apt when missing, is idempotent, waits until the server accepts
 # connections and prints the SQLAlchemy URL as its last line. wal_level=logical so that Debezium can
@@ -19,6 +22,8 @@ STATE_DIR="${PG_STATE_DIR:-$REPO/.local/postgres}"
 DATA="$STATE_DIR/data"
 DB="${PG_DATABASE:-ttsync}"
 PORT_FILE="$STATE_DIR/port"
+MODE_FILE="$STATE_DIR/mode"
+MODE="$([[ "${PG_DURABLE:-0}" == 1 ]] && echo durable || echo fast)"
 LOG_FILE="$STATE_DIR/postgres.log"
 
 log() { echo "[postgres.sh] $*" >&2; }
@@ -79,8 +84,12 @@ start() {
     local d="$STATE_DIR"
     while [[ "$d" != "/" ]]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
   fi
+  if is_running && [[ "$(cat "$MODE_FILE" 2>/dev/null || echo fast)" != "$MODE" ]]; then
+    log "running in $(cat "$MODE_FILE" 2>/dev/null || echo fast) mode; restarting it $MODE"
+    as_pg "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+  fi
   if is_running; then
-    log "already running on port $(current_port) from $DATA"
+    log "already running on port $(current_port) from $DATA ($MODE)"
   else
     if [[ ! -f "$DATA/PG_VERSION" ]]; then
       log "initdb in $DATA"
@@ -89,10 +98,13 @@ start() {
     local port
     port="$(pick_port)"
     echo "$port" >"$PORT_FILE"
+    local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    [[ "$MODE" == durable ]] && durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
     as_pg "$BIN/pg_ctl" -D "$DATA" -l "$LOG_FILE" -w -t 60 start -o \
       "-c listen_addresses=127.0.0.1 -p $port -k $STATE_DIR -c max_connections=200 \
        -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 \
-       -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB" >/dev/null
+       $durability -c shared_buffers=128MB" >/dev/null
+    echo "$MODE" >"$MODE_FILE"
   fi
   local port
   port="$(current_port)"
@@ -121,7 +133,7 @@ stop() {
 status() {
   BIN="$(bindir)" || { echo "not installed"; return 3; }
   if is_running; then
-    echo "running port=$(current_port) data=$DATA url=$(url)"
+    echo "running port=$(current_port) mode=$(cat "$MODE_FILE" 2>/dev/null || echo fast) data=$DATA url=$(url)"
   else
     echo "stopped data=$DATA"
     return 3

@@ -329,6 +329,16 @@ def test_bucket_never_exceeds_the_limit_in_any_minute() -> None:
     assert worst <= 500, f"{worst} requests in one minute"
 
 
+def test_try_acquire_takes_a_free_token_and_never_waits() -> None:
+    clock = [0.0]
+    bucket = LocalTokenBucket(rate_per_s=1.0, capacity=2, clock=lambda: clock[0], sleep=lambda _s: None)
+    assert bucket.try_acquire() and bucket.try_acquire() and not bucket.try_acquire()  # the burst, then none
+    clock[0] += 0.5
+    assert not bucket.try_acquire()  # half a token is not one
+    clock[0] += 0.5
+    assert bucket.try_acquire() and clock[0] == 1.0
+
+
 def test_fields_that_can_become_empty_are_always_sent() -> None:
     # A sparse update keeps what it omits: a tax or memo removed in TimeTracker must be cleared in QBO.
     body = invoice_request(invoice(tax_amount="0", terms=None), InvoiceRefs("1", "2"), MappingOptions())
