@@ -182,8 +182,9 @@ class OutboxRelay:
         return _Batch(conn, tx, rows)
 
     def _record(self, row: Any) -> OutRecord:
-        # SQLite hands back the uuid as 32 hex digits: normalise to the canonical form.
-        headers = record_headers(str(uuid.UUID(str(row.id))), row.type, row.aggregate_version)
+        # SQLite hands back the uuid as 32 hex digits: normalise to the canonical form (PostgreSQL gives a UUID).
+        event_id = str(row.id) if isinstance(row.id, uuid.UUID) else str(uuid.UUID(str(row.id)))
+        headers = record_headers(event_id, row.type, row.aggregate_version)
         if row.origin:
             headers.append((Header.ORIGIN, row.origin.encode()))
         if row.headers:
