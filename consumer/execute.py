@@ -219,7 +219,7 @@ class Executor:
             if w.operation is Operation.CREATE:
                 self.store.mark_pending(w.event.aggregate_type, w.event.aggregate_id, w.rid("create", w.body))
         bodies = [self._batch_body(w) for w in writes]
-        items = [{"bId": str(i), "operation": w.operation.value, w.entity: body}
+        items = [{"bId": str(i), "operation": w.batch_operation, w.entity: body}
                  for i, (w, body) in enumerate(zip(writes, bodies, strict=True))]
         batch_id = str(uuid.uuid5(uuid.NAMESPACE_OID, ",".join(
             w.rid("create" if w.operation is Operation.CREATE else f"update:{w.sync_token}", body)
@@ -236,6 +236,8 @@ class Executor:
                 out.append(None)
                 continue
             result = _RESULT_OF[w.operation]
+            if w.operation is Operation.ADOPT:
+                log.info("entity_adopted", entity=w.entity, qbo_id=w.qbo_id, aggregate_id=w.event.aggregate_id)
             self.store.record(w.event, result.value, qbo=entity, status="active", customer_ref=w.customer_ref)
             out.append(Outcome(result, str(entity["Id"]), "batch"))
         return out

@@ -3,8 +3,8 @@
 Taking over from the old connector, a create first looks for the entity the connector made for the same record
 (same customer, date and amount: it stored no DocNumber). One query per create halved a backfill's speed. Here
 the candidates are read a calendar year of ``TxnDate`` at a time, a page of 1,000 per query, kept for a while,
-and matched in memory: a backfill of thousands of records costs a handful of queries. An entity adopted leaves
-the pool at once, so no second record of this consumer can take it."""
+and matched in memory: a backfill of thousands of records costs a handful of queries. An entity being adopted is
+claimed by its record at once, so no second record of this consumer can take it."""
 
 from __future__ import annotations
 
@@ -27,17 +27,25 @@ class LegacyPool:
         self._clock = clock
         self._years: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
         self.loads = 0  # years read from QBO (each a query per 1,000 entities)
+        self._claims: dict[tuple[str, str], str] = {}  # (entity, QBO id) -> the record adopting it
 
-    def candidates(self, entity: str, txn_date: str, **refs: str) -> list[dict[str, Any]]:
-        """The unmarked ``entity`` rows of this date whose reference fields (``CustomerRef=...``) hold these ids."""
+    def candidates(self, entity: str, txn_date: str, owner: str, **refs: str) -> list[dict[str, Any]]:
+        """The unmarked ``entity`` rows of this date whose reference fields (``CustomerRef=...``) hold these ids,
+        and that no record but ``owner`` (``invoice:12``) claimed."""
         return [row for row in self._year(entity, txn_date[:4]) if row.get("TxnDate") == txn_date
-                and all((row.get(field) or {}).get("value") == value for field, value in refs.items())]
+                and all((row.get(field) or {}).get("value") == value for field, value in refs.items())
+                and self._claims.get((entity, str(row.get("Id"))), owner) == owner]
 
-    def taken(self, entity: str, row: dict[str, Any]) -> None:
-        """``row`` is being adopted: no other record may match it."""
-        for (kind, _), (_, rows) in self._years.items():
-            if kind == entity:
-                rows[:] = [r for r in rows if r.get("Id") != row.get("Id")]
+    def by_id(self, entity: str, txn_date: str, qbo_id: str, owner: str) -> dict[str, Any] | None:
+        """The unmarked ``entity`` ``qbo_id`` among the candidates of ``txn_date``'s year, unless another record
+        claimed it."""
+        return next((row for row in self._year(entity, txn_date[:4]) if str(row.get("Id")) == qbo_id
+                     and self._claims.get((entity, qbo_id), owner) == owner), None)
+
+    def claim(self, entity: str, row: dict[str, Any], owner: str) -> None:
+        """``owner`` adopts ``row``: no other record may match it. The owner still may, when its adoption failed
+        and is tried again (a stale SyncToken in a batch, say)."""
+        self._claims[(entity, str(row.get("Id")))] = owner
 
     def _year(self, entity: str, year: str) -> list[dict[str, Any]]:
         key = (entity, year)

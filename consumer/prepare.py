@@ -127,8 +127,8 @@ class Preparer:
 
         def legacy() -> dict[str, Any] | None:
             # TimeTracker's connector sent no DocNumber and no tax: same customer, date and one of the totals.
-            rows = self.legacy_pool.candidates("Invoice", body["TxnDate"], CustomerRef=customer)
-            return self._legacy_taken("Invoice", _legacy_pick(
+            rows = self.legacy_pool.candidates("Invoice", body["TxnDate"], _owner(d.event), CustomerRef=customer)
+            return self._legacy_taken(d.event, "Invoice", _legacy_pick(
                 d.event, "Invoice", *legacy_match(rows, {inv.subtotal, inv.total_amount}, lone=True)))
 
         # A "mark as paid" without payment rows is held by a settlement Payment, written after the invoice; when
@@ -150,8 +150,8 @@ class Preparer:
                             marker("expense", exp.id, self.options.source))
 
         def legacy() -> dict[str, Any] | None:
-            rows = self.legacy_pool.candidates("Purchase", body["TxnDate"])
-            return self._legacy_taken("Purchase", _legacy_pick(
+            rows = self.legacy_pool.candidates("Purchase", body["TxnDate"], _owner(d.event))
+            return self._legacy_taken(d.event, "Purchase", _legacy_pick(
                 d.event, "Purchase", *legacy_match(rows, {exp.amount, exp.amount + (exp.tax_amount or 0)})))
 
         return self._upsert(d, "Purchase", body, lookup, legacy)
@@ -196,7 +196,7 @@ class Preparer:
         if pending:
             existing = lookup.pick(self.qbo.query(lookup.query, entity))
         elif d.decision.action is Action.CREATE:
-            existing = self._legacy_entity(d.event, entity, legacy)
+            existing = self._legacy_entity(d.event, entity, legacy, body.get("TxnDate"))
         if existing is not None:
             return d.write(Operation.ADOPT, entity, body=body, qbo_id=str(existing["Id"]),
                            sync_token=str(existing["SyncToken"]), lookup=lookup, **fields)
@@ -232,19 +232,25 @@ class Preparer:
         return NaturalKey("Customer", select_in("Customer", "DisplayName", [name, f"{name} (customer)"]), mark,
                           note_field="Notes", skip_voided=True)
 
-    def _legacy_taken(self, entity: str, found: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _legacy_taken(self, event: EventEnvelope, entity: str, found: dict[str, Any] | None
+                      ) -> dict[str, Any] | None:
         if found is not None:
-            self.legacy_pool.taken(entity, found)
+            self.legacy_pool.claim(entity, found, _owner(event))
         return found
 
-    def _legacy_entity(self, event: EventEnvelope, entity: str,
-                       legacy: Callable[[], dict[str, Any] | None] | None) -> dict[str, Any] | None:
+    def _legacy_entity(self, event: EventEnvelope, entity: str, legacy: Callable[[], dict[str, Any] | None] | None,
+                       txn_date: str | None = None) -> dict[str, Any] | None:
         """The QBO entity TimeTracker's old connector made for this record: by the id it stored in
         ``integration_metadata``, else (for a snapshot of a record that existed before ttsync) by a unique
         match on customer, date and amount. That query runs for a snapshot, and for the first change of a record
         created long before it (``LEGACY_AGE``), which the snapshot may not have reached yet; a record born
         under ttsync costs no extra QBO call."""
         qbo_id = legacy_qbo_id(event.aggregate_type, event.payload)
+        if qbo_id is not None and legacy is not None and txn_date:
+            # Usually among the candidates of its date, read in bulk anyway: no read of its own.
+            pooled = self.legacy_pool.by_id(entity, txn_date, qbo_id, _owner(event))
+            if pooled is not None:
+                return self._legacy_taken(event, entity, pooled)
         found = read_if_present(self.qbo, entity, qbo_id) if qbo_id is not None else None
         if qbo_id is not None and found is None:  # gone or never there: create it anew
             log.info("legacy_id_not_in_qbo", entity=entity, qbo_id=qbo_id, aggregate_id=event.aggregate_id)
@@ -257,6 +263,10 @@ class Preparer:
         if legacy is not None and self.adopt_legacy and (event.action == "snapshot" or _predates_ttsync(event)):
             return legacy()
         return None
+
+
+def _owner(event: EventEnvelope) -> str:
+    return f"{event.aggregate_type}:{event.aggregate_id}"
 
 
 def _legacy_pick(event: EventEnvelope, entity: str, found: dict[str, Any] | None,

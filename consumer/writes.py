@@ -69,13 +69,19 @@ class Write:
 
     @property
     def batchable(self) -> bool:
-        """A plain create, or an update with the SyncToken known, and nothing to write after it: one item of a
-        batch request. A create that follows a pending one goes alone (it looked for the lost attempt first)."""
+        """A plain create, or an update (an adoption is one) with the SyncToken known, and nothing to write after
+        it: one item of a batch request. A create that follows a pending one goes alone (it looked for the lost
+        attempt first)."""
         if self.settle is not None:
             return False
         if self.operation is Operation.CREATE:
             return not self.retry_of_pending
-        return self.operation is Operation.UPDATE and bool(self.qbo_id and self.sync_token)
+        return self.operation in (Operation.UPDATE, Operation.ADOPT) and bool(self.qbo_id and self.sync_token)
+
+    @property
+    def batch_operation(self) -> str:
+        """The operation's name in a QBO batch item: an adoption is a sparse update."""
+        return "create" if self.operation is Operation.CREATE else "update"
 
     def rid(self, operation: str, body: Any = None) -> str:
         """A requestid of this delivery of the event (mapping.request_id)."""

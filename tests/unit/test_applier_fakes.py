@@ -190,3 +190,25 @@ def test_the_old_connectors_entities_are_read_in_bulk_and_each_adopted_once(part
     # an eleventh record of the same customer, date and a total already taken: created, never a second adoption
     twin = parts.applier.apply(ev("invoice", invoice(items=[("1.00", "101.00")], invoice_id=11), 1, "snapshot"))
     assert twin.result is Result.CREATED and len(parts.entities("Invoice")) == 11
+
+
+def test_an_adoption_tried_again_finds_its_candidate_and_no_other_record_takes_it(parts: FakeParts) -> None:
+    """The pool claims a candidate for the record adopting it. An adoption that failed (a stale SyncToken in a
+    batch) is prepared again: it must find the same entity, not create a twin of the old connector's."""
+    from consumer.writes import Write
+
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    [customer] = parts.entities("Customer")
+    [item] = [i for i in parts.entities("Item") if i["Name"] == "Services"]
+    old = parts.qbo.create("Invoice", {
+        "CustomerRef": {"value": customer["Id"]}, "TxnDate": "2026-11-02",
+        "Line": [{"Amount": "150.00", "DetailType": "SalesItemLineDetail",
+                  "SalesItemLineDetail": {"ItemRef": {"value": item["Id"]}, "Qty": 1, "UnitPrice": "150.00"}}]},
+        "old-1")
+    event = ev("invoice", invoice(items=[("1.00", "150.00")], invoice_id=1), 1, "snapshot")
+    first, again = parts.applier.prepare(event), parts.applier.prepare(event)
+    assert isinstance(first, Write) and isinstance(again, Write)
+    assert (first.operation, first.qbo_id) == (again.operation, again.qbo_id) == (Operation.ADOPT, old["Id"])
+    assert first.batchable  # an adoption is a sparse update: it may go in a batch request
+    other = parts.applier.prepare(ev("invoice", invoice(items=[("1.00", "150.00")], invoice_id=2), 1, "snapshot"))
+    assert isinstance(other, Write) and other.operation is Operation.CREATE
