@@ -18,10 +18,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -140,7 +142,8 @@ def start_ttsync_relay(db_url: str, bootstrap: str, prefix: str, client: str = "
         env={**os.environ, "TTSYNC_DATABASE_URL": db_url, "TTSYNC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
              "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_LOG_LEVEL": "WARNING", "TTSYNC_LOG_FORMAT": "json",
              "TTSYNC_KAFKA_CLIENT": client},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # its log, for when a run goes wrong
+        stdout=subprocess.DEVNULL, stderr=open(Path(tempfile.gettempdir()) / f"ttsync-bench-relay-{prefix}.log", "wb"),  # noqa: SIM115
     )
 
     def stop() -> None:
@@ -213,8 +216,7 @@ def _writer(db_url: str, index: int, writers: int, n_total: int, rate: int, star
     # ttsync's tables live in a schema of their own, beside TimeTracker's (producer.database.make_engine)
     conn.execute("SELECT set_config('search_path', current_setting('search_path') || ', ' || %s, false)",
                  (ttsync_schema(),))
-    # Commits as production makes them: the local cluster runs with synchronous_commit=off, whose WAL reaches
-    # the disk (and a logical-replication client such as Debezium) only at the next WAL-writer round, 200 ms.
+    # Commits as production makes them, whatever the cluster's default (benchmarks refuse a non-durable one).
     conn.execute("SET synchronous_commit = on")
     conn.commit()
     out: dict[str, float] = {}

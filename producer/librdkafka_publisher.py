@@ -42,12 +42,17 @@ class LibrdkafkaRecordPublisher:
         self._client_id = client_id
         self._timeout_s = timeout_s
         self._producer: Any = None
+        self._get()  # connected before the first record, whose commit-to-Kafka time must not pay for it
 
     def _get(self) -> Any:
         if self._producer is None:
             from confluent_kafka import Producer
 
             self._producer = Producer(self._connection.librdkafka_producer_config(self._client_id, self._timeout_s))
+            try:  # connect now (metadata, the idempotent producer's id), not on the first record's clock
+                self._producer.list_topics(timeout=min(self._timeout_s, 5.0))
+            except Exception as exc:  # noqa: BLE001 - the broker may be away: sends will wait and report it
+                log.info("producer_warm_up_failed", error=repr(exc))
         return self._producer
 
     def send(self, records: Sequence[OutRecord]) -> _Sent:
