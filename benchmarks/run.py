@@ -54,18 +54,13 @@ def _get(data: dict[str, Any], *path: str) -> Any:
 # One row per figure: (benchmark, figure, how to read it from that benchmark's JSON, format)
 Figure = tuple[str, str, Callable[[dict[str, Any]], Any], str]
 FIGURES: list[Figure] = [
-    ("relay", "relay events/s, kafka-python (vs its bare producer)",
-     lambda d: (_get(d, "kafka-python", "throughput", "relay_eps"), _get(d, "kafka-python", "throughput", "ratio")),
-     "{0:,.0f} ({1:.0%})"),
-    ("relay", "relay events/s, librdkafka (vs its bare producer)",
-     lambda d: (_get(d, "confluent", "throughput", "relay_eps"), _get(d, "confluent", "throughput", "ratio")),
-     "{0:,.0f} ({1:.0%})"),
-    ("relay", "commit-to-Kafka p50 / p99, kafka-python",
-     lambda d: (_get(d, "kafka-python", "latency", "p50_ms"), _get(d, "kafka-python", "latency", "p99_ms")),
-     "{0:.1f} / {1:.1f} ms"),
-    ("relay", "commit-to-Kafka p50 / p99, librdkafka",
-     lambda d: (_get(d, "confluent", "latency", "p50_ms"), _get(d, "confluent", "latency", "p99_ms")),
-     "{0:.1f} / {1:.1f} ms"),
+    *[figure for client, name in (("kafka-python", "kafka-python"), ("confluent", "librdkafka")) for figure in (
+        ("relay", f"relay events/s, {name} (vs its bare producer)",
+         lambda d, c=client: (_get(d, c, "throughput", "relay_eps"), _get(d, c, "throughput", "ratio")),
+         "{0:,.0f} ({1:.0%})"),
+        ("relay", f"commit-to-Kafka p50 / p99, {name}",
+         lambda d, c=client: (_get(d, c, "latency", "p50_ms"), _get(d, c, "latency", "p99_ms")),
+         "{0:.1f} / {1:.1f} ms"))],
     ("consumer", "consumer events/s, throttling off (vs bare)",
      lambda d: (_get(d, "throughput", "ttsync_eps"), _get(d, "throughput", "ratio")), "{0:,.0f} ({1:.1%})"),
     ("consumer", "QBO requests/min at QBO's limits (of 500)",

@@ -35,16 +35,15 @@ def bucket_parameters(requests_per_minute: int, fraction: float, burst: int) -> 
     return rate, capacity
 
 
-class LocalTokenBucket:
-    def __init__(self, rate_per_s: float, capacity: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.rate = rate_per_s
-        self.capacity = capacity
-        self.tokens = capacity
-        self._clock, self._sleep = clock, sleep  # injected by tests: minutes of traffic in no time
-        self.updated = clock()
-        self._lock = threading.Lock()
-        self.waited_s = 0.0
+class _Bucket:
+    """``acquire`` and ``try_acquire`` over a bucket's ``_take``: take a token and return 0, or say how long until
+    one is free."""
+
+    waited_s = 0.0
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
+
+    def _take(self) -> float:
+        raise NotImplementedError
 
     def acquire(self) -> float:
         waited = 0.0
@@ -59,6 +58,18 @@ class LocalTokenBucket:
     def try_acquire(self) -> bool:
         return self._take() == 0
 
+
+class LocalTokenBucket(_Bucket):
+    def __init__(self, rate_per_s: float, capacity: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = rate_per_s
+        self.capacity = capacity
+        self.tokens = capacity
+        self._clock, self._sleep = clock, sleep  # injected by tests: minutes of traffic in no time
+        self.updated = clock()
+        self._lock = threading.Lock()
+        self.waited_s = 0.0
+
     def _take(self) -> float:
         """Take a token and return 0, or return how long until one is free."""
         with self._lock:
@@ -71,7 +82,7 @@ class LocalTokenBucket:
             return (1 - self.tokens) / self.rate
 
 
-class SharedTokenBucket:
+class SharedTokenBucket(_Bucket):
     """The same bucket in a PostgreSQL row, so N consumers together stay under the realm's limit."""
 
     def __init__(self, engine: Engine, realm_id: str, rate_per_s: float, capacity: float) -> None:
@@ -80,19 +91,6 @@ class SharedTokenBucket:
         self.rate = rate_per_s
         self.capacity = capacity
         self.waited_s = 0.0
-
-    def acquire(self) -> float:
-        waited = 0.0
-        while True:
-            delay = self._take()
-            if delay == 0:
-                self.waited_s += waited
-                return waited
-            time.sleep(delay)
-            waited += delay
-
-    def try_acquire(self) -> bool:
-        return self._take() == 0
 
     def _take(self) -> float:
         """Take a token and return 0, or return how long until one is free."""
