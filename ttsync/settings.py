@@ -182,8 +182,9 @@ class Settings(BaseSettings):
                                             description="Delays of the retry topics, JSON list")
     dependency_wait_max_hours: float = Field(
         default=_RETRY.dependency_wait_max_s / 3600, ge=0,
-        description="A payment whose invoice is not in QBO yet keeps waiting in the last retry "
-        "topic this long before it is dead-lettered (a backfill at QBO's rate limit can take hours)")
+        description="A payment whose invoice is not in QBO yet keeps waiting in the retry topics (each "
+        "wait about half as long as it has waited so far) this long before it is dead-lettered (a backfill at "
+        "QBO's rate limit can take hours)")
     consumer_max_poll_records: int = Field(default=100, ge=1, description="Records per consumer poll")
     consumer_instance_id: str | None = Field(
         default=None, description="Static group membership (group.instance.id): a consumer restarted within its "
