@@ -249,7 +249,7 @@ class GroupConsumer:
                     prepared = applier.prepare(event, delivery_generation(rec, None), origin_of(rec))
                     if isinstance(prepared, Write) and prepared.batchable:
                         pending.append((rec, prepared))
-                    else:  # a final outcome, or a write that goes alone (a void, an adoption, a settlement)
+                    else:  # a final outcome, or a write that goes alone (a void, a delete, a settlement)
                         outcome = prepared if isinstance(prepared, Outcome) else applier.execute(prepared)
                         self._count(base_topic(rec.topic), outcome)
                 except Exception:  # noqa: BLE001 - decode errors and the like: the single path handles them
