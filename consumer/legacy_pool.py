@@ -26,7 +26,6 @@ class LegacyPool:
         self.ttl_s = ttl_s
         self._clock = clock
         self._years: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
-        self.loads = 0  # years read from QBO (each a query per 1,000 entities)
         self._claims: dict[tuple[str, str], str] = {}  # (entity, QBO id) -> the record adopting it
 
     def candidates(self, entity: str, txn_date: str, owner: str, **refs: str) -> list[dict[str, Any]]:
@@ -34,13 +33,17 @@ class LegacyPool:
         and that no record but ``owner`` (``invoice:12``) claimed."""
         return [row for row in self._year(entity, txn_date[:4]) if row.get("TxnDate") == txn_date
                 and all((row.get(field) or {}).get("value") == value for field, value in refs.items())
-                and self._claims.get((entity, str(row.get("Id"))), owner) == owner]
+                and self._free(entity, row, owner)]
 
     def by_id(self, entity: str, txn_date: str, qbo_id: str, owner: str) -> dict[str, Any] | None:
         """The unmarked ``entity`` ``qbo_id`` among the candidates of ``txn_date``'s year, unless another record
         claimed it."""
         return next((row for row in self._year(entity, txn_date[:4]) if str(row.get("Id")) == qbo_id
-                     and self._claims.get((entity, qbo_id), owner) == owner), None)
+                     and self._free(entity, row, owner)), None)
+
+    def _free(self, entity: str, row: dict[str, Any], owner: str) -> bool:
+        """Unclaimed, or claimed by ``owner`` itself."""
+        return self._claims.get((entity, str(row.get("Id"))), owner) == owner
 
     def claim(self, entity: str, row: dict[str, Any], owner: str) -> None:
         """``owner`` adopts ``row``: no other record may match it. The owner still may, when its adoption failed
@@ -53,7 +56,6 @@ class LegacyPool:
         if held is None or self._clock() - held[0] > self.ttl_s:
             rows = query_all(self.qbo, entity, f"TxnDate >= {quote(f'{year}-01-01')} AND "
                                                f"TxnDate <= {quote(f'{year}-12-31')}")
-            self.loads += 1
             # ttsync's own (marked) are never a legacy candidate: only the connector's stay.
             held = (self._clock(), [r for r in rows if not MARKER_RE.search(r.get("PrivateNote") or "")])
             self._years[key] = held

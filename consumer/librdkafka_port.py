@@ -17,8 +17,6 @@ from schemas.kafka_client import KafkaConnection, OutRecord
 
 log = structlog.get_logger("ttsync.consumer")
 
-_INVALID = -1001  # librdkafka's OFFSET_INVALID: no position yet
-
 
 @dataclass(frozen=True)
 class LibrdkafkaRecord:
@@ -124,7 +122,7 @@ class LibrdkafkaConsumer:
 
         try:
             [pos] = self.consumer.position([self._tp(tp)])
-            if pos.offset >= 0:
+            if pos.offset >= 0:  # negative: librdkafka's OFFSET_INVALID, no position yet
                 return int(pos.offset)
             [committed] = self.consumer.committed([self._tp(tp)], timeout=5)
             if committed.offset >= 0:
