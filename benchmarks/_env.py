@@ -26,7 +26,7 @@ def postgres_url() -> str:
     """The PostgreSQL server to measure on; refused unless it runs durable: figures taken with fsync,
     synchronous_commit or full_page_writes off do not count (``PG_DURABLE=1 deploy/local/postgres.sh start``)."""
     url = os.environ.get("TTSYNC_DATABASE_URL", "")
-    url = url if url.startswith("postgresql") else ensure_postgres()
+    url = url if url.startswith("postgresql") else ensure_postgres(durable=True)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

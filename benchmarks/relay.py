@@ -31,13 +31,12 @@ from sqlalchemy import text
 
 from benchmarks._env import kafka_bootstrap, percentile, postgres_url, print_table, scratch_database
 from producer.database import make_engine
-from producer.outbox_relay import OutboxRelay
 from producer.outbox_writer import build_envelope
 from schemas import topic_for
 from schemas.kafka_client import as_connection
 from ttsync.logging_setup import configure_logging
 from ttsync.settings import Settings
-from ttsync.wiring import relay_publisher
+from ttsync.wiring import build_relay, freeze_startup_heap
 
 SEED_SQL = text(
     """
@@ -116,8 +115,11 @@ def throughput(db_url: str, bootstrap: str, events: int, pad: int, client: str =
     # Bare producer first, so both see a warm broker and page cache.
     bare_s = bare_send(client, bootstrap, f"{prefix}.bare", rows)
 
-    publisher = relay_publisher(Settings(kafka_client=client), bootstrap)  # type: ignore[arg-type]
-    relay = OutboxRelay(engine, publisher, topic_prefix=prefix, batch_size=2000)
+    # The relay as `ttsync relay` runs it: its settings' defaults, its heap settled.
+    relay = build_relay(Settings(kafka_client=client), engine, kafka=bootstrap,  # type: ignore[arg-type]
+                        topic_prefix=prefix)
+    publisher = relay.publisher
+    freeze_startup_heap()
     started = time.perf_counter()
     stats = relay.run(idle_exit=True)
     relay_s = time.perf_counter() - started

@@ -59,5 +59,8 @@ def ensure_kafka(kafka: KafkaConnection | str, *, start: bool = True) -> tuple[K
     return replace(connection, bootstrap_servers=address), True
 
 
-def ensure_postgres() -> str:
-    return run_script("postgres.sh", "start")
+def ensure_postgres(*, durable: bool | None = None) -> str:
+    """Start (or find) the local cluster; ``durable`` True/False asks for that mode (restarting a cluster that
+    runs the other), None keeps the mode of a running cluster."""
+    env = {} if durable is None else {"PG_DURABLE": "1" if durable else "0"}
+    return run_script("postgres.sh", "start", env)

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
 
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics ttsync creates")
     topic_replication_factor: int = Field(default=1, ge=1, description="Replication of topics ttsync creates")
-    relay_batch_size: int = Field(default=500, ge=1, le=10_000, description="Outbox rows claimed per batch")
+    relay_batch_size: int = Field(default=2000, ge=1, le=10_000, description="Outbox rows claimed per batch")
     relay_poll_interval_s: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")
     relay_buckets: int = Field(default=16, ge=1, le=1024, description="Hash buckets that relays share out")
     dlq_retention_days: float = Field(default=365.0, description="Retention of the dead-letter topic ttsync creates "

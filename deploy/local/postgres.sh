@@ -8,8 +8,9 @@
 #   PG_STATE_DIR    data dir, socket and log (default <repo>/.local/postgres)
 #   PG_DATABASE     database created for us (default ttsync)
 #   PG_DURABLE      1: fsync, synchronous_commit and full_page_writes on (benchmarks, durability proofs);
-#                   default 0: off, for the test suite's speed. `start` restarts a running cluster whose mode
-#                   differs; `status` says which it runs.
+#                   0: off, for the test suite's speed. `start` with it set restarts a running cluster whose
+#                   mode differs; unset, a running cluster keeps its mode (a new one starts fast), so a
+#                   plain `start` never quietly makes a durable cluster unsafe. `status` says which it runs.
 #
 # `start` installs PostgreSQL with apt when missing, is idempotent, waits until the server accepts
 # connections and prints the SQLAlchemy URL as its last line. wal_level=logical so that Debezium can
@@ -23,7 +24,12 @@ DATA="$STATE_DIR/data"
 DB="${PG_DATABASE:-ttsync}"
 PORT_FILE="$STATE_DIR/port"
 MODE_FILE="$STATE_DIR/mode"
-MODE="$([[ "${PG_DURABLE:-0}" == 1 ]] && echo durable || echo fast)"
+case "${PG_DURABLE:-}" in
+  1) MODE=durable ;;
+  0) MODE=fast ;;
+  "") MODE="" ;;  # keep what runs; decided in start()
+  *) echo "[postgres.sh] PG_DURABLE must be 0 or 1, not '$PG_DURABLE'" >&2; exit 2 ;;
+esac
 LOG_FILE="$STATE_DIR/postgres.log"
 
 log() { echo "[postgres.sh] $*" >&2; }
@@ -83,6 +89,10 @@ start() {
     # The postgres user must be able to reach the state dir through the repo's parents.
     local d="$STATE_DIR"
     while [[ "$d" != "/" ]]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
+  fi
+  if [[ -z "$MODE" ]]; then
+    MODE=fast
+    is_running && MODE="$(cat "$MODE_FILE" 2>/dev/null || echo fast)"
   fi
   if is_running && [[ "$(cat "$MODE_FILE" 2>/dev/null || echo fast)" != "$MODE" ]]; then
     log "running in $(cat "$MODE_FILE" 2>/dev/null || echo fast) mode; restarting it $MODE"

@@ -27,8 +27,20 @@ from schemas import all_topics, decode_event, headers_to_dict, topic_for
 from tests.kafka_helpers import read_topics
 from tests.services import private_broker
 from tests.timetracker_data import base_rows, new_invoice
+from tests.unit.test_relay_sqlite import test_failed_record_holds_back_its_aggregate_only as _refused_rows
+from tests.unit.test_relay_sqlite import test_whole_batch_refused_raises_and_marks_nothing_published as _all_refused
 
 pytestmark = pytest.mark.integration
+
+
+def test_a_refused_row_is_unmarked_and_holds_back_its_aggregate_on_postgres(pg_engine: Engine) -> None:
+    """PostgreSQL marks rows published as it claims them: the ones the broker refused must be unmarked before
+    the commit (the same rules as on SQLite, where claiming and marking are two statements)."""
+    _refused_rows(pg_engine)
+
+
+def test_a_wholly_refused_batch_leaves_every_row_unpublished_on_postgres(pg_engine: Engine) -> None:
+    _all_refused(pg_engine)
 
 
 def outbox_ids(engine: Engine) -> set[str]:

@@ -41,7 +41,7 @@ def relay(
     from producer.database import make_engine
     from producer.migrate import require_current
     from producer.relay_metrics import relay_registry
-    from ttsync.wiring import build_relay, ensure_relay_topics
+    from ttsync.wiring import build_relay, ensure_relay_topics, freeze_startup_heap
 
     settings = load_settings()
     log = structlog.get_logger("ttsync.cli")
@@ -59,6 +59,7 @@ def relay(
     stop_on_signals(worker.stop, "finishing in-flight batch")
     server = serve_metrics(settings, engine, relay_registry(engine, worker), metrics_port,
                            heartbeat=lambda: worker.heartbeat)
+    freeze_startup_heap()
     try:
         stats = worker.run(max_seconds=max_seconds, idle_exit=once)
     finally:
@@ -79,7 +80,7 @@ def consume(
     from consumer.errors import ConsumerStuck, FatalError
     from producer.database import make_engine
     from producer.migrate import require_current
-    from ttsync.wiring import build_consumer, build_parts, ensure_consumer_topics
+    from ttsync.wiring import build_consumer, build_parts, ensure_consumer_topics, freeze_startup_heap
 
     settings = load_settings()
     if settings.sync_direction == "import":
@@ -111,6 +112,7 @@ def consume(
                             heartbeat=lambda: worker.heartbeat)
 
     stop_on_signals(worker.stop, "finishing the current event")
+    freeze_startup_heap()
     try:
         stats = worker.run(max_seconds=max_seconds, on_progress=lambda s: log.info(
             "progress", applied=s.applied, skipped=s.skipped, duplicates=s.duplicates,
