@@ -33,7 +33,7 @@ from benchmarks._env import kafka_bootstrap, percentile, postgres_url, print_tab
 from producer.database import make_engine
 from producer.outbox_writer import build_envelope
 from schemas import topic_for
-from schemas.kafka_client import as_connection
+from schemas.kafka_client import OutRecord, as_connection
 from ttsync.logging_setup import configure_logging
 from ttsync.settings import Settings
 from ttsync.wiring import build_relay, freeze_startup_heap
@@ -128,6 +128,35 @@ def throughput(db_url: str, bootstrap: str, events: int, pad: int, client: str =
     engine.dispose()
     return {"client": client, "events": events, "avg_value_bytes": round(avg_bytes), "bare_eps": events / bare_s,
             "relay_eps": events / relay_s, "ratio": bare_s / relay_s}
+
+
+class InstantBroker:
+    """A publisher whose broker acknowledges everything at once: the relay's own ceiling (PostgreSQL's claiming
+    and marking plus the relay's Python), which no Kafka client can lift."""
+
+    def send(self, records: list[OutRecord]) -> list[None]:
+        return [None] * len(records)
+
+    def wait(self, handle: list[None]) -> list[None]:
+        return handle
+
+    def close(self) -> None:
+        pass
+
+
+def relay_ceiling(db_url: str, events: int, pad: int) -> dict:
+    """events/s of the relay with an instant broker, on the same rows as ``throughput``."""
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(SEED_SQL, {"n": events, "pad": pad})
+    relay = build_relay(Settings(), engine, InstantBroker(), topic_prefix="ceiling")  # type: ignore[arg-type]
+    freeze_startup_heap()
+    started = time.perf_counter()
+    stats = relay.run(idle_exit=True)
+    seconds = time.perf_counter() - started
+    assert stats.published == events, stats
+    engine.dispose()
+    return {"events": events, "relay_eps": events / seconds}
 
 
 def ttsync_relay_on(client: str) -> Callable[[str, str, str], Callable[[], None]]:
@@ -276,6 +305,10 @@ def main() -> None:
              f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms (target <= 25 ms), max {lat['max_ms']:.1f} ms,"
              f" {lat['received']}/{lat['events']} received"),
         ]
+    with scratch_database(server) as db:
+        out["ceiling"] = relay_ceiling(db, args.events, args.pad)
+    rows.append(("relay with an instant broker (its PostgreSQL work and its Python: the ceiling of any client)",
+                 f"{out['ceiling']['relay_eps']:,.0f} events/s"))
     print_table("relay benchmark (PostgreSQL -> Kafka, same run)", rows)
     if args.json:
         with open(args.json, "w") as fh:

@@ -61,6 +61,8 @@ FIGURES: list[Figure] = [
         ("relay", f"commit-to-Kafka p50 / p99, {name}",
          lambda d, c=client: (_get(d, c, "latency", "p50_ms"), _get(d, c, "latency", "p99_ms")),
          "{0:.1f} / {1:.1f} ms"))],
+    ("relay", "relay with an instant broker (the ceiling of any client)",
+     lambda d: (_get(d, "ceiling", "relay_eps"),), "{0:,.0f} events/s"),
     ("consumer", "consumer events/s, throttling off (vs bare)",
      lambda d: (_get(d, "throughput", "ttsync_eps"), _get(d, "throughput", "ratio")), "{0:,.0f} ({1:.1%})"),
     ("consumer", "QBO requests/min at QBO's limits (of 500)",

@@ -48,6 +48,12 @@ class ConsumerStats:
     last_progress_at: float = field(default_factory=time.monotonic)
 
 
+# Records come back from a retry topic as they went in, one after the other, each due its delay after it went:
+# one due within this many seconds joins the batch request of those due now. They waited 10 s or more for a
+# dependency or an outage; coming back 2 s early changes nothing but the number of requests (a fifth of the
+# delay at most, for short tiers).
+BATCH_EARLY_S = 2.0
+
 def delivery_generation(rec: PolledRecord, tier: int | None) -> str:
     """Names a delivery of an event for its QBO requestids: the retry tier it came from and how often an
     operator replayed it. A Fault QBO gave one delivery is not replayed to the next."""
@@ -166,22 +172,23 @@ class GroupConsumer:
 
     def _process_partition(self, tp: Partition, records: list[PolledRecord]) -> None:
         tier = retry_tier(tp.topic, self.policy.topic_delays_s)
-        if tier is None and self.applier is not None and self.batch_min_records \
-                and len(records) >= self.batch_min_records:
-            self._process_backlog(tp, records)
-            return
+        if self.applier is not None and self.batch_min_records:
+            # A backlog (main topic, or what is due of a retry topic: the payments of a backfill that came before
+            # their invoices return there together) goes in batch requests.
+            due = records if tier is None else self._due_prefix(
+                records, min(BATCH_EARLY_S, self.policy.topic_delays_s[tier] / 5))
+            if len(due) >= self.batch_min_records:
+                self._process_backlog(tp, due, tier)
+                rest = records[len(due):]
+                if rest and not self._stop.is_set() and not self._pause_until_due(tp, rest[0]):
+                    self.port.seek(tp, rest[0].offset)  # due by now: read from it again
+                return
         done: int | None = None
         rec = None
         try:
             for rec in records:
-                if tier is not None:
-                    due = due_at(rec)
-                    if due is not None and due > dt.datetime.now(dt.UTC):
-                        # Not due yet: stop reading this retry partition until it is.
-                        self.port.pause(tp)
-                        self.port.seek(tp, rec.offset)
-                        self._paused[tp] = due.timestamp()
-                        return
+                if tier is not None and self._pause_until_due(tp, rec):
+                    return
                 self._settle(rec, tier)
                 done = rec.offset
                 if self._stop.is_set():
@@ -194,7 +201,27 @@ class GroupConsumer:
             if done is not None:
                 self._commit(tp, done)
 
-    def _process_backlog(self, tp: Partition, records: list[PolledRecord]) -> None:
+    @staticmethod
+    def _due_prefix(records: list[PolledRecord], early_s: float) -> list[PolledRecord]:
+        """The records of a retry partition up to the first one not due within ``early_s``."""
+        now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=early_s)
+        for i, rec in enumerate(records):
+            due = due_at(rec)
+            if due is not None and due > now:
+                return records[:i]
+        return records
+
+    def _pause_until_due(self, tp: Partition, rec: PolledRecord) -> bool:
+        """A retry record not due yet stops the reading of its partition until it is (True); else False."""
+        due = due_at(rec)
+        if due is None or due <= dt.datetime.now(dt.UTC):
+            return False
+        self.port.pause(tp)
+        self.port.seek(tp, rec.offset)
+        self._paused[tp] = due.timestamp()
+        return True
+
+    def _process_backlog(self, tp: Partition, records: list[PolledRecord], tier: int | None = None) -> None:
         """A backlog: plain creates and updates of distinct aggregates go to QBO 30 at a time in one batch
         request (one request of the realm's budget instead of 30). QBO allows 40 batch requests a minute within
         its 500: while none is free, the oldest pending write goes alone on the rest of the budget, and the batch
@@ -214,7 +241,7 @@ class GroupConsumer:
                 outcomes = [None] * len(pending)
             for (rec, _), outcome in zip(pending, outcomes, strict=True):
                 if outcome is None:
-                    self._settle(rec, None)
+                    self._settle(rec, tier)
                 else:
                     self._count(base_topic(rec.topic), outcome)
             pending.clear()
@@ -224,7 +251,7 @@ class GroupConsumer:
             try:
                 self._count(base_topic(rec.topic), applier.execute(write))
             except Exception:  # noqa: BLE001 - the single path retries, recovers or dead-letters it
-                self._settle(rec, None)
+                self._settle(rec, tier)
 
         def flush(*, everything: bool = True) -> None:
             """Send what is pending as one batch request if one is free; else the oldest write alone, and on
@@ -246,7 +273,7 @@ class GroupConsumer:
                         flush()
                     elif len(pending) >= BATCH_LIMIT:
                         flush(everything=False)
-                    prepared = applier.prepare(event, delivery_generation(rec, None), origin_of(rec))
+                    prepared = applier.prepare(event, delivery_generation(rec, tier), origin_of(rec))
                     if isinstance(prepared, Write) and prepared.batchable:
                         pending.append((rec, prepared))
                     else:  # a final outcome, or a write that goes alone (a void, a delete, a settlement)
@@ -254,7 +281,7 @@ class GroupConsumer:
                         self._count(base_topic(rec.topic), outcome)
                 except Exception:  # noqa: BLE001 - decode errors and the like: the single path handles them
                     flush()
-                    self._settle(rec, None)
+                    self._settle(rec, tier)
                 if self._stop.is_set():
                     break
                 done = rec.offset

@@ -183,3 +183,22 @@ def test_a_backlog_writes_alone_while_no_batch_request_is_free_and_keeps_its_bat
     assert stats.by_result.get("created") == 40
     [batch_request] = [i for i, call in enumerate(parts.qbo.calls) if call == ("batch", "Batch")]
     assert parts.qbo.calls[:batch_request].count(("create", "Invoice")) == 0  # the first full batch went as one
+
+
+def test_what_is_due_in_a_retry_topic_goes_to_qbo_in_batch_requests(parts: FakeParts) -> None:
+    """A backfill's payments come before their invoices and wait in a retry topic; they come back together, and
+    went to QBO one request each (the drain's last 40 s without a batch request, benchmarks/backfill.py)."""
+    broker = StubBroker()
+    policy = RetryPolicy(inplace_attempts=0, backoff_base_s=0.001, topic_delays_s=(1,))
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    for n in range(1, 13):
+        publish(broker, ev("payment", {**PAY, "id": n, "invoice_id": n, "amount": "10.00"}, 1, "created"))
+    group = parts.group(broker, policy=policy, batch_min_records=5)
+    group.run(max_seconds=5, until=lambda s: s.forwarded_to_retry == 12)  # no invoice in QBO yet: all wait
+    for n in range(1, 13):
+        parts.applier.apply(ev("invoice", invoice(invoice_id=n), 1, "created"))
+    group.run(max_seconds=0.2)  # the retry partition is read, not due yet: paused
+    stats = group.run(max_seconds=10, until=lambda s: s.applied >= 12)
+    assert stats.applied == 12 and len(parts.entities("Payment")) == 12
+    assert parts.writes("batch", "Batch") >= 1 and parts.writes("create", "Payment") < 12
+    assert committed(broker, "tt.payment.retry.1s") == 12
