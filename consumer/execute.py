@@ -21,7 +21,7 @@ import structlog
 from consumer.crash_points import CrashHook, no_crash
 from consumer.errors import DependencyNotReady, DuplicateRequestId, QboUnavailable, QboValidationFault, StaleSyncToken
 from consumer.mapping import MappingOptions, settlement_marker, settlement_request
-from consumer.qbo_port import QboPort
+from consumer.qbo_port import QboPort, find_by_key
 from consumer.qbo_queries import NaturalKey, select_where
 from consumer.state_store import StateStore
 from consumer.writes import Operation, Outcome, Result, Write, sparse_body
@@ -105,7 +105,7 @@ class Executor:
         return created, Result.CREATED
 
     def _find(self, key: NaturalKey | None) -> dict[str, Any] | None:
-        return None if key is None else key.pick(self.qbo.query(key.query, key.entity))
+        return None if key is None else find_by_key(self.qbo, key)
 
     def _adopt(self, w: Write, existing: dict[str, Any]) -> dict[str, Any]:
         log.info("entity_adopted", entity=w.entity, qbo_id=existing["Id"], aggregate_id=w.event.aggregate_id)

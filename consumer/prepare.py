@@ -38,7 +38,7 @@ from consumer.mapping import (
     readable_state,
     stale_subtotal_gap,
 )
-from consumer.qbo_port import QboPort, read_if_present
+from consumer.qbo_port import QboPort, find_by_key, read_if_present
 from consumer.qbo_queries import NaturalKey, select_in, select_where
 from consumer.references import ReferenceResolver
 from consumer.state_store import StateStore
@@ -194,7 +194,7 @@ class Preparer:
         # over from TimeTracker's own connector: what it already created is adopted, not doubled.
         existing = None
         if pending:
-            existing = lookup.pick(self.qbo.query(lookup.query, entity))
+            existing = find_by_key(self.qbo, lookup)
         elif d.decision.action is Action.CREATE:
             existing = self._legacy_entity(d.event, entity, legacy, body.get("TxnDate"))
         if existing is not None:
@@ -206,7 +206,7 @@ class Preparer:
         """What the entity map should say of an aggregate whose create is pending: the entity found in QBO by its
         marker (adopted), or nothing (the pending mark is cleared)."""
         key = self._pending_key(event)
-        found = key.pick(self.qbo.query(key.query, key.entity))
+        found = find_by_key(self.qbo, key)
         if found is not None:
             log.info("pending_create_found", entity=mapped.qbo_entity, qbo_id=found["Id"],
                      aggregate_id=event.aggregate_id, version=event.aggregate_version)

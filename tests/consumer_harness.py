@@ -33,7 +33,7 @@ class FakeParts:
         self.applier = EventApplier(self.qbo, self.store, self.resolver, SyncPolicy(), MappingOptions())
 
     def entities(self, entity: str) -> list[dict[str, Any]]:
-        return self.qbo.query(f"SELECT * FROM {entity}", entity)
+        return self.qbo.query(f"SELECT * FROM {entity} MAXRESULTS 1000", entity)  # QBO answers 100 without it
 
     def writes(self, operation: str, entity: str) -> int:
         return self.qbo.calls.count((operation, entity))

@@ -117,6 +117,27 @@ def test_a_crash_between_the_write_and_its_record_adopts_under_fault_600(strict_
     assert len(p.entities("Invoice")) == 1
 
 
+def test_a_pending_create_is_found_past_the_first_hundred_rows_of_its_lookup(parts: FakeParts) -> None:
+    """Chaos, consumer kill -9: payment 90 was created by a batch whose answer the crash lost; its refund then
+    looked for it among the payments of its date, got QBO's first 100 of 163, and skipped the refund as "never in
+    QBO". The payment stayed live, and its invoice's next update was refused for ever."""
+    def pay(n: int, status: str = "completed") -> dict[str, Any]:
+        return {"id": n, "invoice_id": 1, "amount": "1.00", "payment_date": "2026-11-20",
+                "method": "bank_transfer", "status": status}
+
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    parts.applier.apply(ev("invoice", invoice(), 1, "created"))
+    for n in range(1, 106):  # a busy day: more payments of that date than one page of a query holds
+        parts.applier.apply(ev("payment", pay(n), 1, "created"))
+    parts.qbo.lose_answer("create", "Payment")
+    with pytest.raises(QboUnavailable):
+        parts.applier.apply(ev("payment", pay(200), 1, "created"))
+    assert len(parts.entities("Payment")) == 106
+    outcome = parts.applier.apply(ev("payment", pay(200, "refunded"), 2))
+    assert outcome.result is Result.VOIDED
+    assert len([p for p in parts.entities("Payment") if not p.get("Voided")]) == 105
+
+
 def test_a_payment_before_its_invoice_waits(parts: FakeParts) -> None:
     pay = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "method": "bank_transfer",
            "status": "completed"}
