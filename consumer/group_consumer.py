@@ -24,11 +24,12 @@ from consumer.dead_letter import Forwarder, base_topic, check_headers, due_at, f
 from consumer.errors import ConsumerStuck, MalformedEvent, StopRequested
 from consumer.execute import BATCH_LIMIT
 from consumer.housekeeping import ProcessedEventsRetention
-from consumer.kafka_port import ConsumerPort, Partition, PolledRecord
+from consumer.kafka_port import BrokerUnavailable, ConsumerPort, Partition, PartitionsLost, PolledRecord
 from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
 from consumer.watchdog import FetchWatchdog, GroupWatchdog
 from consumer.writes import Outcome, Result, Write
+from schemas.backoff import Backoff
 from schemas.codec import EventDecodeError, decode_event, headers_to_dict
 from schemas.contract import Header, all_topics, dlq_topic, retry_topic
 
@@ -89,7 +90,8 @@ class GroupConsumer:
                  policy: RetryPolicy, batch_min_records: int = 10, unjoined_exit_s: float = 120.0,
                  breaker: OutageBreaker | None = None, crash: CrashHook = no_crash,
                  retention: ProcessedEventsRetention | None = None, handler: RecordHandler | None = None,
-                 topics: list[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 topics: list[str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 broker_answers: Callable[[], bool] | None = None) -> None:
         if applier is None and handler is None:
             raise ValueError("a consumer needs an applier or a record handler")
         self.port = port
@@ -107,7 +109,7 @@ class GroupConsumer:
         self._stop = threading.Event()
         self._paused: dict[Partition, float] = {}  # retry partitions waiting for their records' due time
         self._run_over: Callable[[], bool] = lambda: False
-        self.group_watchdog = GroupWatchdog(port, group_id, unjoined_exit_s, clock)
+        self.group_watchdog = GroupWatchdog(port, group_id, unjoined_exit_s, clock, broker_answers)
         self.fetch_watchdog = FetchWatchdog(port)
         self.forwarder = Forwarder(port.send, group_id=group_id, dlq=dlq_topic(topic_prefix),
                                    retry_delays_s=policy.topic_delays_s, stopping=self._stop.wait)
@@ -146,6 +148,11 @@ class GroupConsumer:
                         for later_tp, later in polled[i + 1:]:  # fetched, never handled: read them again
                             self.port.seek(later_tp, later[0].offset)
                         raise
+                    except PartitionsLost as exc:
+                        # The rest of this poll may be another member's now: rejoin (the next poll) and read
+                        # what is ours again from the committed offsets.
+                        log.warning("partitions_lost", topic=tp.topic, partition=tp.partition, error=str(exc))
+                        break
                     if self._stop.is_set():
                         break
                 if batch and on_progress is not None:
@@ -166,9 +173,26 @@ class GroupConsumer:
 
     def _commit(self, tp: Partition, last_done: int) -> None:
         """The one place offsets are committed: every record of ``tp`` up to ``last_done`` is applied, a duplicate,
-        skipped, forwarded or dead-lettered (a crash before this line redelivers them; the applier dedupes)."""
+        skipped, forwarded or dead-lettered (a crash before this line redelivers them; the applier dedupes).
+
+        A broker that is away is waited for here, in place: the consumer used to exit on the commit's timeout and
+        leave its restart to a supervisor. ``PartitionsLost`` goes up to the loop, which polls again."""
         self.crash("before_offset_commit")
-        self.port.commit(tp, last_done + 1)
+        backoff = Backoff(base_s=0.5, max_s=10.0)
+        while True:
+            try:
+                self.port.commit(tp, last_done + 1)
+                metrics.BROKER_AWAY.set(0)
+                return
+            except BrokerUnavailable as exc:
+                if self._stop.is_set() or self._run_over():
+                    raise StopRequested("stopping while the broker is away: the records are read again") from exc
+                delay = backoff.next()
+                metrics.BROKER_AWAY.set(1)
+                log.warning("commit_waiting_for_broker", topic=tp.topic, partition=tp.partition, error=str(exc),
+                            retry_in_s=round(delay, 2))
+                self._stop.wait(delay)
+                self.heartbeat = time.monotonic()  # alive, waiting: /livez stays green, the metric says why
 
     def _process_partition(self, tp: Partition, records: list[PolledRecord]) -> None:
         tier = retry_tier(tp.topic, self.policy.topic_delays_s)

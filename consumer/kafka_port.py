@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from schemas.kafka_client import KafkaConnection, OutRecord, open_consumer
@@ -47,6 +47,12 @@ class PolledRecord(Protocol):
 
 class BrokerUnavailable(Exception):
     """The broker did not answer a request that has no record at fault (metadata, offsets): try again later."""
+
+
+class PartitionsLost(Exception):
+    """An offset commit the group refused: this member is no longer the owner (a rebalance, or a session that
+    expired while the broker was away). Its uncommitted records go to the partition's next owner, which may be
+    this member again once it has rejoined; nothing is lost, and nothing is for the process to exit over."""
 
 
 class ConsumerPort(Protocol):
@@ -142,7 +148,12 @@ class KafkaPythonConsumer:
         self.consumer.seek(KafkaTopicPartition(*tp), offset)
 
     def commit(self, tp: Partition, next_offset: int) -> None:
-        self.consumer.commit({KafkaTopicPartition(*tp): OffsetAndMetadata(next_offset, None, -1)})
+        try:
+            self.consumer.commit({KafkaTopicPartition(*tp): OffsetAndMetadata(next_offset, None, -1)})
+        except CommitFailedError as exc:
+            raise PartitionsLost(str(exc)) from exc
+        except KafkaError as exc:  # KafkaTimeoutError, NoBrokersAvailable...: the broker is away
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self.consumer.assignment()}

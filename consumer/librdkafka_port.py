@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from consumer.kafka_port import BrokerUnavailable, Partition, PolledRecord
+from consumer.kafka_port import BrokerUnavailable, Partition, PartitionsLost, PolledRecord
 from schemas.kafka_client import KafkaConnection, OutRecord
 
 log = structlog.get_logger("ttsync.consumer")
@@ -102,7 +102,17 @@ class LibrdkafkaConsumer:
         self.consumer.seek(self._tp(tp, offset))
 
     def commit(self, tp: Partition, next_offset: int) -> None:
-        self.consumer.commit(offsets=[self._tp(tp, next_offset)], asynchronous=False)
+        from confluent_kafka import KafkaError, KafkaException
+
+        lost = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+                KafkaError._ASSIGNMENT_LOST, KafkaError.FENCED_INSTANCE_ID}
+        try:
+            self.consumer.commit(offsets=[self._tp(tp, next_offset)], asynchronous=False)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
+            if code in lost:
+                raise PartitionsLost(str(exc)) from exc
+            raise BrokerUnavailable(str(exc)) from exc
 
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self.consumer.assignment()}

@@ -33,6 +33,8 @@ APPLY_SECONDS = Histogram("ttsync_consumer_apply_seconds", "Time to apply one ev
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 OUTAGE = Gauge("ttsync_consumer_outage", "1 while the consumer is paused because record after record fails alike "
                "(a service is down; consumer.outage)", registry=REGISTRY)
+BROKER_AWAY = Gauge("ttsync_consumer_broker_away", "1 while an offset commit waits for the Kafka broker to come back "
+                    "(the consumer waits in place; records are neither lost nor applied twice)", registry=REGISTRY)
 
 
 def count_qbo_call(entity: str, operation: str, outcome: str) -> None:

@@ -20,14 +20,19 @@ IDLE_REFETCH_S = 15.0
 class GroupWatchdog:
     """kafka-python can spin for ever looking for a group coordinator it never finds (dpkp/kafka-python #1493,
     #2373). A member that stays out of a stable group that long exits for its supervisor to replace it. A stable
-    member without partitions (more members than partitions) is fine. ``exit_after_s`` 0: never."""
+    member without partitions (more members than partitions) is fine. ``exit_after_s`` 0: never.
+
+    Not while the broker is away (``broker_answers`` says so): no member joins a group then, a fresh one no more
+    than this one, and the consumer waits the outage out in place."""
 
     def __init__(self, port: ConsumerPort, group_id: str, exit_after_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 broker_answers: Callable[[], bool] | None = None) -> None:
         self.port = port
         self.group_id = group_id
         self.exit_after_s = exit_after_s
         self.clock = clock
+        self.broker_answers = broker_answers
         self._unjoined_since: float | None = None
 
     def check(self) -> None:
@@ -39,6 +44,11 @@ class GroupWatchdog:
         if self._unjoined_since is None:
             self._unjoined_since = now
         elif self.exit_after_s and now - self._unjoined_since > self.exit_after_s:
+            if self.broker_answers is not None and not self.broker_answers():
+                log.warning("group_waits_for_broker", group=self.group_id,
+                            unjoined_s=round(now - self._unjoined_since))
+                self._unjoined_since = now
+                return
             raise ConsumerStuck(f"not in a stable consumer group for {now - self._unjoined_since:.0f}s "
                                 f"(group {self.group_id}): exiting for a supervisor to restart the consumer")
 

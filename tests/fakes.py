@@ -162,6 +162,7 @@ class StubBroker:
         self.logs: dict[Partition, list[StubRecord]] = {}
         self.committed: dict[tuple[str, Partition], int] = {}
         self.fail_sends = 0
+        self.fail_commits: list[Exception] = []  # raised by the next commits, one each
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: Sequence[tuple[str, bytes]] = ()) -> StubRecord:
@@ -222,6 +223,8 @@ class StubConsumer:
         self.positions[tp] = offset
 
     def commit(self, tp: Partition, next_offset: int) -> None:
+        if self.broker.fail_commits:
+            raise self.broker.fail_commits.pop(0)
         self.broker.committed[(self.group_id, tp)] = next_offset
 
     def assignment(self) -> set[Partition]:

@@ -31,6 +31,7 @@ from consumer.references import DEFAULT_EXPENSE_ACCOUNTS, ReferenceResolver, Res
 from consumer.retry_policy import RetryPolicy
 from consumer.state_store import StateStore
 from consumer.token_store import TokenStore, make_cipher
+from ops.probe import kafka_answers
 from producer.database import make_engine
 from producer.kafka_publisher import KafkaRecordPublisher, RecordPublisher, ensure_topics
 from producer.outbox_relay import OutboxRelay
@@ -116,6 +117,7 @@ def build_consumer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                          applier=parts.applier, policy=parts.policy,
                          batch_min_records=settings.qbo_batch_min_backlog,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s,
+                         broker_answers=lambda: kafka_answers(settings.kafka),
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
                                                max_open_s=settings.consumer_outage_exit_s),
                          crash=parts.applier.executor.crash,
@@ -267,6 +269,7 @@ def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, cl
                          handler=ImportHandler(importers, settings.qbo_realm_id, on_webhook, on_applied=noted),
                          topics=[qbo_changes_topic(settings.topic_prefix)], policy=parts.policy,
                          unjoined_exit_s=settings.consumer_unjoined_exit_s, crash=parts.applier.executor.crash,
+                         broker_answers=lambda: kafka_answers(settings.kafka),
                          breaker=OutageBreaker(threshold=settings.consumer_outage_records,
                                                max_open_s=settings.consumer_outage_exit_s))
 

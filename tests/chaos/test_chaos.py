@@ -38,9 +38,10 @@ def changes_for(client: str) -> int:
 
 def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: float = 0.0, seed: int = 7,
           fault: Fault | None = None, expect_dead_lettered: bool = False, timeout_s: float = 420,
-          pace_s: float = 0.0, changes: int | None = None) -> None:
+          pace_s: float = 0.0, changes: int | None = None, outage: bool = False) -> None:
     """Start the processes, play the workload while ``fault`` breaks things, wait for the pipeline to settle,
-    check the invariant, and put the scenario's row in the suite's table."""
+    check the invariant, and put the scenario's row in the suite's table. ``outage``: the fault takes a service
+    away, which relay and consumer wait out in place (no supervisor restart)."""
     started = time.monotonic()
     changes = changes or changes_per_scenario()
     for _ in range(relays):
@@ -54,12 +55,15 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     run.supervise()  # whatever a fault left dead is started again, as a supervisor would
     verdict = run.converge(timeout_s=timeout_s)
     seconds = time.monotonic() - started
-    record(run.scenario, verdict, seconds, notes)
+    restarts = sum(p.restarts for p in run.procs)
+    record(run.scenario, verdict, seconds, notes, restarts)
     details = "\n".join(verdict.problems) + "\n" + run.diagnostics()
     if not verdict.ok:
         details += f"\nQBO and outbox written to {run.dump()}"
     assert verdict.ok, f"{run.scenario}: {verdict.lost} lost, {verdict.duplicated} duplicated\n{details}"
     assert verdict.applied > changes // 10, f"too little reached QBO to prove anything\n{details}"
+    if outage:
+        assert restarts == 0, f"{restarts} processes exited during the outage instead of waiting\n{details}"
     if expect_dead_lettered:
         assert verdict.dead_lettered > 0 and verdict.junk_dead_lettered == run.junk_injected, details
     else:
@@ -145,7 +149,7 @@ def test_broker_restart_mid_stream(make_run: MakeRun, client: str) -> None:
             return "broker down 8 s at 30%"
 
         with make_run(named("broker restart", client), bootstrap=broker.bootstrap, kafka_client=client) as run:
-            drive(run, fault=fault, changes=changes_for(client))
+            drive(run, fault=fault, changes=changes_for(client), outage=True)
 
 
 def test_postgresql_restart_mid_stream(make_run: MakeRun) -> None:

@@ -202,3 +202,32 @@ def test_what_is_due_in_a_retry_topic_goes_to_qbo_in_batch_requests(parts: FakeP
     assert stats.applied == 12 and len(parts.entities("Payment")) == 12
     assert parts.writes("batch", "Batch") >= 1 and parts.writes("create", "Payment") < 12
     assert committed(broker, "tt.payment.retry.1s") == 12
+
+
+def test_a_commit_while_the_broker_is_away_waits_in_place_and_goes_through(parts: FakeParts) -> None:
+    """#21: with the broker down, the commit timed out (KafkaTimeoutError) and the consumer exited; its supervisor
+    restarted it. It now waits for the broker in place."""
+    from consumer.kafka_port import BrokerUnavailable
+
+    broker = StubBroker()
+    broker.fail_commits = [BrokerUnavailable("KafkaTimeoutError: Timeout after waiting for 30.0 secs."),
+                           BrokerUnavailable("NoBrokersAvailable")]
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    stats = parts.group(broker).run(max_seconds=10, until=lambda s: committed(broker, "tt.invoice") == 1)
+    assert stats.applied == 1 and committed(broker, "tt.invoice") == 1 and not broker.fail_commits
+
+
+def test_a_commit_refused_after_a_rebalance_does_not_end_the_consumer(parts: FakeParts) -> None:
+    """A member kicked out of its group while the broker was away (CommitFailedError) rejoins at its next poll;
+    the record whose commit was refused goes to whoever owns its partition then (applied once: it is recorded)."""
+    from consumer.kafka_port import PartitionsLost
+
+    broker = StubBroker()
+    broker.fail_commits = [PartitionsLost("CommitFailedError: the consumer is not part of an active group")]
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    group = parts.group(broker)
+    group.run(max_seconds=5, until=lambda s: s.applied == 1 and not broker.fail_commits)
+    assert committed(broker, "tt.invoice") is None
+    publish(broker, ev("invoice", invoice(invoice_id=2), 1, "created"))
+    stats = group.run(max_seconds=5, until=lambda s: s.applied == 2)
+    assert stats.applied == 2 and committed(broker, "tt.invoice") == 2

@@ -395,6 +395,29 @@ def test_a_consumer_out_of_its_group_too_long_exits_for_its_supervisor() -> None
     watchdog.check()
 
 
+def test_a_consumer_out_of_its_group_while_the_broker_is_away_waits_in_place() -> None:
+    """#21: with the broker down for minutes, no member joins a group; exiting (for a supervisor to start a member
+    that cannot join either) only hid the outage. The watchdog exits when the broker answers and the group does
+    not form."""
+    from consumer.errors import ConsumerStuck
+    from consumer.watchdog import GroupWatchdog
+    from tests.fakes import StubBroker
+
+    port = StubBroker().consumer("g")
+    port.in_stable_group = lambda: False  # type: ignore[method-assign]
+    broker = {"answers": False}
+    now = [1000.0]
+    watchdog = GroupWatchdog(port, "g", 120.0, clock=lambda: now[0], broker_answers=lambda: broker["answers"])
+    watchdog.check()
+    for _ in range(5):  # ten minutes of outage
+        now[0] += 121
+        watchdog.check()
+    broker["answers"] = True  # back, and still no group after the full wait: stuck
+    now[0] += 121
+    with pytest.raises(ConsumerStuck):
+        watchdog.check()
+
+
 def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_consumer_exits() -> None:
     from consumer.errors import ConsumerStuck
     from consumer.kafka_port import Partition
