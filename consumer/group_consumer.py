@@ -21,7 +21,7 @@ from consumer import metrics
 from consumer.applier import EventApplier
 from consumer.crash_points import CrashHook, no_crash
 from consumer.dead_letter import Forwarder, base_topic, check_headers, due_at, failing_for_s, replay_count, retry_tier
-from consumer.errors import ConsumerStuck, MalformedEvent, StopRequested
+from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
 from consumer.execute import BATCH_LIMIT
 from consumer.housekeeping import ProcessedEventsRetention
 from consumer.kafka_port import BrokerUnavailable, ConsumerPort, Partition, PartitionsLost, PolledRecord
@@ -277,11 +277,20 @@ class GroupConsumer:
             except Exception:  # noqa: BLE001 - the single path retries, recovers or dead-letters it
                 self._settle(rec, tier)
 
+        def batch_free() -> bool:
+            try:
+                return applier.qbo.reserve_batch()
+            except StateUnavailable:
+                # The realm's shared budget lives in the state database, which is away (kill -9 of PostgreSQL):
+                # no batch then. The writes go one by one, where each waits for the database in place; this
+                # used to end the consumer.
+                return False
+
         def flush(*, everything: bool = True) -> None:
             """Send what is pending as one batch request if one is free; else the oldest write alone, and on
             (``everything``) until a batch request is free or nothing is left."""
             while pending:
-                if applier.qbo.reserve_batch():
+                if batch_free():
                     send_batch()
                     return
                 send_oldest_alone()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,14 +175,17 @@ def secured_broker(prefix: str, group: str, retry_delays: str) -> Iterator[Secur
 
 @dataclass
 class LocalPostgres:
-    """A PostgreSQL cluster of our own from deploy/local/postgres.sh: tests may stop and restart it."""
+    """A PostgreSQL cluster of our own from deploy/local/postgres.sh: tests may stop, kill and restart it.
+    ``durable``: fsync, synchronous_commit and full_page_writes on (what a durability proof needs)."""
 
     port: int
     state_dir: Path
     url: str = ""
+    durable: bool = False
 
     def _env(self) -> dict[str, str]:
-        return {"PGPORT": str(self.port), "PG_STATE_DIR": str(self.state_dir)}
+        return {"PGPORT": str(self.port), "PG_STATE_DIR": str(self.state_dir), "PG_DURABLE": "1" if self.durable
+                else "0"}
 
     def start(self) -> str:
         self.url = run_script("postgres.sh", "start", self._env())
@@ -189,11 +194,36 @@ class LocalPostgres:
     def stop(self) -> None:
         run_script("postgres.sh", "stop", self._env())
 
+    def kill9(self) -> int:
+        """SIGKILL to the postmaster and every process it started, at once, as a power cut would leave them: no
+        shutdown checkpoint, the next start replays the WAL. Returns how many processes were killed."""
+        postmaster = int((self.state_dir / "data" / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+        pids = [postmaster, *(int(c) for c in children)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 30  # the next start refuses while one of them still holds shared memory
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    """Running, or dying: a zombie (state Z) holds nothing any more."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
 
 @contextmanager
-def private_postgres() -> Iterator[LocalPostgres]:
+def private_postgres(*, durable: bool = False) -> Iterator[LocalPostgres]:
     state = Path(tempfile.mkdtemp(prefix="ttsync-pg-"))
-    with _owned(LocalPostgres(free_port(), state), "a private PostgreSQL") as pg:
+    with _owned(LocalPostgres(free_port(), state, durable=durable), "a private PostgreSQL") as pg:
         yield pg
 
 

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
 
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics ttsync creates")
     topic_replication_factor: int = Field(default=1, ge=1, description="Replication of topics ttsync creates")
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas of topics ttsync creates (None: the broker's default): "
+        "with acks=all, a write needs this many replicas in sync, else the relay keeps its rows and retries")
     relay_batch_size: int = Field(default=2000, ge=1, le=10_000, description="Outbox rows claimed per batch")
     relay_poll_interval_s: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")
     relay_buckets: int = Field(default=16, ge=1, le=1024, description="Hash buckets that relays share out")
@@ -275,6 +278,22 @@ class Settings(BaseSettings):
         if self.dlq_retention_days <= 0:
             return None
         return dt.timedelta(days=max(self.dlq_retention_days, MIN_PROCESSED_EVENTS_DAYS) + PROCESSED_EVENTS_MARGIN_DAYS)
+
+    @model_validator(mode="after")
+    def _replicas_can_be_in_sync(self) -> Settings:
+        if self.topic_min_insync_replicas and self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(f"TTSYNC_TOPIC_MIN_INSYNC_REPLICAS={self.topic_min_insync_replicas} is more than "
+                             f"TTSYNC_TOPIC_REPLICATION_FACTOR={self.topic_replication_factor}: no write could succeed")
+        return self
+
+    @property
+    def topic_configs(self) -> dict[str, str]:
+        """What every topic ttsync creates is configured with: its durability. Unclean leader election stays off
+        (Kafka's default, set so that a broker configured otherwise cannot elect a replica that lost writes)."""
+        configs = {"unclean.leader.election.enable": "false"}
+        if self.topic_min_insync_replicas:
+            configs["min.insync.replicas"] = str(self.topic_min_insync_replicas)
+        return configs
 
     @model_validator(mode="after")
     def _kafka_connection_is_sound(self) -> Settings:

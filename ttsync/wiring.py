@@ -184,15 +184,16 @@ def consumer_port(settings: Settings, group_id: str, client_id: str, session_tim
 
 def ensure_relay_topics(settings: Settings, kafka: KafkaConnection | str | None = None) -> list[str]:
     return ensure_topics(kafka or settings.kafka, all_topics(settings.topic_prefix), settings.topic_partitions,
-                         settings.topic_replication_factor)
+                         settings.topic_replication_factor, settings.topic_configs)
 
 
 def ensure_consumer_topics(settings: Settings) -> list[str]:
     created = ensure_topics(settings.kafka, consumer_topics(settings.topic_prefix, settings.retry_topic_delays_s),
-                            settings.topic_partitions, settings.topic_replication_factor)
+                            settings.topic_partitions, settings.topic_replication_factor, settings.topic_configs)
     # One partition: an operator reads the dead letters in the order they came.
     return created + ensure_topics(settings.kafka, [dlq_topic(settings.topic_prefix)], 1,
-                                   settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
+                                   settings.topic_replication_factor,
+                                   {**settings.topic_configs, **dlq_topic_configs(settings.dlq_retention_days)})
 
 
 # -- process plumbing ------------------------------------------------------------------------------------------
@@ -234,9 +235,11 @@ def serve_metrics(settings: Settings, engine: Engine, registry: Any, port: int |
 
 def ensure_import_topics(settings: Settings) -> list[str]:
     topics = with_retry_topics([qbo_changes_topic(settings.topic_prefix)], settings.retry_topic_delays_s)
-    created = ensure_topics(settings.kafka, topics, settings.topic_partitions, settings.topic_replication_factor)
+    created = ensure_topics(settings.kafka, topics, settings.topic_partitions, settings.topic_replication_factor,
+                            settings.topic_configs)
     return created + ensure_topics(settings.kafka, [dlq_topic(settings.topic_prefix)], 1,
-                                   settings.topic_replication_factor, dlq_topic_configs(settings.dlq_retention_days))
+                                   settings.topic_replication_factor,
+                                   {**settings.topic_configs, **dlq_topic_configs(settings.dlq_retention_days)})
 
 
 def build_importer(settings: Settings, parts: ConsumerParts | None = None, *, client_id: str = "ttsync-import",

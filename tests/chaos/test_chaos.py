@@ -152,17 +152,20 @@ def test_broker_restart_mid_stream(make_run: MakeRun, client: str) -> None:
             drive(run, fault=fault, changes=changes_for(client), outage=True)
 
 
-def test_postgresql_restart_mid_stream(make_run: MakeRun) -> None:
-    with private_postgres() as pg:
+def test_kill_9_of_durable_postgresql_mid_stream(make_run: MakeRun) -> None:
+    """#21: not a clean restart but a kill -9 of every PostgreSQL process, on a cluster with fsync,
+    synchronous_commit and full_page_writes on; relay and consumer wait it out in place."""
+    with private_postgres(durable=True) as pg:
         def fault(run: ChaosRun, workload: Workload) -> str:
             wait_progress(workload, 0.3)
-            pg.stop()
+            killed = pg.kill9()
             time.sleep(5)
             pg.start()
-            return f"PostgreSQL down 5 s at 30% ({workload.stats.failed} writes refused)"
+            return (f"durable PostgreSQL: kill -9 of its {killed} processes at 30%, back after 5 s "
+                    f"({workload.stats.failed} writes refused)")
 
-        with make_run("PostgreSQL restart", pg_url=pg.url) as run:
-            drive(run, fault=fault)
+        with make_run("PostgreSQL kill -9 (durable)", pg_url=pg.url) as run:
+            drive(run, fault=fault, outage=True)
 
 
 def test_20_percent_qbo_5xx_with_latency_and_lost_answers(make_run: MakeRun) -> None:

@@ -274,3 +274,32 @@ def test_a_relay_that_lets_go_of_its_buckets_frees_them_for_the_next_one_in_the_
     finally:
         second.close()
         other_work.close()
+
+
+def test_topics_ttsync_creates_carry_their_durability_settings(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """#21: on a replicated cluster, acks=all means what min.insync.replicas says; ttsync sets it (and unclean leader
+    election off) on every topic it creates, from its settings."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from schemas import dlq_topic
+    from ttsync.settings import Settings
+    from ttsync.wiring import ensure_consumer_topics, ensure_relay_topics
+
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
+                        topic_min_insync_replicas=1)
+    ensure_relay_topics(settings)
+    ensure_consumer_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        for topic in (topic_for("invoice", topic_prefix), dlq_topic(topic_prefix)):
+            def values(name: str = topic) -> dict[str, str]:
+                # kafka-python 3: {"topic": {name: {config: {"value": ...}}}}; empty until the topic is known
+                entries = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])["topic"][name]
+                return {key: e["value"] for key, e in entries.items()}
+            wait_for(lambda: bool(values()), 15, f"the configs of {topic}")
+            assert values()["min.insync.replicas"] == "1" and values()["unclean.leader.election.enable"] == "false"
+    finally:
+        admin.close()
+    with pytest.raises(ValueError, match="MIN_INSYNC_REPLICAS"):
+        Settings(topic_replication_factor=1, topic_min_insync_replicas=2)

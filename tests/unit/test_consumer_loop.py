@@ -231,3 +231,23 @@ def test_a_commit_refused_after_a_rebalance_does_not_end_the_consumer(parts: Fak
     publish(broker, ev("invoice", invoice(invoice_id=2), 1, "created"))
     stats = group.run(max_seconds=5, until=lambda s: s.applied == 2)
     assert stats.applied == 2 and committed(broker, "tt.invoice") == 2
+
+
+def test_a_backlog_waits_for_the_state_database_in_place(parts: FakeParts) -> None:
+    """#21, chaos (kill -9 of durable PostgreSQL): the realm's batch budget is a row of the state database; reading
+    it raised out of the backlog path and ended the consumer, which a supervisor had to restart."""
+    from consumer.errors import StateUnavailable
+
+    broker = StubBroker()
+    for n in range(1, 13):
+        publish(broker, ev("invoice", invoice(invoice_id=n), 1, "created"))
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    away = iter(range(3))
+
+    def reserve_batch() -> bool:
+        if next(away, None) is not None:
+            raise StateUnavailable("connection refused")
+        return True
+    parts.qbo.reserve_batch = reserve_batch  # type: ignore[method-assign]
+    stats = parts.group(broker, batch_min_records=5).run(max_seconds=10, until=lambda s: s.applied >= 12)
+    assert stats.applied == 12 and committed(broker, "tt.invoice") == 12 and len(parts.entities("Invoice")) == 12
