@@ -55,6 +55,7 @@ class ConsumerStats:
 # delay at most, for short tiers).
 BATCH_EARLY_S = 2.0
 
+
 def delivery_generation(rec: PolledRecord, tier: int | None) -> str:
     """Names a delivery of an event for its QBO requestids: the retry tier it came from and how often an
     operator replayed it. A Fault QBO gave one delivery is not replayed to the next."""

@@ -552,3 +552,37 @@ def test_a_client_name_is_sent_without_surrounding_blanks_and_a_blank_one_is_a_m
     with pytest.raises(MappingError, match="blank name") as blank:
         customer_request(ClientState(id=2, name="   "), opts)
     assert blank.value.code == "blank_name" and not blank.value.retryable
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "librdkafka"])
+def test_both_kafka_ports_say_why_a_commit_failed(client: str) -> None:
+    """A commit the group refused (the member was replaced) is PartitionsLost: poll again; a broker that does not
+    answer is BrokerUnavailable: wait. kafka-python raised CommitFailedError out of the loop, and the consumer
+    exited."""
+    from consumer.kafka_port import BrokerUnavailable, KafkaPythonConsumer, Partition, PartitionsLost
+
+    if client == "kafka-python":
+        from kafka.errors import CommitFailedError, KafkaTimeoutError
+
+        port: Any = object.__new__(KafkaPythonConsumer)
+        lost, away = CommitFailedError("kicked out"), KafkaTimeoutError("Timeout after waiting for 30.0 secs.")
+    else:
+        from confluent_kafka import KafkaError, KafkaException  # in the test lock
+
+        from consumer.librdkafka_port import LibrdkafkaConsumer
+
+        port = object.__new__(LibrdkafkaConsumer)
+        lost = KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
+        away = KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    class Refusing:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def commit(self, *args: Any, **kwargs: Any) -> None:
+            raise self.error
+
+    for error, expected in ((lost, PartitionsLost), (away, BrokerUnavailable)):
+        port.consumer = Refusing(error)
+        with pytest.raises(expected):
+            port.commit(Partition("tt.invoice", 0), 5)
