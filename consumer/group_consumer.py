@@ -150,9 +150,11 @@ class GroupConsumer:
                             self.port.seek(later_tp, later[0].offset)
                         raise
                     except PartitionsLost as exc:
-                        # The rest of this poll may be another member's now: rejoin (the next poll) and read
-                        # what is ours again from the committed offsets.
+                        # The group moved on (a rebalance): rejoin at the next poll. The rest of this poll was
+                        # fetched, so the client's position is past it: rewind what is still ours, or a member
+                        # that keeps its partitions (cooperative rebalancing) would never apply it.
                         log.warning("partitions_lost", topic=tp.topic, partition=tp.partition, error=str(exc))
+                        self._rewind([(later_tp, later[0].offset) for later_tp, later in polled[i + 1:]])
                         break
                     if self._stop.is_set():
                         break
@@ -163,6 +165,19 @@ class GroupConsumer:
         finally:
             log.info("consumer_stopped", **{k: v for k, v in self.stats.__dict__.items() if isinstance(v, int)})
         return self.stats
+
+    def _rewind(self, positions: list[tuple[Partition, int]]) -> None:
+        """Point owned partitions back at records fetched but never handled. One that cannot be rewound ends
+        the consumer (``ConsumerStuck``): a fresh member reads from the committed offsets, nothing is skipped."""
+        owned = self.port.assignment()
+        for tp, offset in positions:
+            if tp not in owned:
+                continue  # its next owner reads it from the committed offset
+            try:
+                self.port.seek(tp, offset)
+            except Exception as exc:  # any client error here: exit rather than skip records
+                raise ConsumerStuck(f"could not rewind {tp.topic}[{tp.partition}] to {offset} after the group "
+                                    f"moved on ({type(exc).__name__}: {exc}): exiting for a fresh member") from exc
 
     def _resume_due(self) -> None:
         now = time.time()

@@ -233,6 +233,20 @@ def test_a_commit_refused_after_a_rebalance_does_not_end_the_consumer(parts: Fak
     assert stats.applied == 2 and committed(broker, "tt.invoice") == 2
 
 
+def test_what_a_poll_fetched_after_a_refused_commit_is_read_again(parts: FakeParts) -> None:
+    """Chaos, rebalance on librdkafka: a commit refused mid-poll ("generation id is not valid") left the rest of
+    that poll unread while the client's position was past it; the member kept its partitions (cooperative
+    rebalancing), so those records were never applied."""
+    from consumer.kafka_port import PartitionsLost
+
+    broker = StubBroker(partitions=2)
+    broker.fail_commits = [PartitionsLost("Commit failed: Broker: Specified group generation id is not valid")]
+    for n in range(1, 9):  # keys 1..8 over both partitions: one poll fetches both
+        publish(broker, ev("invoice", invoice(invoice_id=n), 1, "created"))
+    stats = parts.group(broker).run(max_seconds=5, until=lambda s: s.applied == 8)
+    assert stats.applied == 8 and len(parts.entities("Invoice")) == 8
+
+
 def test_a_backlog_waits_for_the_state_database_in_place(parts: FakeParts) -> None:
     """#21, chaos (kill -9 of durable PostgreSQL): the realm's batch budget is a row of the state database; reading
     it raised out of the backlog path and ended the consumer, which a supervisor had to restart."""
