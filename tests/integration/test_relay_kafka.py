@@ -257,7 +257,10 @@ def test_broker_outage_of_10s_drains_afterwards(pg_engine: Engine, topic_prefix:
                               until=lambda r: len({headers_to_dict(x.headers)["id"] for x in r}) >= len(expected),
                               timeout_s=60)
         assert {headers_to_dict(r.headers)["id"] for r in records} == expected
-        assert relay.stats.failed > 0  # it did see the outage
+        # Whether a batch failed during the outage or waited it out in flight (a 2,000-row batch holds all 200 rows,
+        # and the producer may still be waiting when the broker is back) is timing: a rehearsal saw both. Either
+        # way the rows stayed unpublished while the broker was away (above), and every one arrived.
+        assert relay.stats.published == 250
 
 
 def test_a_relay_that_lets_go_of_its_buckets_frees_them_for_the_next_one_in_the_same_process(
