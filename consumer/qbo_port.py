@@ -6,6 +6,7 @@ own exceptions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from consumer.errors import QboValidationFault
@@ -50,27 +51,29 @@ def read_if_present(qbo: QboPort, entity: str, qbo_id: str) -> dict[str, Any] | 
 QUERY_PAGE = 1000  # QBO answers at most 1,000 entities per query
 
 
+def query_pages(qbo: QboPort, sql: str, entity: str, page: int = QUERY_PAGE) -> Iterator[list[dict[str, Any]]]:
+    """The answer to ``sql`` (no STARTPOSITION or MAXRESULTS of its own) a page per query, until a short page."""
+    start = 1
+    while True:
+        rows = qbo.query(f"{sql} STARTPOSITION {start} MAXRESULTS {page}", entity)
+        yield rows
+        if len(rows) < page:
+            return
+        start += page
+
+
 def find_by_key(qbo: QboPort, key: NaturalKey) -> dict[str, Any] | None:
     """The entity ``key`` names, reading its query's answer a page at a time until a row matches. QBO answers
     100 rows to a query without MAXRESULTS: the 101st payment of a busy day, created by an attempt whose answer
     was lost, was never found, and a refund then skipped it as "never in QBO" (chaos, consumer kill -9)."""
-    start = 1
-    while True:
-        rows = qbo.query(f"{key.query} STARTPOSITION {start} MAXRESULTS {QUERY_PAGE}", key.entity)
+    for rows in query_pages(qbo, key.query, key.entity):
         found = key.pick(rows)
-        if found is not None or len(rows) < QUERY_PAGE:
+        if found is not None:
             return found
-        start += QUERY_PAGE
+    return None
 
 
 def query_all(qbo: QboPort, entity: str, where: str = "", page: int = QUERY_PAGE) -> list[dict[str, Any]]:
     """Every entity of one type (``where``: a condition, e.g. a TxnDate range), a page per query."""
-    rows: list[dict[str, Any]] = []
     condition = f" WHERE {where}" if where else ""
-    start = 1
-    while True:
-        got = qbo.query(f"SELECT * FROM {entity}{condition} STARTPOSITION {start} MAXRESULTS {page}", entity)
-        rows.extend(got)
-        if len(got) < page:
-            return rows
-        start += page
+    return [row for rows in query_pages(qbo, f"SELECT * FROM {entity}{condition}", entity, page) for row in rows]
