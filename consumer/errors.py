@@ -123,6 +123,12 @@ class ConsumerStuck(Exception):
     SyncError: no event is at fault."""
 
 
+class MemberStuck(ConsumerStuck):
+    """The Kafka client stopped serving this member (no stable group, partitions with records not fetched). The
+    loop first replaces the member in place (``ConsumerPort.renew_membership``); only a member that keeps getting
+    stuck ends the consumer (``watchdog.RenewalBudget``)."""
+
+
 class ConfigurationError(FatalError):
     """A setting must be fixed (exit 2): reconnecting QBO would not help, and could overwrite stored tokens."""
 

@@ -21,13 +21,13 @@ from consumer import metrics
 from consumer.applier import EventApplier
 from consumer.crash_points import CrashHook, no_crash
 from consumer.dead_letter import Forwarder, base_topic, check_headers, due_at, failing_for_s, replay_count, retry_tier
-from consumer.errors import ConsumerStuck, MalformedEvent, StateUnavailable, StopRequested
+from consumer.errors import ConsumerStuck, MalformedEvent, MemberStuck, StateUnavailable, StopRequested
 from consumer.execute import BATCH_LIMIT
 from consumer.housekeeping import ProcessedEventsRetention
 from consumer.kafka_port import BrokerUnavailable, ConsumerPort, Partition, PartitionsLost, PolledRecord
 from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
-from consumer.watchdog import FetchWatchdog, GroupWatchdog
+from consumer.watchdog import FetchWatchdog, GroupWatchdog, RenewalBudget
 from consumer.writes import Outcome, Result, Write
 from schemas.backoff import Backoff
 from schemas.codec import EventDecodeError, decode_event, headers_to_dict
@@ -45,6 +45,7 @@ class ConsumerStats:
     forwarded_to_retry: int = 0
     dead_lettered: int = 0
     outages: int = 0
+    member_renewals: int = 0  # stuck members replaced in place (watchdog.RenewalBudget)
     by_result: dict[str, int] = field(default_factory=dict)
     last_progress_at: float = field(default_factory=time.monotonic)
 
@@ -112,6 +113,7 @@ class GroupConsumer:
         self._run_over: Callable[[], bool] = lambda: False
         self.group_watchdog = GroupWatchdog(port, group_id, unjoined_exit_s, clock, broker_answers)
         self.fetch_watchdog = FetchWatchdog(port)
+        self.renewals = RenewalBudget(clock)
         self.forwarder = Forwarder(port.send, group_id=group_id, dlq=dlq_topic(topic_prefix),
                                    retry_delays_s=policy.topic_delays_s, stopping=self._stop.wait)
         self.heartbeat = time.monotonic()
@@ -139,8 +141,12 @@ class GroupConsumer:
                     self.retention.maybe_purge()
                 self._resume_due()
                 batch = self.port.poll(timeout_ms=250)
-                self.group_watchdog.check()
-                self.fetch_watchdog.after_poll(bool(batch), set(self._paused))
+                try:
+                    self.group_watchdog.check()
+                    self.fetch_watchdog.after_poll(bool(batch), set(self._paused))
+                except MemberStuck as exc:
+                    self._renew_member(exc)  # what this poll fetched is read again by the fresh member
+                    continue
                 polled = list(batch.items())
                 for i, (tp, records) in enumerate(polled):
                     try:
@@ -165,6 +171,19 @@ class GroupConsumer:
         finally:
             log.info("consumer_stopped", **{k: v for k, v in self.stats.__dict__.items() if isinstance(v, int)})
         return self.stats
+
+    def _renew_member(self, why: MemberStuck) -> None:
+        """#21: a stuck member is replaced in place, not by exiting for a supervisor: the fresh member reads from
+        the committed offsets, so what this one fetched and did not commit is read again (nothing lost, the
+        applier dedupes). Spent ``RenewalBudget``: ``ConsumerStuck``, the process exits."""
+        renewals = self.renewals.spend(why)
+        log.warning("member_renewed", reason=str(why), renewals_in_window=renewals)
+        self.stats.member_renewals += 1
+        metrics.MEMBER_RENEWALS.inc()
+        self._paused.clear()  # waiting retry records are uncommitted: the fresh member reads and pauses them again
+        self.port.renew_membership()
+        self.group_watchdog.reset()
+        self.fetch_watchdog.reset()
 
     def _rewind(self, positions: list[tuple[Partition, int]]) -> None:
         """Point owned partitions back at records fetched but never handled. One that cannot be rewound ends

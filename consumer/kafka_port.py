@@ -7,6 +7,7 @@ Partitions are ``(topic, partition)`` named tuples: kafka-python's ``TopicPartit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -89,6 +90,10 @@ class ConsumerPort(Protocol):
     def send(self, record: OutRecord, timeout_s: float = 30.0) -> None:
         """Produce and wait for the broker's acknowledgement; raises when it does not come."""
 
+    def renew_membership(self) -> None:
+        """Leave the group and join it again as a fresh member, in this process: what a restart by a supervisor
+        would do. The fresh member reads from the committed offsets; what the old one fetched is read again."""
+
     def close(self) -> None: ...
 
 
@@ -111,14 +116,16 @@ class KafkaPythonConsumer:
     def __init__(self, connection: KafkaConnection, *, group_id: str, client_id: str, max_poll_records: int,
                  session_timeout_ms: int, instance_id: str | None = None) -> None:
         static = {"group_instance_id": instance_id} if instance_id else {}  # static membership
-        self.consumer: KafkaConsumer = open_consumer(
-            connection, group_id=group_id, client_id=client_id, **static,
+        self._open = functools.partial(
+            open_consumer, connection, group_id=group_id, client_id=client_id, **static,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_poll_records,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
             # One event can wait a 429's Retry-After in place: allow it between polls.
             max_poll_interval_ms=900_000, metadata_max_age_ms=30_000,
         )
+        self.consumer: KafkaConsumer = self._open()
         self.producer = KafkaProducer(**connection.producer_config(f"{client_id}-forward"))
+        self._topics: list[str] = []
 
     def subscribe(self, topics: list[str]) -> None:
         try:
@@ -129,6 +136,17 @@ class KafkaPythonConsumer:
         except KafkaError as exc:  # the broker is away: subscribing waits for it anyway
             log.info("metadata_prefetch_failed", error=f"{type(exc).__name__}: {exc}")
         self.consumer.subscribe(topics)
+        self._topics = list(topics)
+
+    def renew_membership(self) -> None:
+        # Seen after a broker restart (#21): the member rejoined its group and then fetched none of its partitions.
+        # A new KafkaConsumer starts with no fetch, coordinator or metadata state of the old one.
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001 - a client in a bad state may fail to leave; the new one joins anyway
+            log.warning("member_close_failed", error=f"{type(exc).__name__}: {exc}")
+        self.consumer = self._open()
+        self.subscribe(self._topics)
 
     def poll(self, timeout_ms: int) -> dict[Partition, list[PolledRecord]]:
         release_parked_records(self.consumer)

@@ -6,6 +6,7 @@ Optional: ``pip install 'ttsync[librdkafka]'`` and ``TTSYNC_KAFKA_CLIENT=conflue
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,9 @@ class LibrdkafkaConsumer:
         }
         if instance_id:
             config["group.instance.id"] = instance_id  # static membership: a restart within the session keeps it
-        self.consumer = Consumer(config)
+        self._open = functools.partial(Consumer, config)
+        self.consumer = self._open()
+        self._topics: list[str] = []
         self.producer = Producer(connection.librdkafka_producer_config(f"{client_id}-forward"))
         self.max_poll_records = max_poll_records
         self._assigned: set[Partition] = set()
@@ -72,6 +75,18 @@ class LibrdkafkaConsumer:
             self._paused -= gone
 
         self.consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+        self._topics = list(topics)
+
+    def renew_membership(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:  # a client in a bad state may fail to leave; a new one joins
+            log.warning("member_close_failed", error=str(exc))
+        self._assigned, self._paused = set(), set()
+        self.consumer = self._open()
+        self.subscribe(self._topics)
 
     def poll(self, timeout_ms: int) -> dict[Partition, list[PolledRecord]]:
         out: dict[Partition, list[PolledRecord]] = {}

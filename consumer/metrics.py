@@ -35,6 +35,8 @@ OUTAGE = Gauge("ttsync_consumer_outage", "1 while the consumer is paused because
                "(a service is down; consumer.outage)", registry=REGISTRY)
 BROKER_AWAY = Gauge("ttsync_consumer_broker_away", "1 while an offset commit waits for the Kafka broker to come back "
                     "(the consumer waits in place; records are neither lost nor applied twice)", registry=REGISTRY)
+MEMBER_RENEWALS = Counter("ttsync_consumer_member_renewals", "Group members the Kafka client stopped serving (no "
+                          "stable group, partitions not fetched), replaced in place by a fresh one", registry=REGISTRY)
 
 
 def count_qbo_call(entity: str, operation: str, outcome: str) -> None:

@@ -1,6 +1,8 @@
 """Two watchdogs of the consumer loop, for ways a Kafka client can stop making progress without an error: it never
-joins a stable group, or it stops fetching partitions that hold records. Each ends in ``ConsumerStuck``: the
-process exits and its supervisor starts a fresh member, which reads from the committed offsets (nothing lost)."""
+joins a stable group, or it stops fetching partitions that hold records. Each ends in ``MemberStuck``: the loop
+replaces the member with a fresh one in place, which reads from the committed offsets (nothing lost), as a
+supervisor's restart would, without one. ``RenewalBudget`` says when renewing has failed often enough that the
+process exits after all (``ConsumerStuck``) for its supervisor."""
 
 from __future__ import annotations
 
@@ -9,18 +11,43 @@ from collections.abc import Callable
 
 import structlog
 
-from consumer.errors import ConsumerStuck
+from consumer.errors import ConsumerStuck, MemberStuck
 from consumer.kafka_port import BrokerUnavailable, ConsumerPort, Partition
 
 log = structlog.get_logger("ttsync.consumer")
 
 IDLE_REFETCH_S = 15.0
+# A member replaced this often within the window is not helped by another: the process exits for its supervisor.
+RENEWALS_MAX = 3
+RENEWAL_WINDOW_S = 600.0
+
+
+class RenewalBudget:
+    """How often the loop may replace a stuck member in place before it gives up and exits."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, most: int = RENEWALS_MAX,
+                 window_s: float = RENEWAL_WINDOW_S) -> None:
+        self.clock = clock
+        self.most = most
+        self.window_s = window_s
+        self._at: list[float] = []
+
+    def spend(self, why: MemberStuck) -> int:
+        """Count one renewal and return how many the window holds, or raise ``ConsumerStuck`` when spent."""
+        now = self.clock()
+        self._at = [t for t in self._at if now - t < self.window_s]
+        if len(self._at) >= self.most:
+            raise ConsumerStuck(f"{why} - and the member was already replaced {len(self._at)} times in "
+                                f"{self.window_s / 60:.0f} min: exiting for a supervisor to restart the consumer")
+        self._at.append(now)
+        return len(self._at)
 
 
 class GroupWatchdog:
     """kafka-python can spin for ever looking for a group coordinator it never finds (dpkp/kafka-python #1493,
     #2373). A member that stays out of a stable group that long exits for its supervisor to replace it. A stable
-    member without partitions (more members than partitions) is fine. ``exit_after_s`` 0: never.
+    member without partitions (more members than partitions) is fine. ``exit_after_s`` 0: never (a fresh member
+    after that long, ``MemberStuck``).
 
     Not while the broker is away (``broker_answers`` says so): no member joins a group then, a fresh one no more
     than this one, and the consumer waits the outage out in place."""
@@ -49,8 +76,12 @@ class GroupWatchdog:
                             unjoined_s=round(now - self._unjoined_since))
                 self._unjoined_since = now
                 return
-            raise ConsumerStuck(f"not in a stable consumer group for {now - self._unjoined_since:.0f}s "
-                                f"(group {self.group_id}): exiting for a supervisor to restart the consumer")
+            raise MemberStuck(f"not in a stable consumer group for {now - self._unjoined_since:.0f}s "
+                              f"(group {self.group_id})")
+
+    def reset(self) -> None:
+        """A fresh member: its own time to join."""
+        self._unjoined_since = None
 
 
 class FetchWatchdog:
@@ -60,7 +91,7 @@ class FetchWatchdog:
     it, for any other way a client library can stop fetching a partition. After a quiet spell the consumer asks
     the broker for the log-end offsets of what it owns; a partition behind its end that is not deliberately paused
     is re-pointed at its own position (resets its fetch state). If the same partitions are still behind and
-    unmoved at the next quiet check, the consumer exits for its supervisor to restart it."""
+    unmoved at the next quiet check, the member is stuck (``MemberStuck``)."""
 
     def __init__(self, port: ConsumerPort, clock: Callable[[], float] = time.monotonic,
                  quiet_s: float = IDLE_REFETCH_S) -> None:
@@ -98,12 +129,16 @@ class FetchWatchdog:
                                                                   "fetch_state": self.port.fetch_state(tp)}
                                 for tp, pos in behind.items()})
         if again:
-            raise ConsumerStuck(f"{len(again)} partition(s) hold records but were not fetched after a refetch "
-                                f"(e.g. {again[0].topic}[{again[0].partition}]): exiting for a supervisor to "
-                                "restart the consumer")
+            raise MemberStuck(f"{len(again)} partition(s) hold records but were not fetched after a refetch "
+                              f"(e.g. {again[0].topic}[{again[0].partition}])")
         self.stuck = dict(behind)
         paused = self.port.paused()
         for tp, pos in behind.items():
             if tp in paused:
                 self.port.resume(tp)
             self.port.seek(tp, pos)
+
+    def reset(self) -> None:
+        """A fresh member: a quiet spell of its own before it is judged."""
+        self.last_records_at = self.clock()
+        self.stuck = {}

@@ -189,8 +189,17 @@ class StubConsumer:
         self.positions: dict[Partition, int] = {}
         self._paused: set[Partition] = set()
         self.closed = False
+        self.renewals = 0
+        self._topics: list[str] = []
+
+    def renew_membership(self) -> None:
+        """A fresh member: positions from the committed offsets, nothing paused."""
+        self.renewals += 1
+        self.positions, self._paused = {}, set()
+        self.subscribe(self._topics)
 
     def subscribe(self, topics: list[str]) -> None:
+        self._topics = list(topics)
         for topic in topics:
             for n in range(self.broker.partitions):
                 tp = Partition(topic, n)

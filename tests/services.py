@@ -5,6 +5,7 @@ Under CI=true a service that cannot be had fails the run; it never skips.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -74,16 +75,82 @@ class LocalBroker:
                               capture_output=True, check=False).returncode
 
 
-def _free_port_pair() -> int:
+def _free_port_run(count: int = 2) -> int:
+    """The first of ``count`` consecutive free ports."""
     for _ in range(50):
         port = free_port()
-        with socket.socket() as s:
+        taken = False
+        for other in range(port + 1, port + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", other))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+@dataclass
+class LocalCluster:
+    """``nodes`` KRaft nodes of deploy/local/kafka.sh (KAFKA_NODES) in one quorum: tests may kill, stop and start
+    each node."""
+
+    port: int
+    state_dir: Path
+    nodes: int = 3
+
+    def node_port(self, node: int) -> int:
+        return self.port + 2 * (node - 1)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.node_port(n)}" for n in range(1, self.nodes + 1))
+
+    def _env(self, node: int | None = None) -> dict[str, str]:
+        env = {"KAFKA_PORT": str(self.port), "KAFKA_NODES": str(self.nodes), "KAFKA_STATE_DIR": str(self.state_dir)}
+        return {**env, "KAFKA_NODE": str(node)} if node else env
+
+    def start(self, node: int | None = None) -> str:
+        """Every node (or one): returns once it answers metadata."""
+        return run_script("kafka.sh", "start", self._env(node))
+
+    def stop(self, node: int | None = None) -> None:
+        """A clean shutdown (SIGTERM: controlled shutdown, leadership handed over first)."""
+        run_script("kafka.sh", "stop", self._env(node))
+
+    def status(self) -> subprocess.CompletedProcess[str]:
+        """kafka.sh status: a line per node; exit 3 when one is not running."""
+        return subprocess.run(["bash", str(DEPLOY_LOCAL / "kafka.sh"), "status"], env={**os.environ, **self._env()},
+                              capture_output=True, text=True, check=False)
+
+    def pid(self, node: int) -> int:
+        return int((self.state_dir / f"node-{node}" / "broker.pid").read_text())
+
+    def kill9(self, node: int) -> None:
+        """SIGKILL: no controlled shutdown; the controller fences the node when its heartbeats stop."""
+        pid = self.pid(node)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def active_controller(self) -> int:
+        """The leader of the KRaft metadata quorum, as the voters last recorded it: the quorum-state file of each
+        node's metadata log holds the leader and epoch it knows; the highest epoch is the current one."""
+        best = (-1, 0)
+        for node in range(1, self.nodes + 1):
+            state = self.state_dir / f"node-{node}" / "data" / "__cluster_metadata-0" / "quorum-state"
             try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
+                known = json.loads(state.read_text())
+            except (OSError, ValueError):
                 continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
+            if known.get("leaderId", -1) >= 0:
+                best = max(best, (int(known["leaderEpoch"]), int(known["leaderId"])))
+        if best[1] == 0:
+            raise RuntimeError(f"no node of {self.state_dir} knows the quorum leader")
+        return best[1]
 
 
 class _Service(Protocol):
@@ -117,8 +184,15 @@ def _owned(service: S, what: str) -> Iterator[S]:
 @contextmanager
 def private_broker() -> Iterator[LocalBroker]:
     state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-"))
-    with _owned(LocalBroker(_free_port_pair(), state), "a private Kafka broker") as broker:
+    with _owned(LocalBroker(_free_port_run(2), state), "a private Kafka broker") as broker:
         yield broker
+
+
+@contextmanager
+def private_cluster(nodes: int = 3) -> Iterator[LocalCluster]:
+    state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-cluster-"))
+    with _owned(LocalCluster(_free_port_run(2 * nodes), state, nodes), f"a {nodes}-node Kafka cluster") as cluster:
+        yield cluster
 
 
 @contextmanager
@@ -168,7 +242,7 @@ class SecuredBroker(LocalBroker):
 def secured_broker(prefix: str, group: str, retry_delays: str) -> Iterator[SecuredBroker]:
     """A private SASL_SSL broker whose ACLs are those ttsync documents for ``prefix`` and ``group``."""
     state = Path(tempfile.mkdtemp(prefix="ttsync-kafka-sasl-"))
-    with _owned(SecuredBroker(_free_port_pair(), state, prefix, group, retry_delays),
+    with _owned(SecuredBroker(_free_port_run(2), state, prefix, group, retry_delays),
                 "a SASL_SSL Kafka broker") as broker:
         yield broker
 

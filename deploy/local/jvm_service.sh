@@ -50,12 +50,12 @@ jvm_stop() {
 }
 
 jvm_status() {
-  # $1: what to print after the pid when running.
+  # $1: what to print after the state (running pid=..., or stopped).
   local pid
   if pid="$(jvm_running_pid)"; then
     echo "running pid=$pid $1"
   else
-    echo "stopped state=$STATE_DIR"
+    echo "stopped $1"
     return 3
   fi
 }

@@ -245,3 +245,11 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
         v.duplicated += len(twice)
         v.problems.append(f"{len(twice)} requestids performed more than once, e.g. {list(twice.items())[:3]}")
     return v
+
+
+def acknowledged_missing(engine: Engine, acknowledged: set[str]) -> list[str]:
+    """The outbox events of confirmed commits (the workload's own record) that the database no longer holds: a
+    commit PostgreSQL confirmed and then lost. Every event it holds is judged against QBO by ``check``."""
+    with engine.connect() as conn:
+        held = {str(i) for i in conn.scalars(select(outbox.c.id))}
+    return sorted(acknowledged - held)

@@ -12,10 +12,14 @@ from collections.abc import Callable
 
 import pytest
 
+from schemas.codec import SUPPORTED_MAJOR, headers_to_dict
+from schemas.contract import Header, all_topics
 from tests.chaos.conftest import MakeRun
 from tests.chaos.harness import ChaosRun, changes_per_scenario, inject_junk
+from tests.chaos.invariant import acknowledged_missing
 from tests.chaos.report import ROWS, record
 from tests.chaos.workload import Workload
+from tests.kafka_helpers import read_topics
 from tests.services import private_broker, private_postgres
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
@@ -54,9 +58,14 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     workload.join(timeout_s)
     run.supervise()  # whatever a fault left dead is started again, as a supervisor would
     verdict = run.converge(timeout_s=timeout_s)
+    if missing := acknowledged_missing(run.pipe.engine, workload.acknowledged):
+        verdict.lost += len(missing)
+        verdict.problems.append(f"{len(missing)} events of confirmed commits are gone from the database: {missing[:5]}")
+    assert len(workload.acknowledged) >= workload.stats.committed, "the workload kept no record of its commits"
     seconds = time.monotonic() - started
     restarts = sum(p.restarts for p in run.procs)
-    record(run.scenario, verdict, seconds, notes, restarts)
+    record(run.scenario, verdict, seconds, notes, restarts, storage=run.storage,
+           brokers=run.brokers)
     details = "\n".join(verdict.problems) + "\n" + run.diagnostics()
     if not verdict.ok:
         details += f"\nQBO and outbox written to {run.dump()}"
@@ -64,10 +73,11 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     assert verdict.applied > changes // 10, f"too little reached QBO to prove anything\n{details}"
     if outage:
         assert restarts == 0, f"{restarts} processes exited during the outage instead of waiting\n{details}"
+    assert verdict.junk_dead_lettered == run.junk_expected, details
     if expect_dead_lettered:
-        assert verdict.dead_lettered > 0 and verdict.junk_dead_lettered == run.junk_injected, details
+        assert verdict.dead_lettered > 0, details
     else:
-        assert verdict.dead_lettered == 0 and verdict.junk_dead_lettered == 0, details
+        assert verdict.dead_lettered == 0, details
 
 
 def wait_progress(workload: Workload, share: float, timeout_s: float = 300) -> None:
@@ -149,10 +159,9 @@ def test_broker_restart_mid_stream(make_run: MakeRun, client: str) -> None:
             return "broker down 8 s at 30%"
 
         with make_run(named("broker restart", client), bootstrap=broker.bootstrap, kafka_client=client) as run:
-            # Both clients wait for the broker in place. On kafka-python a member dropped from its group by the
-            # outage can stay unfetched after it rejoins; the fetch watchdog then restarts it (seen in a
-            # rehearsal, nothing lost), so its restarts are counted in the table, not yet held at 0.
-            drive(run, fault=fault, changes=changes_for(client), outage=client == "confluent")
+            # Both clients wait for the broker in place. A kafka-python member that rejoined its group after the
+            # outage and then fetched nothing (seen in a rehearsal) is replaced in place, no longer by exiting.
+            drive(run, fault=fault, changes=changes_for(client), outage=True)
 
 
 def test_kill_9_of_durable_postgresql_mid_stream(make_run: MakeRun) -> None:
@@ -172,7 +181,9 @@ def test_kill_9_of_durable_postgresql_mid_stream(make_run: MakeRun) -> None:
 
 
 def test_20_percent_qbo_5xx_with_latency_and_lost_answers(make_run: MakeRun) -> None:
-    with make_run("QBO 20% 5xx + latency", error_rate=0.2, latency_ms=15, latency_jitter_ms=15, timeout_rate=0.005,
+    # Latency 5-10 ms on every request: enough to interleave answers with the 5xx and the lost ones; each event
+    # takes several requests in turn, so QBO's real 100+ ms would only make the scenario minutes longer.
+    with make_run("QBO 20% 5xx + latency", error_rate=0.2, latency_ms=5, latency_jitter_ms=5, timeout_rate=0.005,
                   timeout_hang_s=6, seed=5) as run:
         drive(run)
         injected = run.pipe.admin("stats")["injected"]
@@ -226,3 +237,31 @@ def test_two_relays_and_two_consumers_with_a_rebalance(make_run: MakeRun, client
 
     with make_run(named("2 relays + 2 consumers, rebalance", client), kafka_client=client) as run:
         drive(run, relays=2, consumers=2, fault=fault, changes=changes_for(client))
+
+
+def foreign_major_records(run: ChaosRun) -> int:
+    """Records on the aggregate topics whose schema_version header names a major other than this contract's."""
+    records = read_topics(run.pipe.bootstrap, all_topics(run.pipe.prefix), timeout_s=60, idle_s=2)
+    return sum(1 for r in records if headers_to_dict(r.headers).get(Header.SCHEMA_VERSION, SUPPORTED_MAJOR)
+               .split(".")[0] != SUPPORTED_MAJOR)
+
+
+def test_mixed_versions_during_an_upgrade(make_run: MakeRun) -> None:
+    """#21: a rolling upgrade of the relays to the next event contract while two consumers of this one share the
+    group. From 20% a relay of contract 1.1 (optional fields this consumer does not know, tests.chaos.next_version)
+    publishes beside the 1.0 relay, so both versions interleave on the same partitions; at 60% the 1.0 relay is
+    retired. That relay also sends some events as contract 2.0: each is dead-lettered with its reason, none is
+    applied (it would leave QBO stale: its version is far ahead)."""
+    def fault(run: ChaosRun, workload: Workload) -> str:
+        wait_progress(workload, 0.2)
+        run.next_version_relay()
+        wait_progress(workload, 0.6)
+        run.procs[0].retire()
+        return "relay 1.0 -> 1.1 at 20-60%, 2 consumers of 1.0; every 25th event of 1.1 also sent as 2.0"
+
+    with make_run("mixed versions: relays 1.0 + 1.1, 2.0 records") as run:
+        run.foreign_majors = lambda: foreign_major_records(run)
+        drive(run, relays=1, consumers=2, fault=fault)
+        majors = run.foreign_majors()
+        assert majors > 0, "no record of another major version was published: the scenario proved little"
+        ROWS[-1]["notes"] += f" ({majors} dead-lettered as unknown_schema_version)"

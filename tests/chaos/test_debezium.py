@@ -151,7 +151,7 @@ def test_debezium_takes_over_from_the_relay_and_survives_a_kill_9_of_kafka_conne
             assert after_cutover > changes_per_scenario() // 10, "Debezium relayed too little to prove anything"
             record(run.scenario, verdict, time.monotonic() - started,
                    f"cut-over at 20%, Connect kill -9 at 60%; {after_cutover} events by Debezium only",
-                   sum(p.restarts for p in run.procs))
+                   sum(p.restarts for p in run.procs), storage=run.storage, brokers=run.brokers)
         finally:
             subprocess.run(["bash", str(CONNECT), "unregister"], env={**connect_worker.env, **env},
                            capture_output=True, timeout=60)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from producer.outbox_tables import outbox
 from producer.timetracker_schema import Client, Invoice, Payment, Project, User
-from tests.chaos.harness import Proc
+from tests.chaos.harness import Proc, brokers_of, storage_of
 from tests.chaos.invariant import Verdict
 from tests.chaos.report import record
 from tests.pipeline import REALM, Pipeline, wait_until
@@ -140,7 +140,8 @@ def test_both_directions_while_receiver_importer_and_export_consumer_are_killed(
     kills = receiver.kills + importer.kills + exporter.kills
     record("both directions: receiver, importer, export consumer kill -9", verdict, time.monotonic() - started,
            f"{kills} kills; {len(received_ids)} paid in QBO, {len(timetracker.numbers)} sent + {EMAIL_EDITS} "
-           "e-mails in TimeTracker; quiet after", sum(getattr(p, "restarts", 0) for p in procs))
+           "e-mails in TimeTracker; quiet after", sum(getattr(p, "restarts", 0) for p in procs),
+           storage=storage_of(pipeline.db_url), brokers=brokers_of(pipeline.bootstrap))
     logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in procs)
     assert verdict.ok and not verdict.problems, (verdict, logs)
     assert kills >= 3, f"only {kills} kills: the scenario proved little"

@@ -3,7 +3,10 @@ ORM, against the tables the capture triggers watch.
 
 The generator keeps a small model of what exists only to choose plausible next actions. What the pipeline
 must end with is read back from the database afterwards (``invariant.py``), so a transaction whose commit
-answer was lost (PostgreSQL restart) may or may not have happened without confusing the check.
+answer was lost (PostgreSQL restart) may or may not have happened without confusing the check. What the
+database must still hold is the workload's own record: ``acknowledged``, the outbox events of every transaction
+whose commit PostgreSQL confirmed (``invariant.acknowledged_missing``), so a crash that loses a confirmed commit
+is seen, not read back as if it never happened.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from producer.timetracker_schema import Client, Expense, ExtraGood, Invoice, InvoiceItem, Payment, Project, User
 
 log = structlog.get_logger("ttsync.chaos.workload")
+
+# The outbox rows this transaction's capture triggers wrote: their xmin is its transaction id (xid8 to xid).
+OWN_EVENTS = text("SELECT id FROM ttsync_outbox "
+                  "WHERE xmin = CAST(CAST(CAST(CAST(pg_current_xact_id() AS text) AS bigint) % 4294967296 AS text) "
+                  "AS xid)")
 
 DOC_NUMBER_MAX = 21
 # Hostile but valid: quotes for QBO's query escaping, unicode, an ampersand, a long tail; and names as
@@ -39,7 +47,7 @@ CURRENCY = "EUR"  # TimeTracker's default
 @dataclass
 class WorkloadStats:
     committed: int = 0
-    failed: int = 0
+    failed: int = 0  # transactions whose commit answer never came (the database went away): maybe committed
     by_action: dict[str, int] = field(default_factory=dict)
 
 
@@ -67,6 +75,7 @@ class Workload:
         self.tag = tag
         self.pace_s = pace_s
         self.stats = WorkloadStats()
+        self.acknowledged: set[str] = set()  # outbox event ids of the transactions whose commit was confirmed
         self.model = _Model()
         self._seq = 0
         self._thread: threading.Thread | None = None
@@ -111,6 +120,11 @@ class Workload:
             with Session(self.engine, expire_on_commit=False) as s:
                 if action(s) is False:  # type: ignore[operator]
                     return
+                s.flush()
+                # The capture triggers are deferred to the commit: fire them now (nothing changes after this
+                # point, so they capture what they would have), to learn this transaction's events before it ends.
+                s.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+                events = {str(i) for i in s.scalars(OWN_EVENTS)}
                 s.commit()
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             # The database went away (a restart scenario): the action may or may not have committed. Wait
@@ -119,6 +133,7 @@ class Workload:
             log.warning("workload_db_unavailable", error=str(exc)[:200])
             self._reload()
             return
+        self.acknowledged |= events
         self.stats.committed += 1
         self.stats.by_action[name] = self.stats.by_action.get(name, 0) + 1
 

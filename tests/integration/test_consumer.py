@@ -568,3 +568,55 @@ def test_a_consumer_never_creates_the_topic_it_reads(kafka_bootstrap: str, topic
         if topic in admin.list_topics():
             admin.delete_topics([topic])
         admin.close()
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_renewed_member_reads_on_from_the_committed_offsets(kafka_bootstrap: str, topic_prefix: str,
+                                                             client: str) -> None:
+    """#21: a member the client stopped serving is replaced in place (``ConsumerPort.renew_membership``): the fresh
+    client rejoins the group and reads from the committed offset, so what the old one fetched beyond it comes
+    again and nothing after it is skipped."""
+    import time
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from consumer.kafka_port import ConsumerPort, KafkaPythonConsumer, Partition
+    from producer.kafka_publisher import ensure_topics
+    from schemas.kafka_client import KafkaConnection
+
+    topic = f"{topic_prefix}.invoice"
+    ensure_topics(kafka_bootstrap, [topic], 1, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(10):
+        producer.send(topic, b"record %d" % i)
+    producer.flush()
+    producer.close()
+    options = {"group_id": f"renew-{uuid.uuid4().hex[:8]}", "client_id": "renew-test", "max_poll_records": 10,
+               "session_timeout_ms": 10_000}
+    port: ConsumerPort
+    if client == "confluent":
+        from consumer.librdkafka_port import LibrdkafkaConsumer
+
+        port = LibrdkafkaConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
+    else:
+        port = KafkaPythonConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
+    tp = Partition(topic, 0)
+
+    def read(count: int) -> list[int]:
+        offsets: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(offsets) < count and time.monotonic() < deadline:
+            offsets += [r.offset for r in port.poll(timeout_ms=500).get(tp, [])]
+        return offsets
+
+    try:
+        port.subscribe([topic])
+        first = read(10)
+        assert first == list(range(10))
+        port.commit(tp, 4)  # 0..3 done; 4..9 fetched, never settled
+        port.renew_membership()
+        assert read(6) == list(range(4, 10))
+        port.commit(tp, 10)
+    finally:
+        port.close()

@@ -8,12 +8,13 @@ import datetime as dt
 
 import pytest
 
+from consumer.group_consumer import GroupConsumer
 from consumer.kafka_port import Partition
 from consumer.retry_policy import RetryPolicy
 from schemas.codec import headers_to_dict
 from schemas.contract import Header
 from tests.consumer_harness import FakeParts, publish
-from tests.fakes import StubBroker
+from tests.fakes import StubBroker, StubConsumer
 from tests.sandbox.test_books import CLIENT, ev, invoice
 
 PAY = {"id": 5, "invoice_id": 1, "amount": "100.00", "payment_date": "2026-11-20", "method": "bank_transfer",
@@ -265,3 +266,44 @@ def test_a_backlog_waits_for_the_state_database_in_place(parts: FakeParts) -> No
     parts.qbo.reserve_batch = reserve_batch  # type: ignore[method-assign]
     stats = parts.group(broker, batch_min_records=5).run(max_seconds=10, until=lambda s: s.applied >= 12)
     assert stats.applied == 12 and committed(broker, "tt.invoice") == 12 and len(parts.entities("Invoice")) == 12
+
+
+def _member_unserved_until_renewed(group: GroupConsumer, renewals_needed: int) -> StubConsumer:
+    """A member the client stops serving, as kafka-python did after a broker restart: out of a stable group and
+    fetching nothing until it is replaced ``renewals_needed`` times."""
+    port = group.port
+    assert isinstance(port, StubConsumer)
+    real_poll = port.poll
+    port.in_stable_group = lambda: port.renewals >= renewals_needed  # type: ignore[method-assign]
+    port.poll = (  # type: ignore[method-assign]
+        lambda timeout_ms: real_poll(timeout_ms) if port.renewals >= renewals_needed else {})
+    group.group_watchdog.exit_after_s = 0.05
+    return port
+
+
+def test_a_member_the_client_stopped_serving_is_replaced_in_place(parts: FakeParts) -> None:
+    """#21, chaos (broker restart, kafka-python): after the broker came back the member rejoined and then fetched
+    none of its partitions; the watchdog ended the process for its supervisor to restart. The loop now replaces
+    the member in place (a fresh client), which reads from the committed offsets."""
+    broker = StubBroker()
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    group = parts.group(broker)
+    port = _member_unserved_until_renewed(group, 1)
+    stats = group.run(max_seconds=10, until=lambda s: s.applied == 1)
+    assert stats.applied == 1 and committed(broker, "tt.invoice") == 1
+    assert port.renewals == 1 and stats.member_renewals == 1 and not port.closed
+
+
+def test_a_member_that_stays_stuck_after_renewals_ends_the_consumer(parts: FakeParts) -> None:
+    """Renewing is not for ever: after ``RENEWALS_MAX`` fresh members in the window the process exits, for its
+    supervisor (and its operator) to see."""
+    from consumer.errors import ConsumerStuck
+    from consumer.watchdog import RENEWALS_MAX
+
+    broker = StubBroker()
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    group = parts.group(broker)
+    port = _member_unserved_until_renewed(group, RENEWALS_MAX + 1)
+    with pytest.raises(ConsumerStuck, match=f"already replaced {RENEWALS_MAX} times"):
+        group.run(max_seconds=10)
+    assert port.renewals == RENEWALS_MAX and committed(broker, "tt.invoice") is None
