@@ -70,6 +70,14 @@ class LocalBroker:
     def stop(self) -> None:
         run_script("kafka.sh", "stop", self._env())
 
+    def kill9(self) -> None:
+        """SIGKILL: no controlled shutdown; the next start recovers the logs."""
+        pid = int((self.state_dir / "broker.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def status_code(self) -> int:
         return subprocess.run(["bash", str(DEPLOY_LOCAL / "kafka.sh"), "status"], env={**os.environ, **self._env()},
                               capture_output=True, check=False).returncode

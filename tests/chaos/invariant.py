@@ -74,8 +74,11 @@ def _amount(value: Any) -> Decimal:
 
 
 def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: list[tuple[str, str | None]],
-          writes_per_requestid: dict[str, int], *, junk_expected: int = 0) -> Verdict:
-    """``live``: the sandbox's non-deleted entities per type; ``dead_letters``: (event type, key) per DLQ record."""
+          writes_per_requestid: dict[str, int], *, junk_expected: int = 0,
+          history: list[tuple[str, str, Any]] | None = None) -> Verdict:
+    """``live``: the sandbox's non-deleted entities per type; ``dead_letters``: (event type, key) per DLQ record;
+    ``history``: every event as (aggregate type, aggregate id, envelope), when the outbox no longer holds them all
+    (its retention purged published rows: a soak), else read from the outbox."""
     v = Verdict()
     index = _marker_index(live)
     dlq: dict[tuple[str, str], int] = defaultdict(int)
@@ -153,12 +156,15 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
         found = index.get((kind, str(agg)), [])
         return str(found[0]["Id"]) if len(found) == 1 else None
     with Session(engine) as s:
-        v.changes = len(s.execute(select(outbox.c.id)).all())
-        agg_seen = {(t, a) for t, a in s.execute(select(outbox.c.aggregatetype, outbox.c.aggregateid))}
+        if history is None:
+            history = [(t, str(a), p) for t, a, p in s.execute(
+                select(outbox.c.aggregatetype, outbox.c.aggregateid, outbox.c.payload))]
+        v.changes = len(history)
+        agg_seen = {(t, a) for t, a, _ in history}
         # Invoices ever captured as issued, sent or paid: an overdue one belongs in QBO only then (TimeTracker's
         # daily job also makes never-sent drafts overdue).
-        issued = {str(a) for a, p in s.execute(select(outbox.c.aggregateid, outbox.c.payload).where(
-            outbox.c.aggregatetype == "invoice")) if str(_payload(p).get("status")) in ("issued", "sent", "paid")}
+        issued = {a for t, a, p in history if t == "invoice" and
+                  str(_payload(p).get("status")) in ("issued", "sent", "paid")}
 
         for client in s.scalars(select(Client)):
             def client_matches(e: dict[str, Any], c: Client = client) -> str | None:
@@ -247,9 +253,10 @@ def check(engine: Engine, live: dict[str, list[dict[str, Any]]], dead_letters: l
     return v
 
 
-def acknowledged_missing(engine: Engine, acknowledged: set[str]) -> list[str]:
+def acknowledged_missing(engine: Engine, acknowledged: set[str], also_held: set[str] | None = None) -> list[str]:
     """The outbox events of confirmed commits (the workload's own record) that the database no longer holds: a
-    commit PostgreSQL confirmed and then lost. Every event it holds is judged against QBO by ``check``."""
+    commit PostgreSQL confirmed and then lost. Every event it holds is judged against QBO by ``check``.
+    ``also_held``: events known otherwise (published to Kafka, then purged from the outbox by its retention)."""
     with engine.connect() as conn:
         held = {str(i) for i in conn.scalars(select(outbox.c.id))}
-    return sorted(acknowledged - held)
+    return sorted(acknowledged - held - (also_held or set()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from schemas.contract import all_topics
 from tests.chaos.conftest import MakeRun
 from tests.chaos.harness import ChaosRun
-from tests.chaos.test_chaos import drive, wait_progress
+from tests.chaos.test_chaos import Fault, drive, wait_progress
 from tests.chaos.workload import Workload
 from tests.services import LocalCluster, private_cluster
 
@@ -78,34 +78,35 @@ def busiest_leader(run: ChaosRun) -> int:
     return load.most_common(1)[0][0]
 
 
-def test_kill_9_of_the_broker_leading_the_busiest_partitions(make_run: MakeRun, whole_cluster: LocalCluster) -> None:
+def on_cluster(make_run: MakeRun, cluster: LocalCluster, scenario: str, fault: Fault) -> None:
+    with make_run(scenario, bootstrap=cluster.bootstrap, settings=REPLICATED) as run:
+        drive(run, fault=fault, outage=True)
+
+
+def kill_9_at_30_percent(cluster: LocalCluster, pick: Callable[[ChaosRun], int], down_s: float, role: str
+                         ) -> Fault:
+    """kill -9 of the node ``pick`` names, then its start after ``down_s``."""
     def fault(run: ChaosRun, workload: Workload) -> str:
         wait_progress(workload, 0.3)
-        victim = busiest_leader(run)
-        whole_cluster.kill9(victim)
-        time.sleep(10)
-        whole_cluster.start(victim)
-        return f"kill -9 of node {victim} (busiest leader) at 30%, back after 10 s"
+        victim = pick(run)
+        cluster.kill9(victim)
+        time.sleep(down_s)
+        successor = cluster.active_controller()
+        cluster.start(victim)
+        assert successor != victim, "the controller quorum elected no other leader"
+        return f"kill -9 of node {victim} ({role}) at 30%, back after {down_s:.0f} s; controller now {successor}"
+    return fault
 
-    with make_run("3 brokers: kill -9 of the busiest leader", bootstrap=whole_cluster.bootstrap,
-                  settings=REPLICATED) as run:
-        drive(run, fault=fault, outage=True)
+
+def test_kill_9_of_the_broker_leading_the_busiest_partitions(make_run: MakeRun, whole_cluster: LocalCluster) -> None:
+    on_cluster(make_run, whole_cluster, "3 brokers: kill -9 of the busiest leader",
+               kill_9_at_30_percent(whole_cluster, busiest_leader, 10, "busiest leader"))
 
 
 def test_kill_9_of_the_active_controller(make_run: MakeRun, whole_cluster: LocalCluster) -> None:
-    def fault(run: ChaosRun, workload: Workload) -> str:
-        wait_progress(workload, 0.3)
-        victim = whole_cluster.active_controller()
-        whole_cluster.kill9(victim)
-        time.sleep(5)
-        successor = whole_cluster.active_controller()
-        whole_cluster.start(victim)
-        assert successor != victim, "the quorum elected no other controller"
-        return f"kill -9 of node {victim} (active controller) at 30%; node {successor} took over; back after 5 s"
-
-    with make_run("3 brokers: kill -9 of the active controller", bootstrap=whole_cluster.bootstrap,
-                  settings=REPLICATED) as run:
-        drive(run, fault=fault, outage=True)
+    on_cluster(make_run, whole_cluster, "3 brokers: kill -9 of the active controller",
+               kill_9_at_30_percent(whole_cluster, lambda _run: whole_cluster.active_controller(), 5,
+                                    "active controller"))
 
 
 def test_rolling_restart_of_all_three_brokers(make_run: MakeRun, whole_cluster: LocalCluster) -> None:
@@ -116,8 +117,7 @@ def test_rolling_restart_of_all_three_brokers(make_run: MakeRun, whole_cluster: 
             whole_cluster.start(node)  # back once it answers metadata, as a rolling upgrade waits
         return f"nodes 1, 2, 3 stopped and started one after the other from 20% ({workload.progress:.0%} at end)"
 
-    with make_run("3 brokers: rolling restart", bootstrap=whole_cluster.bootstrap, settings=REPLICATED) as run:
-        drive(run, fault=fault, outage=True)
+    on_cluster(make_run, whole_cluster, "3 brokers: rolling restart", fault)
 
 
 def test_two_of_three_brokers_down_for_10_seconds(make_run: MakeRun, whole_cluster: LocalCluster) -> None:
@@ -135,5 +135,4 @@ def test_two_of_three_brokers_down_for_10_seconds(make_run: MakeRun, whole_clust
         assert held > backlog_before, f"the outbox did not grow while writes were refused ({held} unpublished)"
         return f"nodes 2 and 3 kill -9 at 30% for 10 s; {held} outbox rows waited unpublished"
 
-    with make_run("3 brokers: two down for 10 s", bootstrap=whole_cluster.bootstrap, settings=REPLICATED) as run:
-        drive(run, fault=fault, outage=True)
+    on_cluster(make_run, whole_cluster, "3 brokers: two down for 10 s", fault)

@@ -27,8 +27,9 @@ from producer.timetracker_schema import Client, Expense, ExtraGood, Invoice, Inv
 
 log = structlog.get_logger("ttsync.chaos.workload")
 
-# The outbox rows this transaction's capture triggers wrote: their xmin is its transaction id (xid8 to xid).
-OWN_EVENTS = text("SELECT id FROM ttsync_outbox "
+# The outbox rows this transaction's capture triggers wrote: their xmin is its transaction id (xid8 to xid). The
+# workload is the only writer of the outbox, so they are among its newest rows: an index scan, not the whole table.
+OWN_EVENTS = text("SELECT id FROM (SELECT id, xmin FROM ttsync_outbox ORDER BY seq DESC LIMIT 500) AS newest "
                   "WHERE xmin = CAST(CAST(CAST(CAST(pg_current_xact_id() AS text) AS bigint) % 4294967296 AS text) "
                   "AS xid)")
 
@@ -67,13 +68,14 @@ class Workload:
     than DocNumber's 21 characters): they must end in the dead-letter topic, every version of them."""
 
     def __init__(self, engine: Engine, *, changes: int, seed: int = 7, poison_rate: float = 0.0,
-                 tag: str = "chaos", pace_s: float = 0.0) -> None:
+                 tag: str = "chaos", pace_s: float = 0.0, duration_s: float = 0.0) -> None:
         self.engine = engine
         self.changes = changes
         self.rng = random.Random(seed)
         self.poison_rate = poison_rate
         self.tag = tag
         self.pace_s = pace_s
+        self.duration_s = duration_s  # spread the changes evenly over this long (a soak), whatever each one takes
         self.stats = WorkloadStats()
         self.acknowledged: set[str] = set()  # outbox event ids of the transactions whose commit was confirmed
         self.model = _Model()
@@ -85,11 +87,15 @@ class Workload:
 
     def run(self) -> WorkloadStats:
         self._do(self._setup, "setup")
+        started = time.monotonic()
         while self.stats.committed < self.changes:
             action = self._choose()
             self._do(action, action.__name__.lstrip("_"))
             if self.pace_s:
                 time.sleep(self.pace_s)
+            if self.duration_s:
+                due = started + self.duration_s * self.stats.committed / self.changes
+                time.sleep(max(0.0, due - time.monotonic()))
         return self.stats
 
     def start(self) -> Workload:
@@ -137,7 +143,7 @@ class Workload:
         self.stats.committed += 1
         self.stats.by_action[name] = self.stats.by_action.get(name, 0) + 1
 
-    def _reload(self, timeout_s: float = 120) -> None:
+    def _reload(self, timeout_s: float = 300) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             time.sleep(0.5)
