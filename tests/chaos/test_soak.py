@@ -18,7 +18,7 @@ def test_a_three_minute_soak_with_overlapping_faults() -> None:
     report = soak(minutes=3, changes=6000, seed=SEED, warmup_minutes=1, mean_gap_s=12)
     faults = sorted({s["fault"] for s in report.strikes})
     record(f"soak 3 min, seed {SEED}", report.verdict, report.seconds,
-           f"{len(report.strikes)} overlapping strikes: {', '.join(faults)}", None,
+           f"{len(report.strikes)} overlapping strikes: {', '.join(faults)}", report.restarts,
            storage=report.storage, brokers=report.brokers)
     ROWS[-1]["notes"] += "; " + "; ".join(f"{role} RSS end {rss['end_kb'] // 1024} MiB" for role, rss in
                                           report.rss.items())
