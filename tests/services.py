@@ -72,11 +72,7 @@ class LocalBroker:
 
     def kill9(self) -> None:
         """SIGKILL: no controlled shutdown; the next start recovers the logs."""
-        pid = int((self.state_dir / "broker.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _sigkill_and_wait(int((self.state_dir / "broker.pid").read_text()))
 
     def status_code(self) -> int:
         return subprocess.run(["bash", str(DEPLOY_LOCAL / "kafka.sh"), "status"], env={**os.environ, **self._env()},
@@ -138,11 +134,7 @@ class LocalCluster:
 
     def kill9(self, node: int) -> None:
         """SIGKILL: no controlled shutdown; the controller fences the node when its heartbeats stop."""
-        pid = self.pid(node)
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _sigkill_and_wait(self.pid(node))
 
     def active_controller(self) -> int:
         """The leader of the KRaft metadata quorum, as the voters last recorded it: the quorum-state file of each
@@ -292,6 +284,14 @@ class LocalPostgres:
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         return len(pids)
+
+
+def _sigkill_and_wait(pid: int, timeout_s: float = 30) -> None:
+    """SIGKILL to one process, then until it is gone (a port it held is free for the next start)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

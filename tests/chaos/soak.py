@@ -152,25 +152,22 @@ class Nemesis:
     def _live(self, kind: str) -> list[Proc]:
         return [p for p in self.run.procs if p.name.startswith(kind) and p.alive and not p.retired]
 
-    def relay_kill9(self, _hold: float) -> str:
+    def _kill9_one(self, kind: str) -> str:
+        """kill -9 of one live ``kind`` process, started again at once (its supervisor's part)."""
         with self.locks["procs"]:
-            relays = self._live("relay")
-            if not relays:
-                return "no relay alive"
-            victim = self.rng.choice(relays)
+            live = self._live(kind)
+            if not live:
+                return f"no {kind} alive"
+            victim = self.rng.choice(live)
             victim.kill9()
             victim.start()
         return victim.name
 
+    def relay_kill9(self, _hold: float) -> str:
+        return self._kill9_one("relay")
+
     def consumer_kill9(self, _hold: float) -> str:
-        with self.locks["procs"]:
-            consumers = self._live("consumer")
-            if not consumers:
-                return "no consumer alive"
-            victim = self.rng.choice(consumers)
-            victim.kill9()
-            victim.start()
-        return victim.name
+        return self._kill9_one("consumer")
 
     def broker_restart(self, hold: float) -> str:
         with self.locks["broker"]:
