@@ -156,11 +156,14 @@ class GroupConsumer:
                             self.port.seek(later_tp, later[0].offset)
                         raise
                     except PartitionsLost as exc:
-                        # The group moved on (a rebalance): rejoin at the next poll. The rest of this poll was
-                        # fetched, so the client's position is past it: rewind what is still ours, or a member
-                        # that keeps its partitions (cooperative rebalancing) would never apply it.
+                        # The group moved on (a rebalance): rejoin at the next poll. The client's position is past
+                        # all of this poll: rewind what is still ours, or a member that keeps its partitions
+                        # (cooperative rebalancing) would never apply the rest, nor commit over this partition's
+                        # refused batch until a new record came (its lag stayed for good). Read again, the
+                        # applied records are found done and committed.
                         log.warning("partitions_lost", topic=tp.topic, partition=tp.partition, error=str(exc))
-                        self._rewind([(later_tp, later[0].offset) for later_tp, later in polled[i + 1:]])
+                        self._rewind([(tp, records[0].offset)]
+                                     + [(later_tp, later[0].offset) for later_tp, later in polled[i + 1:]])
                         break
                     if self._stop.is_set():
                         break

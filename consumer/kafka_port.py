@@ -14,7 +14,14 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    FencedInstanceIdError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from schemas.kafka_client import KafkaConnection, OutRecord, open_consumer
@@ -109,6 +116,14 @@ def release_parked_records(consumer: KafkaConsumer) -> None:
         fetcher._next_partition_records = None  # type: ignore[union-attr]
 
 
+# Commit errors that say the group moved on, not that the broker is away. kafka-python 3.0.12 raises
+# RebalanceInProgressError itself when its member is mid-rebalance ("You can try completing the rebalance by
+# calling poll()"): only a poll completes it, so waiting for the broker would wait for ever (seen in a rolling
+# restart of three brokers).
+GROUP_REFUSED = (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError,
+                 FencedInstanceIdError)
+
+
 class KafkaPythonConsumer:
     """``ConsumerPort`` on kafka-python: a group consumer without auto-commit and an idempotent producer for the
     retry and dead-letter forwards."""
@@ -168,8 +183,8 @@ class KafkaPythonConsumer:
     def commit(self, tp: Partition, next_offset: int) -> None:
         try:
             self.consumer.commit({KafkaTopicPartition(*tp): OffsetAndMetadata(next_offset, None, -1)})
-        except CommitFailedError as exc:
-            raise PartitionsLost(str(exc)) from exc
+        except GROUP_REFUSED as exc:
+            raise PartitionsLost(f"{type(exc).__name__}: {exc}") from exc
         except KafkaError as exc:  # KafkaTimeoutError, NoBrokersAvailable...: the broker is away
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

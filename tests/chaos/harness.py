@@ -222,6 +222,9 @@ class ChaosRun:
                         return self.verdict()
             time.sleep(2)
         verdict = self.verdict()
+        # A pipeline that never settles is a failure even when the books agree: something stays stuck (a
+        # partition, a waiting commit) and only the deadline hid it.
+        verdict.converged = False
         verdict.problems.append(f"not converged in {timeout_s}s: outbox backlog {self.backlog()}, "
                                 f"group lag {self.group_lag()}")
         return verdict

@@ -47,10 +47,11 @@ class Verdict:
     lost: int = 0  # missing, stale, or dead-lettered although nothing was wrong with them
     duplicated: int = 0  # more than one QBO entity for one aggregate, or one write performed twice
     problems: list[str] = field(default_factory=list)
+    converged: bool = True  # the pipeline settled (outbox drained, group lag 0) before the scenario's deadline
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0
+        return self.lost == 0 and self.duplicated == 0 and self.converged
 
 
 def _marker_index(entities: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -69,7 +69,8 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     details = "\n".join(verdict.problems) + "\n" + run.diagnostics()
     if not verdict.ok:
         details += f"\nQBO and outbox written to {run.dump()}"
-    assert verdict.ok, f"{run.scenario}: {verdict.lost} lost, {verdict.duplicated} duplicated\n{details}"
+    assert verdict.ok, (f"{run.scenario}: {verdict.lost} lost, {verdict.duplicated} duplicated, "
+                        f"{'converged' if verdict.converged else 'not converged'}\n{details}")
     assert verdict.applied > changes // 10, f"too little reached QBO to prove anything\n{details}"
     if outage:
         assert restarts == 0, f"{restarts} processes exited during the outage instead of waiting\n{details}"

@@ -556,23 +556,38 @@ def test_a_client_name_is_sent_without_surrounding_blanks_and_a_blank_one_is_a_m
 
 @pytest.mark.parametrize("client", ["kafka-python", "librdkafka"])
 def test_both_kafka_ports_say_why_a_commit_failed(client: str) -> None:
-    """A commit the group refused (the member was replaced) is PartitionsLost: poll again; a broker that does not
-    answer is BrokerUnavailable: wait. kafka-python raised CommitFailedError out of the loop, and the consumer
-    exited."""
+    """A commit the group refused (the member was replaced, or the group is rebalancing) is PartitionsLost: poll
+    again; a broker that does not answer is BrokerUnavailable: wait. kafka-python raised CommitFailedError out of
+    the loop, and the consumer exited. Its RebalanceInProgressError (CI, rolling restart of three brokers) was
+    taken for an absent broker: the consumer waited to commit and never polled, and polling is what completes
+    the rebalance, so it waited for ever."""
     from consumer.kafka_port import BrokerUnavailable, KafkaPythonConsumer, Partition, PartitionsLost
 
     if client == "kafka-python":
-        from kafka.errors import CommitFailedError, KafkaTimeoutError
+        from kafka.errors import (
+            CommitFailedError,
+            FencedInstanceIdError,
+            IllegalGenerationError,
+            KafkaTimeoutError,
+            RebalanceInProgressError,
+            UnknownMemberIdError,
+        )
 
         port: Any = object.__new__(KafkaPythonConsumer)
-        lost, away = CommitFailedError("kicked out"), KafkaTimeoutError("Timeout after waiting for 30.0 secs.")
+        refused: list[Exception] = [
+            CommitFailedError("kicked out"), RebalanceInProgressError("Offset commit cannot be completed since the "
+                                                                      "consumer is undergoing a rebalance"),
+            UnknownMemberIdError(), IllegalGenerationError(), FencedInstanceIdError()]
+        away = KafkaTimeoutError("Timeout after waiting for 30.0 secs.")
     else:
         from confluent_kafka import KafkaError, KafkaException  # in the test lock
 
         from consumer.librdkafka_port import LibrdkafkaConsumer
 
         port = object.__new__(LibrdkafkaConsumer)
-        lost = KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
+        refused = [KafkaException(KafkaError(code)) for code in (
+            KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+            KafkaError._ASSIGNMENT_LOST, KafkaError.FENCED_INSTANCE_ID)]
         away = KafkaException(KafkaError(KafkaError._TRANSPORT))
 
     class Refusing:
@@ -582,7 +597,8 @@ def test_both_kafka_ports_say_why_a_commit_failed(client: str) -> None:
         def commit(self, *args: Any, **kwargs: Any) -> None:
             raise self.error
 
-    for error, expected in ((lost, PartitionsLost), (away, BrokerUnavailable)):
+    cases: list[tuple[Exception, type[Exception]]] = [(error, PartitionsLost) for error in refused]
+    for error, expected in [*cases, (away, BrokerUnavailable)]:
         port.consumer = Refusing(error)
         with pytest.raises(expected):
             port.commit(Partition("tt.invoice", 0), 5)
