@@ -151,9 +151,8 @@ class GroupConsumer:
                 for i, (tp, records) in enumerate(polled):
                     try:
                         self._process_partition(tp, records)
-                    except StopRequested:
-                        for later_tp, later in polled[i + 1:]:  # fetched, never handled: read them again
-                            self.port.seek(later_tp, later[0].offset)
+                    except StopRequested:  # fetched, never handled: read them again if this consumer runs on
+                        self._rewind([(later_tp, later[0].offset) for later_tp, later in polled[i + 1:]])
                         raise
                     except PartitionsLost as exc:
                         # The group moved on (a rebalance): rejoin at the next poll. The client's position is past

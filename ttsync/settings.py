@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         default=OutageBreaker.max_open_s, ge=0,
         description="Exit 1 (for a supervisor to restart it) when such an outage lasts this "
         "long; nothing is dead-lettered meanwhile (0 = wait for ever)")
+    startup_wait_s: float = Field(
+        default=600.0, ge=0,
+        description="How long `ttsync relay` and `ttsync consume` wait at start for a database or Kafka broker "
+        "that does not answer, retrying with backoff, before they exit 4; their one-shot forms (--once, "
+        "--max-seconds) fail at once (0 = never wait)")
     consumer_unjoined_exit_s: float = Field(
         default=120.0, ge=0,
         description="Exit 1 (for a supervisor to restart it) when the group stays unjoined this long; 0 = never")

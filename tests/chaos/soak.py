@@ -300,7 +300,7 @@ def judge_memory(samples: list[Sample], warmup_s: float) -> tuple[dict[str, dict
 
 
 def soak(*, minutes: float, changes: int, seed: int, warmup_minutes: float, mean_gap_s: float,
-         log: Callable[[str], None] = print) -> Report:
+         settle_minutes: float = 30.0, log: Callable[[str], None] = print) -> Report:
     report = Report(seed=seed, minutes=minutes, changes=changes)
     strikes = schedule(seed, minutes * 60, mean_gap_s)
     started = time.monotonic()
@@ -333,7 +333,16 @@ def soak(*, minutes: float, changes: int, seed: int, warmup_minutes: float, mean
                 return history
 
             run.history = read_history
-            verdict: Verdict = run.converge(timeout_s=900)
+            said = [time.monotonic()]
+
+            def say_where_it_is() -> None:
+                if time.monotonic() - said[0] >= 30:
+                    said[0] = time.monotonic()
+                    log(f"soak: settling, {time.monotonic() - started:5.0f} s, outbox backlog {run.backlog()}, "
+                        f"group lag {run.group_lag()}")
+            settle_started = time.monotonic()
+            verdict: Verdict = run.converge(timeout_s=settle_minutes * 60, while_waiting=say_where_it_is)
+            log(f"soak: settled and judged in {time.monotonic() - settle_started:.0f} s")
         # the history converge's last verdict read (the whole topics, once more after its pause): not a third read
         missing = acknowledged_missing(engine, workload.acknowledged, also_held=published_events(history))
         report.strikes = sorted(nemesis.done, key=lambda d: d["at_s"])
@@ -386,10 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-minutes", type=float, default=5.0, help="memory peak of this first stretch is the "
                         "bound (default 5)")
     parser.add_argument("--mean-gap-s", type=float, default=20.0, help="mean time between strikes (default 20)")
+    parser.add_argument("--settle-minutes", type=float, default=30.0, help="how long the pipeline may take to "
+                        "drain after the last change before the run fails (default 30)")
     parser.add_argument("--json", type=Path, help="write the whole report here")
     args = parser.parse_args(argv)
     report = soak(minutes=args.minutes, changes=args.changes, seed=args.seed, warmup_minutes=args.warmup_minutes,
-                  mean_gap_s=args.mean_gap_s, log=lambda m: print(m, file=sys.stderr, flush=True))
+                  mean_gap_s=args.mean_gap_s, settle_minutes=args.settle_minutes,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
     print(summary(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ SEED = 2112
 
 
 def test_a_three_minute_soak_with_overlapping_faults() -> None:
-    report = soak(minutes=3, changes=6000, seed=SEED, warmup_minutes=1, mean_gap_s=12)
+    report = soak(minutes=3, changes=6000, seed=SEED, warmup_minutes=1, mean_gap_s=12, settle_minutes=10)
     faults = sorted({s["fault"] for s in report.strikes})
     record(f"soak 3 min, seed {SEED}", report.verdict, report.seconds,
            f"{len(report.strikes)} overlapping strikes: {', '.join(faults)}", report.restarts,

@@ -164,16 +164,19 @@ def state_store() -> Any:
     return StateStore(make_engine(settings.effective_state_database_url), settings.qbo_realm_id, settings.group_id)
 
 
-def end(exc: BaseException) -> None:
-    """Any failure a command did not handle: one line (or a JSON error object with --json) and its exit code."""
-    database = kafka = ""
+def services_named() -> dict[str, str]:
+    """Where the commands look for their services, as ``describe`` names them (the password hidden)."""
     try:
         settings = get_settings()
-        database = make_url(settings.database_url).render_as_string(hide_password=True)
-        kafka = settings.kafka.bootstrap_servers
+        return {"database": make_url(settings.database_url).render_as_string(hide_password=True),
+                "kafka": settings.kafka.bootstrap_servers}
     except Exception:  # noqa: BLE001 - the settings themselves may be what failed
-        pass
-    failure = describe(exc, database=database, kafka=kafka)
+        return {}
+
+
+def end(exc: BaseException) -> None:
+    """Any failure a command did not handle: one line (or a JSON error object with --json) and its exit code."""
+    failure = describe(exc, **services_named())
     if failure.code == EXIT_FAILED:
         structlog.get_logger("ttsync.cli").debug("unexpected_error", exc_info=exc)
     if "--json" in sys.argv[1:]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import structlog
 import typer
@@ -23,10 +23,17 @@ from ttsync.cli.base import (
     fail,
     fatal_exit_code,
     load_settings,
+    services_named,
 )
 from ttsync.logging_setup import configure_logging
 from ttsync.settings import Settings
+from ttsync.startup import wait_for_services
 from ttsync.wiring import serve_metrics, stop_on_signals
+
+if TYPE_CHECKING:
+    from consumer.group_consumer import GroupConsumer
+    from producer.outbox_relay import OutboxRelay
+    from ttsync.wiring import ConsumerParts
 
 
 @app.command()
@@ -46,16 +53,23 @@ def relay(
     settings = load_settings()
     log = structlog.get_logger("ttsync.cli")
     engine = make_engine(settings.database_url)
-    require_current(engine, "TimeTracker database")  # an old outbox would fail every batch, for ever
-    if create_topics:
-        try:
-            created = ensure_relay_topics(settings)
-            if created:
-                log.info("topics_created", topics=created)
-        except Exception as exc:  # noqa: BLE001 - the relay still runs and retries publishing
-            log.warning("topic_creation_failed", error=repr(exc))
-    worker = build_relay(settings, engine, on_batch=lambda s: log.info(
-        "progress", published=s.published, failed=s.failed, batches=s.batches) if s.batches % 20 == 0 else None)
+
+    def start() -> OutboxRelay:
+        require_current(engine, "TimeTracker database")  # an old outbox would fail every batch, for ever
+        if create_topics:
+            try:
+                created = ensure_relay_topics(settings)
+                if created:
+                    log.info("topics_created", topics=created)
+            except Exception as exc:  # noqa: BLE001 - the relay still runs and retries publishing
+                log.warning("topic_creation_failed", error=repr(exc))
+        return build_relay(settings, engine, on_batch=lambda s: log.info(
+            "progress", published=s.published, failed=s.failed, batches=s.batches) if s.batches % 20 == 0
+            else None)
+
+    daemon = not once and max_seconds is None
+    worker = wait_for_services(start, budget_s=settings.startup_wait_s if daemon else 0, what="relay",
+                               services=services_named())
     stop_on_signals(worker.stop, "finishing in-flight batch")
     server = serve_metrics(settings, engine, relay_registry(engine, worker), metrics_port,
                            heartbeat=lambda: worker.heartbeat)
@@ -87,17 +101,22 @@ def consume(
         fail("TTSYNC_SYNC_DIRECTION=import: nothing goes from TimeTracker to QBO, so there is nothing to consume "
              "(run `ttsync import`)", EXIT_USAGE, False)
     log = structlog.get_logger("ttsync.cli")
-    # Without its tables the consumer would retry every record for ever: say what to run instead.
-    state = make_engine(settings.effective_state_database_url)
-    try:
-        require_current(state, "state database")
-    finally:
-        state.dispose()  # the consumer makes its own engine (build_parts)
-    if create_topics:
-        ensure_consumer_topics(settings)
-    try:
+
+    def start() -> tuple[ConsumerParts, GroupConsumer]:
+        # Without its tables the consumer would retry every record for ever: say what to run instead.
+        state = make_engine(settings.effective_state_database_url)
+        try:
+            require_current(state, "state database")
+        finally:
+            state.dispose()  # the consumer makes its own engine (build_parts)
+        if create_topics:
+            ensure_consumer_topics(settings)
         parts = build_parts(settings)
-        worker = build_consumer(settings, parts)
+        return parts, build_consumer(settings, parts)
+
+    try:
+        parts, worker = wait_for_services(start, budget_s=settings.startup_wait_s if max_seconds is None else 0,
+                                          what="consumer", services=services_named())
     except FatalError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(fatal_exit_code(exc)) from exc
