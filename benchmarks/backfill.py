@@ -26,6 +26,7 @@ import requests
 from sqlalchemy import Engine, text
 
 from benchmarks._env import kafka_bootstrap, postgres_url, print_table, scratch_database
+from consumer import metrics
 from producer.database import make_engine
 from producer.outbox_snapshot import run_snapshot
 from tests.backfill_data import seed_old_connector, seed_timetracker
@@ -111,6 +112,7 @@ def drain(db_url: str, bootstrap: str, records: int, adopt_legacy: bool) -> dict
             worker = build_consumer(settings, build_parts(settings))
             progress: list[tuple[float, int]] = []
             writes_before = admin("stats")["writes"].get(REALM, 0)
+            calls_before = qbo_calls()
             started = time.perf_counter()
 
             def finished(s: Any) -> bool:
@@ -127,6 +129,7 @@ def drain(db_url: str, bootstrap: str, records: int, adopt_legacy: bool) -> dict
                 worker.close()
             seconds = time.perf_counter() - started
             calls = admin("stats")
+            by_kind = {k: n - calls_before.get(k, 0) for k, n in qbo_calls().items() if n > calls_before.get(k, 0)}
         finally:
             sandbox.stop()
             engine.dispose()
@@ -136,7 +139,22 @@ def drain(db_url: str, bootstrap: str, records: int, adopt_legacy: bool) -> dict
             "writes_per_min": round(writes / seconds * 60, 1),
             "of_ceiling": round(writes / seconds * 60 / QBO_WRITES_PER_MIN, 3), "applied": stats.applied,
             "skipped": stats.skipped, "dead_lettered": stats.dead_lettered, "throttled_429": calls.get("throttled"),
-            "status_counts": calls.get("status_counts")}
+            "status_counts": calls.get("status_counts"),
+            "requests_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))}
+
+
+def qbo_calls() -> dict[str, int]:
+    """The consumer's QBO requests so far, by entity and operation (its ``ttsync_qbo_requests_total``): where a
+    drain's request budget went."""
+    out: dict[str, int] = {}
+    for family in metrics.REGISTRY.collect():
+        if family.name != "ttsync_qbo_requests":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = f"{sample.labels['entity']} {sample.labels['operation']} {sample.labels['outcome']}"
+                out[key] = out.get(key, 0) + int(sample.value)
+    return out
 
 
 def main() -> None:
