@@ -124,10 +124,11 @@ class ChaosRun:
 
     def env(self, **extra: str) -> dict[str, str]:
         level = os.environ.get("TTSYNC_CHAOS_LOG_LEVEL", "info")
-        return self.pipe.env(TTSYNC_RETRY_TOPIC_DELAYS_S=json.dumps(RETRY_DELAYS),
-                             TTSYNC_DEPENDENCY_WAIT_MAX_HOURS="0.1", TTSYNC_LOG_LEVEL=level,
-                             TTSYNC_CONSUMER_UNJOINED_EXIT_S="30",
-                             TTSYNC_RETRY_BACKOFF_MAX_S="2", **self.extra_env, **extra)
+        # The scenario's own settings (extra_env) and the call's override these defaults.
+        return self.pipe.env(**{"TTSYNC_RETRY_TOPIC_DELAYS_S": json.dumps(RETRY_DELAYS),
+                                "TTSYNC_DEPENDENCY_WAIT_MAX_HOURS": "0.1", "TTSYNC_LOG_LEVEL": level,
+                                "TTSYNC_CONSUMER_UNJOINED_EXIT_S": "30", "TTSYNC_RETRY_BACKOFF_MAX_S": "2",
+                                **self.extra_env, **extra})
 
     def relay(self, **env: str) -> Proc:
         proc = Proc(f"relay{len(self.procs)}", ["relay", "--no-create-topics"], self.env(**env),
