@@ -56,3 +56,10 @@ class EventApplier:
 
     def execute_batch(self, writes: list[Write]) -> list[Outcome | None]:
         return self.executor.execute_batch(writes)
+
+    def prefetch(self, events: list[EventEnvelope]) -> None:
+        """A backlog's QBO customers read together before its events are prepared (``Preparer.prefetch``)."""
+        self.preparer.prefetch(events)
+
+    def forget_prefetched(self) -> None:
+        self.preparer.forget_prefetched()

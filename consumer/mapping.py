@@ -268,17 +268,22 @@ def settlement_request(inv: InvoiceState, amount: Decimal, customer_id: str, inv
     return body
 
 
+def qbo_display_name(name: str) -> str:
+    """The DisplayName QBO keeps for a name: without its surrounding blanks (a name of blanks only it refuses,
+    Fault 2020), at most 500 characters. "" for a blank name."""
+    return _text(name.strip(), 500) or ""
+
+
 def customer_request(client: ClientState, opts: MappingOptions, display_name: str | None = None,
                      currency: str | None = None) -> dict[str, Any]:
     """A customer's body. ``currency`` (the first invoice's, else ``opts.default_currency``) is sent on create
     only: in a multicurrency company a customer's currency is fixed, and its invoices must be in it."""
-    # QBO keeps names without their surrounding blanks; a name of blanks only it refuses (Fault 2020).
-    name = (display_name or client.name).strip()
+    name = qbo_display_name(display_name or client.name)
     if not name:
         raise MappingError(f"client {client.id} has a blank name: a QBO customer needs a DisplayName",
                            code="blank_name")
     body: dict[str, Any] = {
-        "DisplayName": _text(name, 500),
+        "DisplayName": name,
         "CompanyName": _text(client.name.strip(), 100),
         "Active": client.status != "inactive",
         "Notes": _text(marker("client", client.id, opts.source)),

@@ -179,7 +179,38 @@ class Preparer:
             if d.decision.action is Action.CREATE else None
         body = customer_request(client, self.options, currency=currency)
         lookup = NaturalKey("Customer", select_where("Customer", DisplayName=body["DisplayName"]))
+        if d.decision.action is Action.CREATE and not (d.mapped and d.mapped.pending_requestid):
+            # A name taken in QBO (the old connector's customer, or one made by hand) would refuse the create
+            # (6240), which then adopts it alone; known from a backlog's bulk read, it is adopted in the batch.
+            taken = self.resolver.customer_named(body["DisplayName"], query=False)
+            if taken is not None:
+                return d.write(Operation.ADOPT, "Customer", body=body, qbo_id=str(taken["Id"]),
+                               sync_token=str(taken["SyncToken"]), lookup=lookup)
         return self._upsert(d, "Customer", body, lookup, None)
+
+    # -- a backlog ---------------------------------------------------------------------------------------
+
+    def prefetch(self, events: list[EventEnvelope]) -> None:
+        """Before a backlog's events are prepared: read together the QBO customers they will look for by name
+        (the clients', and those of invoices whose client is not mapped yet)."""
+        wanted: list[tuple[str, str]] = []  # (client id, the name its customer has or would have)
+        for event in events:
+            if event.aggregate_type not in ("client", "invoice"):
+                continue
+            try:
+                s = readable_state(event.aggregate_type, event.payload, self.options)
+            except ValueError:  # pydantic's ValidationError: prepare() dead-letters it, with the reason
+                continue
+            if isinstance(s, ClientState):
+                wanted.append((str(s.id), s.name))
+            elif isinstance(s, InvoiceState):
+                wanted.append((str(s.client_id), s.client.name if s.client else s.client_name))
+        if wanted:
+            unmapped = self.store.unmapped("client", {client_id for client_id, _ in wanted})
+            self.resolver.prefetch_customers([name for client_id, name in wanted if client_id in unmapped])
+
+    def forget_prefetched(self) -> None:
+        self.resolver.forget_customers()
 
     # -- creates and updates ---------------------------------------------------------------------------
 

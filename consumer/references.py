@@ -7,19 +7,22 @@ A value that cannot be found and may not be created is a ``MissingMapping`` (dea
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from consumer.errors import DuplicateRequestId, MissingMapping, QboValidationFault
-from consumer.mapping import MappingOptions, customer_request, request_id, vendor_request
-from consumer.qbo_port import QboPort
-from consumer.qbo_queries import quote
+from consumer.mapping import MappingOptions, customer_request, qbo_display_name, request_id, vendor_request
+from consumer.qbo_port import QboPort, query_pages
+from consumer.qbo_queries import quote, select_in
 from consumer.state_store import StateStore
 from schemas.events import ClientState
 
 log = structlog.get_logger("ttsync.resolve")
+
+NAMES_PER_QUERY = 100  # DisplayNames in one IN list (the query goes in a POST body: no URL length limit)
 
 OVERRIDE_KINDS = {"expense-account": "expense_account", "item": "item", "vendor": "vendor",
                   "paying-account": "paying_account", "customer": "customer"}
@@ -76,6 +79,9 @@ class ReferenceResolver:
         self.store = store
         self.config = config
         self.options = options
+        # Customers read together by name for a backlog (``prefetch_customers``): lower-cased DisplayName -> the
+        # customer, or None when QBO had none of that name.
+        self._customers_named: dict[str, dict[str, Any] | None] = {}
 
     # -- generic ---------------------------------------------------------------------------------------
 
@@ -312,7 +318,7 @@ class ReferenceResolver:
         if mapped is not None and mapped.qbo_id:
             return mapped.qbo_id
         state = client or ClientState(id=client_id, name=name, email=email)
-        found = self._find("Customer", "DisplayName", state.name)
+        found = self.customer_named(state.name)
         if found is None and self.config.auto_create_customers:
             bodies = [customer_request(state, self.options, display_name=display,
                                        currency=currency or self.options.default_currency)
@@ -323,3 +329,33 @@ class ReferenceResolver:
             raise MissingMapping(f"no QBO customer for client {client_id} ({state.name!r})", code="missing_customer")
         self.store.adopt("client", str(client_id), found)
         return str(found["Id"])
+
+    def customer_named(self, name: str, *, query: bool = True) -> dict[str, Any] | None:
+        """The QBO customer of this DisplayName: as read by ``prefetch_customers`` when it was, else by a query
+        (none when not ``query``)."""
+        display = qbo_display_name(name)
+        if display.lower() in self._customers_named:
+            return self._customers_named[display.lower()]
+        return self._find("Customer", "DisplayName", display) if display and query else None
+
+    def prefetch_customers(self, names: Iterable[str]) -> None:
+        """Read the customers of these names together, ``NAMES_PER_QUERY`` to a query, for ``customer_named``.
+
+        A backlog's clients and the invoices of clients not mapped yet each looked their customer up alone, and
+        a client taken over from the old connector (its name taken in QBO) was then adopted by a write of its own:
+        a quarter of a backfill's request budget. What is read here may go stale before ``forget_customers``
+        (someone makes or renames a customer meanwhile): QBO's unique names still guard it, since a create
+        refused as a duplicate name (6240) is looked up again by a query."""
+        wanted = {d.lower(): d for n in names if (d := qbo_display_name(n)) and d.lower() not in self._customers_named}
+        todo = sorted(wanted.values())
+        for start in range(0, len(todo), NAMES_PER_QUERY):
+            chunk = todo[start:start + NAMES_PER_QUERY]
+            for rows in query_pages(self.client, select_in("Customer", "DisplayName", chunk), "Customer"):
+                for row in rows:
+                    self._customers_named[str(row.get("DisplayName", "")).lower()] = row
+            for display in chunk:
+                self._customers_named.setdefault(display.lower(), None)
+
+    def forget_customers(self) -> None:
+        """Drop what ``prefetch_customers`` read (the end of a backlog's poll)."""
+        self._customers_named.clear()

@@ -64,6 +64,18 @@ class StateStore:
         with connect(self.engine) as conn:
             return _to_mapped(conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first())
 
+    def unmapped(self, aggregate_type: str, aggregate_ids: set[str]) -> set[str]:
+        """Which of these aggregates the entity map ties to no QBO entity yet, in one round trip per 500."""
+        ids = sorted(aggregate_ids)
+        mapped: set[str] = set()
+        with connect(self.engine) as conn:
+            for start in range(0, len(ids), 500):
+                mapped.update(conn.execute(select(entity_map.c.aggregate_id).where(
+                    entity_map.c.realm_id == self.realm_id, entity_map.c.aggregate_type == aggregate_type,
+                    entity_map.c.aggregate_id.in_(ids[start:start + 500]),
+                    entity_map.c.qbo_id.is_not(None))).scalars())
+        return set(ids) - mapped
+
     def owner_of(self, qbo_id: str, aggregate_types: tuple[str, ...]) -> str | None:
         """The aggregate (of one of ``aggregate_types``) the entity map ties to a QBO id, e.g. the TimeTracker
         invoice of a QBO Invoice, or None."""

@@ -26,6 +26,16 @@ def strict_parts(tmp_path: Any) -> Iterator[FakeParts]:
 
 # -- references: a create whose answer was lost ----------------------------------------------------------
 
+def test_a_customer_made_after_the_bulk_read_is_adopted_not_doubled(parts: FakeParts) -> None:
+    """A backlog's bulk read of names (#19) goes stale when someone makes a customer meanwhile: the name read as
+    absent is created, QBO refuses it (6240), and the customer found by a query is the one."""
+    parts.resolver.prefetch_customers(["Acme", "  Acme  "])
+    parts.qbo.create("Customer", {"DisplayName": "Acme"}, "made-by-hand")
+    customer_id = parts.resolver.customer(7, None, "Acme", None)
+    assert parts.qbo.calls.count(("query", "Customer")) == 2  # the bulk read (one name), the lookup after 6240
+    assert [c["Id"] for c in parts.entities("Customer")] == [customer_id]
+
+
 def test_a_customer_create_answered_600_after_a_lost_answer_is_adopted(strict_parts: FakeParts) -> None:
     """The name belongs to a vendor, so the customer is created as "<name> (customer)"; that answer is lost. The
     retry looks for the plain name (not there), is refused it again (6240), sends the suffixed create with the

@@ -186,6 +186,59 @@ def test_a_backlog_writes_alone_while_no_batch_request_is_free_and_keeps_its_bat
     assert parts.qbo.calls[:batch_request].count(("create", "Invoice")) == 0  # the first full batch went as one
 
 
+def _old_connectors_customers(parts: FakeParts, names: list[str]) -> dict[str, str]:
+    """Customers in QBO before ttsync, as TimeTracker's old connector made them (no marker): name -> QBO id."""
+    made = {name: str(parts.qbo.create("Customer", {"DisplayName": name, "CurrencyRef": {"value": "EUR"}},
+                                      f"old-{name}")["Id"]) for name in names}
+    parts.qbo.calls.clear()
+    return made
+
+
+def test_a_backlogs_clients_whose_names_qbo_holds_are_adopted_in_batch_requests(parts: FakeParts) -> None:
+    """#19: each client the old connector had made was created in a batch item QBO refused (6240 name taken),
+    then created again alone, looked up by a query and adopted by an update of its own: a quarter of a backfill's
+    request budget. Their names are now read in one query and the adoptions go in the batch."""
+    made = _old_connectors_customers(parts, [f"Client {n}" for n in range(1, 13)])
+    broker = StubBroker()
+    for n in range(1, 13):
+        publish(broker, ev("client", {"id": n, "name": f"Client {n}", "email": f"c{n}@x.test", "status": "active"},
+                           1, "created"))
+    stats = parts.group(broker, batch_min_records=5).run(max_seconds=10, until=lambda s: s.applied >= 12)
+    assert stats.by_result.get("adopted") == 12 and committed(broker, "tt.client") == 12
+    assert parts.writes("create", "Customer") == parts.writes("update", "Customer") == 0
+    assert parts.writes("query", "Customer") == 1 and parts.writes("batch", "Batch") == 1
+    customers = parts.entities("Customer")
+    assert len(customers) == 12 and all("ttsync:client:" in (c.get("Notes") or "") for c in customers)
+    assert {n: parts.store.mapped("client", str(n)).qbo_id for n in range(1, 13)} == {  # type: ignore[union-attr]
+        n: made[f"Client {n}"] for n in range(1, 13)}
+
+
+def test_a_backlogs_invoices_find_the_customers_of_unmapped_clients_in_one_query(parts: FakeParts) -> None:
+    """Invoices that come before their clients looked each customer up by a query of its own. One client's name
+    is not in QBO: known absent, its customer is created without a lookup first."""
+    _old_connectors_customers(parts, [f"Client {n}" for n in range(1, 12)])
+    broker = StubBroker()
+    for n in range(1, 13):
+        client = {"id": n, "name": f"Client {n}", "status": "active"}
+        publish(broker, ev("invoice", invoice(invoice_id=n, client=client), 1, "created"))
+    stats = parts.group(broker, batch_min_records=5).run(max_seconds=10, until=lambda s: s.applied >= 12)
+    assert stats.by_result.get("created") == 12 and len(parts.entities("Invoice")) == 12
+    assert parts.writes("query", "Customer") == 1 and parts.writes("create", "Customer") == 1
+    assert len(parts.entities("Customer")) == 12
+
+
+def test_a_backlog_whose_customer_query_fails_still_applies_each_record(parts: FakeParts) -> None:
+    """The bulk read only saves requests: QBO failing it (503) leaves each client to its own create and lookup."""
+    _old_connectors_customers(parts, [f"Client {n}" for n in range(1, 7)])
+    broker = StubBroker()
+    for n in range(1, 7):
+        publish(broker, ev("client", {"id": n, "name": f"Client {n}", "status": "active"}, 1, "created"))
+    parts.qbo.refuse("query", "Customer")
+    stats = parts.group(broker, batch_min_records=5).run(max_seconds=10, until=lambda s: s.applied >= 6)
+    assert stats.applied == 6 and stats.dead_lettered == 0 and len(parts.entities("Customer")) == 6
+    assert parts.writes("query", "Customer") > 1  # the failed bulk read, then one lookup per refused create
+
+
 def test_what_is_due_in_a_retry_topic_goes_to_qbo_in_batch_requests(parts: FakeParts) -> None:
     """A backfill's payments come before their invoices and wait in a retry topic; they come back together, and
     went to QBO one request each (the drain's last 40 s without a batch request, benchmarks/backfill.py)."""

@@ -112,7 +112,11 @@ def consume(
         if create_topics:
             ensure_consumer_topics(settings)
         parts = build_parts(settings)
-        return parts, build_consumer(settings, parts)
+        try:
+            return parts, build_consumer(settings, parts)
+        except BaseException:
+            parts.engine.dispose()  # the next attempt builds its own: this one's pool would stay open until exit
+            raise
 
     try:
         parts, worker = wait_for_services(start, budget_s=settings.startup_wait_s if max_seconds is None else 0,
