@@ -185,3 +185,8 @@ def failing_for_s(record: Any, now: dt.datetime | None = None) -> float:
 
 def replay_count(record: Any) -> int:
     return _count(_header(record, Header.REPLAY_COUNT)) or 0
+
+
+def attempt_count(record: Any) -> int:
+    """How many times the record failed before this delivery (0 for a first delivery, or an unreadable count)."""
+    return _count(_header(record, Header.ATTEMPTS)) or 0

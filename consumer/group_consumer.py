@@ -20,7 +20,16 @@ import structlog
 from consumer import metrics
 from consumer.applier import EventApplier
 from consumer.crash_points import CrashHook, no_crash
-from consumer.dead_letter import Forwarder, base_topic, check_headers, due_at, failing_for_s, replay_count, retry_tier
+from consumer.dead_letter import (
+    Forwarder,
+    attempt_count,
+    base_topic,
+    check_headers,
+    due_at,
+    failing_for_s,
+    replay_count,
+    retry_tier,
+)
 from consumer.errors import (
     ConsumerStuck,
     MalformedEvent,
@@ -67,10 +76,14 @@ BATCH_EARLY_S = 2.0
 
 
 def delivery_generation(rec: PolledRecord, tier: int | None) -> str:
-    """Names a delivery of an event for its QBO requestids: the retry tier it came from and how often an
-    operator replayed it. A Fault QBO gave one delivery is not replayed to the next."""
-    replays = replay_count(rec)
-    parts = ([f"t{tier}"] if tier is not None else []) + ([f"r{replays}"] if replays else [])
+    """Names a delivery of an event for its QBO requestids: the retry tier it came from, how often it failed
+    before, and how often an operator replayed it. A Fault QBO gave one delivery is not replayed to the next.
+    The attempts count matters in the last tier, which a record waiting long passes through again and again: with
+    the tier alone, QBO answered every later attempt with the first one's Fault (soak, seed 1203: payments refused
+    once above their invoice's balance were refused for ever after the invoice's larger total landed)."""
+    replays, attempts = replay_count(rec), attempt_count(rec)
+    parts = (([f"t{tier}"] + ([f"a{attempts}"] if attempts else [])) if tier is not None else []) \
+        + ([f"r{replays}"] if replays else [])
     return ".".join(parts)
 
 

@@ -63,6 +63,26 @@ def test_a_record_waiting_for_another_goes_to_a_retry_topic_and_comes_back_when_
     assert committed(broker, retry_tp.topic) == 1 and len(parts.entities("Payment")) == 1
 
 
+def test_a_payment_refused_in_the_last_retry_tier_applies_once_its_invoices_larger_total_lands(
+        parts: FakeParts) -> None:
+    """Soak, seed 1203: a payment came before its invoice's larger total and QBO refused it (above the balance). In
+    the last retry tier each attempt had the same requestid, so QBO answered its first Fault again, for ever (the
+    payment would be dead-lettered after the dependency wait, and the invoice kept a balance TimeTracker has
+    not). Each attempt in a retry tier now has a requestid of its own."""
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    parts.applier.apply(ev("invoice", invoice(items=[("1.00", "100.00")]), 1, "created"))
+    broker = StubBroker()
+    publish(broker, ev("payment", {**PAY, "amount": "240.00"}, 1, "created"))
+    group = parts.group(broker, policy=RetryPolicy(inplace_attempts=0, backoff_base_s=0.001, topic_delays_s=(1,)))
+    group.run(max_seconds=8, until=lambda s: s.forwarded_to_retry >= 3)  # refused in the last tier, twice
+    assert len(parts.entities("Payment")) == 0
+    parts.applier.apply(ev("invoice", invoice(items=[("2.00", "120.00")]), 2))  # the larger total: 240.00
+    stats = group.run(max_seconds=8, until=lambda s: s.applied >= 1)
+    assert stats.applied == 1 and stats.dead_lettered == 0
+    [payment] = parts.entities("Payment")
+    assert payment["TotalAmt"] == 240 and parts.entities("Invoice")[0]["Balance"] == 0
+
+
 def test_a_sent_invoice_whose_create_failed_is_not_lost_when_the_daily_job_overtakes_it(parts: FakeParts) -> None:
     """Chaos, QBO 5xx: v1 (created as sent) was answered 503 and went to a retry topic; v2 (made overdue by
     TimeTracker's daily job) overtook it and was skipped as never issued; v1 then came back older than v2, and the

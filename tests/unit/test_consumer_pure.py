@@ -364,6 +364,9 @@ def test_each_delivery_gets_its_own_requestids_and_a_redelivery_the_same() -> No
     assert delivery_generation(first, None) == ""
     assert delivery_generation(first, 1) == "t1"
     assert delivery_generation(replayed, None) == "r2" and delivery_generation(replayed, 0) == "t0.r2"
+    # the last tier, passed through again and again by a record that waits long: each pass its own requestid
+    again = [SimpleNamespace(headers=[("id", b"e-1"), ("ttsync.errors.attempts", str(n).encode())]) for n in (5, 6)]
+    assert [delivery_generation(r, 3) for r in again] == ["t3.a5", "t3.a6"]
     eid = uuid.uuid4()
     ids = {request_id(eid, "create", {"x": 1}, g) for g in ("", "t0", "t1", "r1")}
     assert len(ids) == 4  # QBO replays a Fault to the same requestid: a retry must not reuse the id that failed
