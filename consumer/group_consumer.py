@@ -156,13 +156,21 @@ class GroupConsumer:
         self._run_over = lambda: (deadline is not None and time.monotonic() > deadline) or (
             until is not None and until(self.stats))
         log.info("consumer_started", group=self.group_id, topics=len(self.topics))
+        poll_backoff = Backoff(base_s=0.5, max_s=10.0)
         try:
             while not self._stop.is_set() and not self._run_over():
                 self.heartbeat = time.monotonic()  # /livez: the loop turns
                 if self.retention is not None:
                     self.retention.maybe_purge()
                 self._resume_due()
-                batch = self.port.poll(timeout_ms=250)
+                try:
+                    batch = self.port.poll(timeout_ms=250)
+                except BrokerUnavailable as exc:
+                    self._wait_for_broker(exc, poll_backoff, "poll")
+                    continue
+                if poll_backoff.attempt:  # the broker answers again
+                    poll_backoff.reset()
+                    metrics.BROKER_AWAY.set(0)
                 try:
                     self.group_watchdog.check()
                     self.fetch_watchdog.after_poll(bool(batch), set(self._paused))
@@ -205,7 +213,15 @@ class GroupConsumer:
         self.stats.member_renewals += 1
         metrics.MEMBER_RENEWALS.inc()
         self._paused.clear()  # waiting retry records are uncommitted: the fresh member reads and pauses them again
-        self.port.renew_membership()
+        backoff = Backoff(base_s=0.5, max_s=10.0)
+        while True:
+            try:
+                self.port.renew_membership()
+                break
+            except BrokerUnavailable as exc:  # one renewal spent: waiting for the broker is not another failure
+                if not self._wait_for_broker(exc, backoff, "renew_membership"):
+                    raise StopRequested("stopping while the broker is away: a fresh member reads from the committed "
+                                        "offsets") from exc
         self.group_watchdog.reset()
         self.fetch_watchdog.reset()
 
@@ -244,14 +260,20 @@ class GroupConsumer:
                 metrics.BROKER_AWAY.set(0)
                 return
             except BrokerUnavailable as exc:
-                if self._stop.is_set() or self._run_over():
+                if not self._wait_for_broker(exc, backoff, "commit", topic=tp.topic, partition=tp.partition):
                     raise StopRequested("stopping while the broker is away: the records are read again") from exc
-                delay = backoff.next()
-                metrics.BROKER_AWAY.set(1)
-                log.warning("commit_waiting_for_broker", topic=tp.topic, partition=tp.partition, error=str(exc),
-                            retry_in_s=round(delay, 2))
-                self._stop.wait(delay)
-                self.heartbeat = time.monotonic()  # alive, waiting: /livez stays green, the metric says why
+
+    def _wait_for_broker(self, exc: BrokerUnavailable, backoff: Backoff, doing: str, **where: str | int) -> bool:
+        """The broker is away (#21): wait one backoff step here, in place, rather than exit for a supervisor; the
+        caller tries again. False, without waiting, when the consumer is stopping or its run is over."""
+        if self._stop.is_set() or self._run_over():
+            return False
+        delay = backoff.next()
+        metrics.BROKER_AWAY.set(1)
+        log.warning("waiting_for_broker", doing=doing, error=str(exc), retry_in_s=round(delay, 2), **where)
+        self._stop.wait(delay)
+        self.heartbeat = time.monotonic()  # alive, waiting: /livez stays green, the metric says why
+        return True
 
     def _process_partition(self, tp: Partition, records: list[PolledRecord]) -> None:
         tier = retry_tier(tp.topic, self.policy.topic_delays_s)

@@ -67,7 +67,8 @@ class ConsumerPort(Protocol):
     def subscribe(self, topics: list[str]) -> None:
         """Join the group for ``topics`` (metadata first: a leader without it assigns nothing)."""
 
-    def poll(self, timeout_ms: int) -> dict[Partition, list[PolledRecord]]: ...
+    def poll(self, timeout_ms: int) -> dict[Partition, list[PolledRecord]]:
+        """Raises ``BrokerUnavailable`` when the client says the broker is away (the loop waits for it)."""
 
     def pause(self, tp: Partition) -> None: ...
 
@@ -99,7 +100,8 @@ class ConsumerPort(Protocol):
 
     def renew_membership(self) -> None:
         """Leave the group and join it again as a fresh member, in this process: what a restart by a supervisor
-        would do. The fresh member reads from the committed offsets; what the old one fetched is read again."""
+        would do. The fresh member reads from the committed offsets; what the old one fetched is read again.
+        Raises ``BrokerUnavailable`` when the fresh member cannot reach the broker; calling it again tries again."""
 
     def close(self) -> None: ...
 
@@ -122,6 +124,14 @@ def release_parked_records(consumer: KafkaConsumer) -> None:
 # restart of three brokers).
 GROUP_REFUSED = (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError, IllegalGenerationError,
                  FencedInstanceIdError)
+
+
+def _away_or_raise(exc: KafkaError) -> Exception:
+    """What the loop should see of a kafka-python error outside a commit: a retriable one (no connection, a
+    timeout, no coordinator) says the broker is away, and the loop waits; any other (an ACL, a setting) is
+    itself, and ends the consumer with its message. #21 soak, seed 1203: a raw KafkaConnectionError (ECONNREFUSED)
+    escaped the loop during a 12 s broker restart and the consumer exited for its supervisor."""
+    return BrokerUnavailable(f"{type(exc).__name__}: {exc}") if exc.retriable else exc
 
 
 class KafkaPythonConsumer:
@@ -160,13 +170,21 @@ class KafkaPythonConsumer:
             self.consumer.close(autocommit=False)
         except Exception as exc:  # noqa: BLE001 - a client in a bad state may fail to leave; the new one joins anyway
             log.warning("member_close_failed", error=f"{type(exc).__name__}: {exc}")
-        self.consumer = self._open()
+        try:
+            # A new KafkaConsumer bootstraps in its constructor: with the broker away it fails after its timeout,
+            # and renewing again (the old member is closed either way) opens another.
+            self.consumer = self._open()
+        except KafkaError as exc:
+            raise _away_or_raise(exc) from exc
         self.subscribe(self._topics)
 
     def poll(self, timeout_ms: int) -> dict[Partition, list[PolledRecord]]:
         release_parked_records(self.consumer)
-        return {Partition(tp.topic, tp.partition): records
-                for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items()}
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
+        except KafkaError as exc:
+            raise _away_or_raise(exc) from exc
+        return {Partition(tp.topic, tp.partition): records for tp, records in polled.items()}
 
     def pause(self, tp: Partition) -> None:
         self.consumer.pause(KafkaTopicPartition(*tp))

@@ -163,6 +163,8 @@ class StubBroker:
         self.committed: dict[tuple[str, Partition], int] = {}
         self.fail_sends = 0
         self.fail_commits: list[Exception] = []  # raised by the next commits, one each
+        self.fail_polls: list[Exception] = []  # raised by the next polls, one each
+        self.fail_renewals: list[Exception] = []  # raised by the next renewals, once the old member has left
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: Sequence[tuple[str, bytes]] = ()) -> StubRecord:
@@ -194,8 +196,10 @@ class StubConsumer:
 
     def renew_membership(self) -> None:
         """A fresh member: positions from the committed offsets, nothing paused."""
-        self.renewals += 1
         self.positions, self._paused = {}, set()
+        if self.broker.fail_renewals:
+            raise self.broker.fail_renewals.pop(0)
+        self.renewals += 1
         self.subscribe(self._topics)
 
     def subscribe(self, topics: list[str]) -> None:
@@ -207,6 +211,8 @@ class StubConsumer:
                 self.positions[tp] = self.broker.committed.get((self.group_id, tp), 0)
 
     def poll(self, timeout_ms: int) -> dict[Partition, list[Any]]:
+        if self.broker.fail_polls:
+            raise self.broker.fail_polls.pop(0)
         out: dict[Partition, list[Any]] = {}
         for tp, position in self.positions.items():
             if tp in self._paused:

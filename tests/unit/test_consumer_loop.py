@@ -291,6 +291,34 @@ def test_a_commit_while_the_broker_is_away_waits_in_place_and_goes_through(parts
     assert stats.applied == 1 and committed(broker, "tt.invoice") == 1 and not broker.fail_commits
 
 
+def test_a_poll_while_the_broker_is_away_waits_in_place_and_reads_on(parts: FakeParts) -> None:
+    """#21 soak, seed 1203: during a 12 s broker restart a poll's KafkaConnectionError (ECONNREFUSED) escaped the
+    loop and the consumer exited for its supervisor. The port says BrokerUnavailable; the loop waits and polls
+    again."""
+    from consumer.kafka_port import BrokerUnavailable
+
+    broker = StubBroker()
+    broker.fail_polls = [BrokerUnavailable("KafkaConnectionError: 111 ECONNREFUSED") for _ in range(3)]
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    stats = parts.group(broker).run(max_seconds=20, until=lambda s: committed(broker, "tt.invoice") == 1)
+    assert stats.applied == 1 and committed(broker, "tt.invoice") == 1 and not broker.fail_polls
+
+
+def test_a_member_renewed_while_the_broker_is_away_is_renewed_once_it_answers(parts: FakeParts) -> None:
+    """A fresh KafkaConsumer bootstraps in its constructor: with the broker away it fails. The loop waits and
+    renews again, and that wait does not spend the renewal budget (one renewal, not three)."""
+    from consumer.kafka_port import BrokerUnavailable
+
+    broker = StubBroker()
+    broker.fail_renewals = [BrokerUnavailable("KafkaTimeoutError: Unable to bootstrap") for _ in range(4)]
+    publish(broker, ev("invoice", invoice(), 1, "created"))
+    group = parts.group(broker)
+    port = _member_unserved_until_renewed(group, 1)
+    stats = group.run(max_seconds=30, until=lambda s: s.applied == 1 and committed(broker, "tt.invoice") == 1)
+    assert stats.applied == 1 and committed(broker, "tt.invoice") == 1 and not broker.fail_renewals
+    assert port.renewals == 1 and stats.member_renewals == 1
+
+
 def test_a_commit_refused_after_a_rebalance_does_not_end_the_consumer(parts: FakeParts) -> None:
     """A member kicked out of its group while the broker was away (CommitFailedError) rejoins at its next poll;
     the record whose commit was refused goes to whoever owns its partition then (applied once: it is recorded)."""

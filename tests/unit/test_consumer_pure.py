@@ -557,6 +557,39 @@ def test_a_client_name_is_sent_without_surrounding_blanks_and_a_blank_one_is_a_m
     assert blank.value.code == "blank_name" and not blank.value.retryable
 
 
+def test_the_kafka_python_port_says_the_broker_is_away_when_a_poll_or_a_fresh_member_cannot_reach_it() -> None:
+    """#21 soak, seed 1203: a poll's raw KafkaConnectionError (ECONNREFUSED) ended the consumer during a broker
+    restart. A retriable client error is BrokerUnavailable (the loop waits); any other, an ACL say, is itself."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
+
+    from consumer.kafka_port import BrokerUnavailable, KafkaPythonConsumer
+
+    class Failing:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def poll(self, *args: Any, **kwargs: Any) -> Any:
+            raise self.error
+
+        def close(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    port: Any = object.__new__(KafkaPythonConsumer)
+    port._topics = ["tt.invoice"]
+    for error, expected in [(KafkaConnectionError("111 ECONNREFUSED"), BrokerUnavailable),
+                            (KafkaTimeoutError("Unable to bootstrap"), BrokerUnavailable),
+                            (TopicAuthorizationFailedError(), TopicAuthorizationFailedError)]:
+        port.consumer = Failing(error)
+        with pytest.raises(expected):
+            port.poll(250)
+
+        def fresh_member(error: Exception = error) -> Any:
+            raise error
+        port._open = fresh_member
+        with pytest.raises(expected):
+            port.renew_membership()
+
+
 @pytest.mark.parametrize("client", ["kafka-python", "librdkafka"])
 def test_both_kafka_ports_say_why_a_commit_failed(client: str) -> None:
     """A commit the group refused (the member was replaced, or the group is rebalancing) is PartitionsLost: poll

@@ -76,6 +76,10 @@ def relay(
     freeze_startup_heap()
     try:
         stats = worker.run(max_seconds=max_seconds, idle_exit=once)
+    except Exception:
+        # The CLI prints one line; the log keeps where it came from (#21: an exit seen only as "exit 4").
+        log.exception("relay_failed")
+        raise
     finally:
         worker.publisher.close()
         if server is not None:
@@ -149,6 +153,10 @@ def consume(
         log.error("consumer_stuck", error=str(exc))
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_FAILED) from exc
+    except Exception:
+        # The CLI prints one line; the log keeps where it came from (#21: an exit seen only as "exit 4").
+        log.exception("consumer_failed")
+        raise
     finally:
         worker.close()
         if server is not None:
