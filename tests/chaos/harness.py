@@ -174,7 +174,8 @@ class ChaosRun:
 
     def _slot_backlog(self) -> int:
         """With Debezium relaying, outbox rows are never marked published: what is in flight is the WAL between
-        the slot's confirmed position and the last commit (``wal_target``, taken once the workload ended)."""
+        the slot's confirmed position and ``wal_target``, a position inside the last transaction that writes the
+        outbox (Debezium confirms the positions of the outbox's commits only, never WAL written after them)."""
         if self.wal_target is None:
             return 1
         try:
