@@ -96,8 +96,8 @@ def _snapshot_process(pipe: Pipeline, *args: str) -> subprocess.Popen:
                             env=pipe.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-# The suite's size; TTSYNC_BACKFILL_RECORDS=5000 runs the proof at the scale of benchmarks.backfill (about six
-# minutes on 2 cores, which the ~30-minute budget of the default test command cannot hold). A multiple of 500.
+# The suite's size; TTSYNC_BACKFILL_RECORDS=5000 runs the proof at the scale of benchmarks.backfill (2-6 minutes
+# on 2 cores, more than the ~30-minute budget of the default test command can spare). A multiple of 500.
 RECORDS = int(os.environ.get("TTSYNC_BACKFILL_RECORDS", "500"))
 
 
