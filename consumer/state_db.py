@@ -29,7 +29,7 @@ def translated() -> Iterator[None]:
 def connect(engine: Engine) -> Iterator[Connection]:
     """A connection for reads, in autocommit: each statement sees the data committed when it starts, as under
     READ COMMITTED, without a BEGIN before the first statement and a ROLLBACK when the pool takes the connection
-    back. Those were two of a read's three round trips, and the consumer spends most of its time in such reads."""
+    back. Those were two of a read's three round trips, and the consumer makes several reads per record."""
     with translated(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
 
