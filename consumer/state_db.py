@@ -27,10 +27,13 @@ def translated() -> Iterator[None]:
 
 @contextmanager
 def connect(engine: Engine) -> Iterator[Connection]:
-    """A connection for reads, in autocommit: each statement sees the data committed when it starts, as under
-    READ COMMITTED, without a BEGIN before the first statement and a ROLLBACK when the pool takes the connection
-    back. Those were two of a read's three round trips, and the consumer makes several reads per record."""
-    with translated(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    """A connection for reads. On PostgreSQL in autocommit: each statement sees the data committed when it starts,
+    as under READ COMMITTED, without a BEGIN before the first statement and a ROLLBACK when the pool takes the
+    connection back. Those were two of a read's three round trips, and the consumer makes several reads per record.
+    SQLite (the demo) keeps its default: it has no round trips to save, and the README's demo once ended early in a
+    full run with its reads in autocommit (rehearsal of 76ae9a8), a cause not yet understood."""
+    options = {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
+    with translated(), engine.connect().execution_options(**options) as conn:
         yield conn
 
 
