@@ -113,8 +113,8 @@ def test_a_backfill_lands_each_record_once_adopting_the_old_connectors_entities(
     assert _outbox_count(pipe.engine) == 0  # existing records: capture alone would never send them
 
     # 1. The snapshot is killed -9 part way (a crash, not a graceful stop), then resumed while TimeTracker works.
-    chunk = str(RECORDS // 25)
-    proc = _snapshot_process(pipe, "--rate", str(RECORDS // 5), "--chunk-size", chunk)
+    chunk = RECORDS // 25
+    proc = _snapshot_process(pipe, "--rate", str(RECORDS // 5), "--chunk-size", str(chunk))
     wait_until(lambda: _outbox_count(pipe.engine) >= RECORDS * 6 // 25 or proc.poll() is not None, 60,
                "the snapshot to start")
     proc.send_signal(signal.SIGKILL)
@@ -127,7 +127,7 @@ def test_a_backfill_lands_each_record_once_adopting_the_old_connectors_entities(
     editor = threading.Thread(target=_edit_while_running, args=(pipe.engine, sent, stop, edited))
     editor.start()
     try:
-        report = run_snapshot(pipe.engine, source="tt-test", max_rate=RECORDS * 3 // 10, chunk_size=int(chunk))
+        report = run_snapshot(pipe.engine, source="tt-test", max_rate=RECORDS * 3 // 10, chunk_size=chunk)
     finally:
         stop.set()
         editor.join(30)
