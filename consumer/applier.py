@@ -13,7 +13,7 @@ from consumer.mapping import MappingOptions
 from consumer.prepare import Preparer
 from consumer.qbo_port import QboPort
 from consumer.references import ReferenceResolver
-from consumer.state_store import StateStore
+from consumer.state_store import Recorded, StateStore
 from consumer.writes import Outcome, Result, Write
 from schemas.events import EventEnvelope
 
@@ -38,13 +38,23 @@ class EventApplier:
         prepared = self.prepare(event, generation, origin)
         return prepared if isinstance(prepared, Outcome) else self.execute(prepared)
 
-    def prepare(self, event: EventEnvelope, generation: str = "", origin: str | None = None) -> Write | Outcome:
+    def prepare(self, event: EventEnvelope, generation: str = "", origin: str | None = None, *,
+                skipped: list[Recorded] | None = None) -> Write | Outcome:
+        """``skipped``: a skip's record goes there, for the caller to write with others (``record_skipped``)
+        before it reads this aggregate again or commits the offset; without it, the skip is recorded at once."""
         prepared = self.preparer.prepare(event, generation, origin)
         if isinstance(prepared, Outcome) and prepared.result is Result.SKIPPED:
             log.info("event_skipped", event_id=str(event.event_id), event_type=event.event_type,
                      aggregate_id=event.aggregate_id, version=event.aggregate_version, reason=prepared.reason)
-            self.store.record(event, Result.SKIPPED.value)
+            if skipped is None:
+                self.store.record(event, Result.SKIPPED.value)
+            else:
+                skipped.append(Recorded(event, Result.SKIPPED.value))
         return prepared
+
+    def record_skipped(self, skipped: list[Recorded]) -> None:
+        """The records ``prepare`` left in ``skipped``, in one transaction."""
+        self.store.record_many(skipped)
 
     def execute(self, write: Write) -> Outcome:
         outcome = self.executor.execute(write)

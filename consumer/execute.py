@@ -23,7 +23,7 @@ from consumer.errors import DependencyNotReady, DuplicateRequestId, QboUnavailab
 from consumer.mapping import MappingOptions, settlement_marker, settlement_request
 from consumer.qbo_port import QboPort, find_by_key
 from consumer.qbo_queries import NaturalKey, select_where
-from consumer.state_store import StateStore
+from consumer.state_store import Recorded, StateStore
 from consumer.writes import Operation, Outcome, Result, Write, sparse_body
 
 log = structlog.get_logger("ttsync.apply")
@@ -216,8 +216,8 @@ class Executor:
         for w in writes:
             if w.void_settlement_first:
                 self._void_settlement(w)
-            if w.operation is Operation.CREATE:
-                self.store.mark_pending(w.event.aggregate_type, w.event.aggregate_id, w.rid("create", w.body))
+        self.store.mark_pending_many([(w.event.aggregate_type, w.event.aggregate_id, w.rid("create", w.body))
+                                      for w in writes if w.operation is Operation.CREATE])
         bodies = [self._batch_body(w) for w in writes]
         items = [{"bId": str(i), "operation": w.batch_operation, w.entity: body}
                  for i, (w, body) in enumerate(zip(writes, bodies, strict=True))]
@@ -227,6 +227,7 @@ class Executor:
         answers = {str(a.get("bId")): a for a in self.qbo.batch(items, batch_id)}
         self.crash("after_qbo_batch")
         out: list[Outcome | None] = []
+        recorded: list[Recorded] = []
         for i, w in enumerate(writes):
             answer = answers.get(str(i), {})
             entity = answer.get(w.entity)
@@ -238,8 +239,10 @@ class Executor:
             result = _RESULT_OF[w.operation]
             if w.operation is Operation.ADOPT:
                 log.info("entity_adopted", entity=w.entity, qbo_id=w.qbo_id, aggregate_id=w.event.aggregate_id)
-            self.store.record(w.event, result.value, qbo=entity, status="active", customer_ref=w.customer_ref)
+            recorded.append(Recorded(w.event, result.value, entity, "active", w.customer_ref))
             out.append(Outcome(result, str(entity["Id"]), "batch"))
+        # Before any failed item goes through the single path (which reads the entity map): one transaction.
+        self.store.record_many(recorded)
         return out
 
     @staticmethod

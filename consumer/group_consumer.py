@@ -44,6 +44,7 @@ from consumer.housekeeping import ProcessedEventsRetention
 from consumer.kafka_port import BrokerUnavailable, ConsumerPort, Partition, PartitionsLost, PolledRecord
 from consumer.outage import OutageBreaker, tied_to_record
 from consumer.retry_policy import RetryPolicy, StepKind
+from consumer.state_store import Recorded
 from consumer.watchdog import FetchWatchdog, GroupWatchdog, RenewalBudget
 from consumer.writes import Outcome, Result, Write
 from schemas.backoff import Backoff
@@ -332,11 +333,21 @@ class GroupConsumer:
         its 500: while none is free, the oldest pending write goes alone on the rest of the budget, and the batch
         stays full for the next free one (40 x 30 + 460 writes a minute at most, not 40 x 30). Order per
         aggregate holds: a second event of an aggregate already pending sends what is pending first. Anything
-        unusual takes the one-by-one path."""
+        unusual takes the one-by-one path.
+
+        Skipped events (older versions, drafts that stay local: most of a busy stream) are recorded together, in
+        one transaction, before their aggregate is read again, before anything goes the one-by-one path, and
+        before the offset is committed."""
         assert self.applier is not None
         applier = self.applier
         pending: list[tuple[PolledRecord, Write]] = []
+        skipped: list[Recorded] = []
         done: int | None = None
+
+        def record_skipped() -> None:
+            if skipped:
+                applier.record_skipped(skipped)
+                skipped.clear()
 
         def send_batch() -> None:
             try:
@@ -346,6 +357,7 @@ class GroupConsumer:
                 outcomes = [None] * len(pending)
             for (rec, _), outcome in zip(pending, outcomes, strict=True):
                 if outcome is None:
+                    record_skipped()
                     self._settle(rec, tier)
                 else:
                     self._count(base_topic(rec.topic), outcome)
@@ -356,6 +368,7 @@ class GroupConsumer:
             try:
                 self._count(base_topic(rec.topic), applier.execute(write))
             except Exception:  # noqa: BLE001 - the single path retries, recovers or dead-letters it
+                record_skipped()
                 self._settle(rec, tier)
 
         def batch_free() -> bool:
@@ -384,11 +397,14 @@ class GroupConsumer:
                 try:
                     event = decoded or decode_event(rec.value or b"")  # undecodable: raises for the single path
                     key = (event.aggregate_type, event.aggregate_id)
+                    if any((s.event.aggregate_type, s.event.aggregate_id) == key for s in skipped):
+                        record_skipped()
                     if any((w.event.aggregate_type, w.event.aggregate_id) == key for _, w in pending):
                         flush()
                     elif len(pending) >= BATCH_LIMIT:
                         flush(everything=False)
-                    prepared = applier.prepare(event, delivery_generation(rec, tier), origin_of(rec))
+                    prepared = applier.prepare(event, delivery_generation(rec, tier), origin_of(rec),
+                                               skipped=skipped)
                     if isinstance(prepared, Write) and prepared.batchable:
                         pending.append((rec, prepared))
                     else:  # a final outcome, or a write that goes alone (a void, a delete, a settlement)
@@ -396,6 +412,7 @@ class GroupConsumer:
                         self._count(base_topic(rec.topic), outcome)
                 except Exception:  # noqa: BLE001 - decode errors and the like: the single path handles them
                     flush()
+                    record_skipped()
                     self._settle(rec, tier)
                 if self._stop.is_set():
                     break
@@ -404,6 +421,9 @@ class GroupConsumer:
         finally:
             applier.forget_prefetched()
             if done is not None and not pending:
+                # Recorded first: an offset committed over a skip never recorded would leave its aggregate a
+                # version behind, and the next version would wait for it in the retry topics.
+                record_skipped()
                 self._commit(tp, done)
 
     def _prefetch(self, records: list[PolledRecord]) -> list[EventEnvelope | None]:

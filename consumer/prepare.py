@@ -89,6 +89,7 @@ class Preparer:
         if prepare_type is None:
             raise MalformedEvent(f"no QBO mapping for aggregate type {event.aggregate_type!r}",
                                  code="unknown_aggregate_type")
+        self.resolver.new_event()
         processed, mapped = self.store.lookup(event.event_id, event.aggregate_type, event.aggregate_id)
         if processed:
             return Outcome(Result.DUPLICATE, reason="event already processed")

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine, text
 
-from consumer.state_db import begin
+from consumer.state_db import autocommit
 
 
 class RateLimiter(Protocol):
@@ -97,7 +97,9 @@ class SharedTokenBucket(_Bucket):
         while True:
             now = time.time()  # wall clock: shared between processes
             params = {"r": self.realm_id, "cap": self.capacity, "rate": self.rate, "now": now}
-            with begin(self.engine) as conn:
+            # Each statement commits on its own: the UPDATE refills and takes under the row's lock, so two consumers
+            # never take the same token; the SELECT and the first INSERT need no transaction around them either.
+            with autocommit(self.engine) as conn:
                 # The common case is one statement: refill, and take a token if there is one.
                 taken = conn.execute(text(
                     "UPDATE ttsync_rate_budget SET tokens = LEAST(:cap, tokens + GREATEST(0, :now - updated_at) "

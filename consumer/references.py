@@ -82,6 +82,10 @@ class ReferenceResolver:
         # Customers read together by name for a backlog (``prefetch_customers``): lower-cased DisplayName -> the
         # customer, or None when QBO had none of that name.
         self._customers_named: dict[str, dict[str, Any] | None] = {}
+        # The operator's overrides, read once per event (``new_event``): an event looked them up kind by kind, up
+        # to five reads of the state database; a ``map set`` applies from the next event on.
+        self._overrides: dict[tuple[str, str], str] | None = None
+        self._resolved: dict[tuple[str, str], str] = {}  # (kind, key) -> QBO id, see ``_cached``
 
     # -- generic ---------------------------------------------------------------------------------------
 
@@ -110,15 +114,29 @@ class ReferenceResolver:
         return None
 
     def _cached(self, kind: str, key: str) -> str | None:
-        return self.store.ref(kind, key.lower())
+        """A reference resolved before, by this process (kept in memory) or another (in the state database). Kept
+        for the process's life, as in the database: nothing removes a resolved reference, and a changed mapping
+        is another key (``_typed_account``)."""
+        found = self._resolved.get((kind, key.lower()))
+        if found is None:
+            found = self.store.ref(kind, key.lower())
+            if found:
+                self._resolved[(kind, key.lower())] = found
+        return found
 
     def _remember(self, kind: str, key: str, qbo_id: str, name: str | None) -> str:
         self.store.set_ref(kind, key.lower(), qbo_id, name)
+        self._resolved[(kind, key.lower())] = qbo_id
         return qbo_id
 
+    def new_event(self) -> None:
+        """The next event reads the overrides afresh."""
+        self._overrides = None
+
     def _override(self, kind: str, key: str) -> str | None:
-        rows = [r for r in self.store.refs(f"override:{kind}") if r["key"] == key.lower()]
-        return rows[0]["name"] if rows else None
+        if self._overrides is None:
+            self._overrides = self.store.overrides()
+        return self._overrides.get((kind, key.lower()))
 
     def account_entity(self, name_or_id: str) -> dict[str, Any] | None:
         """An account by id (digits) or by name, as QBO has it (with its AccountType), or None."""
@@ -231,9 +249,10 @@ class ReferenceResolver:
         """What every expense category and payment method (TimeTracker's fixed lists, those in its data, and
         every configured mapping) resolves to in QBO, with a problem where one is missing or of the wrong type.
         Reads only: nothing is created, nothing cached."""
+        self.new_event()
+        overridden = [key for kind, key in self.store.overrides() if kind == "expense_account"]
         cats = dict.fromkeys([*TIMETRACKER_CATEGORIES, *(c.strip().lower() for c in categories if c),
-                              *self.config.expense_accounts,
-                              *(r["key"] for r in self.store.refs("override:expense_account"))])
+                              *self.config.expense_accounts, *overridden])
         out = [self._check(f"expense-account {c}", c, self.expense_account_wanted(c) or c.strip().title(),
                            EXPENSE_ACCOUNT_TYPES) for c in cats]
         meths = dict.fromkeys([*TIMETRACKER_PAYMENT_METHODS, *(m.strip().lower() for m in methods if m),

@@ -38,6 +38,15 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection on which every statement commits on its own: for a write that is one statement and needs no
+    transaction around it (the shared rate budget's take), one round trip instead of BEGIN, the statement and
+    COMMIT."""
+    with translated(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
+
+
+@contextmanager
 def begin(engine: Engine) -> Iterator[Connection]:
     """A transaction, committed when the block ends without an exception."""
     with translated(), engine.begin() as conn:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -13,6 +13,8 @@ from consumer.lifecycle import QBO_ENTITY, Mapped
 from consumer.state_db import begin, connect
 from consumer.state_tables import entity_map, processed_events, qbo_refs
 from schemas.events import EventEnvelope
+
+OVERRIDE = "override:"  # the kind prefix of an operator's mapping in ttsync_qbo_refs
 
 
 def _to_mapped(row: Any) -> Mapped | None:
@@ -24,6 +26,16 @@ def _to_mapped(row: Any) -> Mapped | None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class Recorded(NamedTuple):
+    """What ``StateStore.record`` writes for one event: its outcome and, when QBO wrote, the entity."""
+
+    event: EventEnvelope
+    outcome: str
+    qbo: dict[str, Any] | None = None
+    status: str | None = None
+    customer_ref: str | None = None
 
 
 class StateStore:
@@ -93,12 +105,14 @@ class StateStore:
 
     def lookup(self, event_id: Any, aggregate_type: str, aggregate_id: str) -> tuple[bool, Mapped | None]:
         """(already processed?, what the entity map holds) in one round trip to the pool."""
+        processed = select(processed_events.c.event_id).where(
+            processed_events.c.consumer_group == self.group, processed_events.c.event_id == str(event_id)).exists()
+        # One statement: the entity-map row, if any, joined to a single row that says whether the event was seen.
+        one = select(literal(1).label("one")).subquery()
         with connect(self.engine) as conn:
-            processed = conn.execute(select(processed_events.c.event_id).where(
-                processed_events.c.consumer_group == self.group,
-                processed_events.c.event_id == str(event_id))).first() is not None
-            row = conn.execute(select(entity_map).where(self._key(aggregate_type, aggregate_id))).first()
-        return processed, _to_mapped(row)
+            row = conn.execute(select(processed.label("processed"), entity_map).select_from(
+                one.outerjoin(entity_map, self._key(aggregate_type, aggregate_id)))).one()
+        return bool(row.processed), _to_mapped(row) if row.realm_id is not None else None
 
     def _insert(self, conn: Any, table: Any) -> Any:
         return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
@@ -106,43 +120,79 @@ class StateStore:
     def _upsert(self, conn: Any, aggregate_type: str, aggregate_id: str, values: dict[str, Any],
                 version: int | None = None) -> None:
         """One statement: insert the row or update it; ``last_version`` only ever grows."""
-        values = {**values, "updated_at": _now()}
-        stmt = self._insert(conn, entity_map).values(
-            realm_id=self.realm_id, aggregate_type=aggregate_type, aggregate_id=str(aggregate_id),
-            qbo_entity=QBO_ENTITY.get(aggregate_type, aggregate_type), last_version=version or 0,
-            qbo_status=values.get("qbo_status", "active"), **{k: v for k, v in values.items() if k != "qbo_status"})
-        update_set = dict(values)
-        if version is not None:
-            bigger = func.greatest if conn.dialect.name == "postgresql" else func.max
-            update_set["last_version"] = bigger(entity_map.c.last_version, stmt.excluded.last_version)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[entity_map.c.realm_id, entity_map.c.aggregate_type, entity_map.c.aggregate_id],
-            set_=update_set))
+        self._upsert_many(conn, [(aggregate_type, aggregate_id, values, version)])
+
+    def _upsert_many(self, conn: Any, rows: list[tuple[str, str, dict[str, Any], int | None]]) -> None:
+        """``_upsert`` for several aggregates, (type, id, values, version) each: the rows that set the same columns
+        go in one statement executed for each of them (psycopg pipelines them: one round trip for all). Rows are
+        written in their order; an aggregate that comes back starts a new statement."""
+        groups: list[tuple[tuple[frozenset[str], bool], list[dict[str, Any]], set[tuple[str, str]]]] = []
+        for aggregate_type, aggregate_id, values, version in rows:
+            values = {**values, "updated_at": _now()}
+            params = {"realm_id": self.realm_id, "aggregate_type": aggregate_type, "aggregate_id": str(aggregate_id),
+                      "qbo_entity": QBO_ENTITY.get(aggregate_type, aggregate_type), "last_version": version or 0,
+                      "qbo_status": "active", **values}
+            shape, key = (frozenset(values), version is not None), (aggregate_type, str(aggregate_id))
+            if not groups or groups[-1][0] != shape or key in groups[-1][2]:
+                groups.append((shape, [], set()))
+            groups[-1][1].append(params)
+            groups[-1][2].add(key)
+        for (columns, versioned), params_list, _ in groups:
+            stmt = self._insert(conn, entity_map)
+            update_set: dict[str, Any] = {c: stmt.excluded[c] for c in columns}
+            if versioned:
+                bigger = func.greatest if conn.dialect.name == "postgresql" else func.max
+                update_set["last_version"] = bigger(entity_map.c.last_version, stmt.excluded.last_version)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[entity_map.c.realm_id, entity_map.c.aggregate_type, entity_map.c.aggregate_id],
+                set_=update_set), params_list)
 
     def mark_pending(self, aggregate_type: str, aggregate_id: str, requestid: str) -> None:
         """Before a create: if we crash after QBO wrote but before we recorded it, the redelivery sees this
         and looks for the entity in QBO instead of creating a second one."""
+        self.mark_pending_many([(aggregate_type, aggregate_id, requestid)])
+
+    def mark_pending_many(self, creates: list[tuple[str, str, str]]) -> None:
+        """``mark_pending`` for the creates of a batch request, (aggregate type, id, requestid) each, in one
+        transaction: all of them are durable before the request is sent."""
+        if not creates:
+            return
         with begin(self.engine) as conn:
-            self._upsert(conn, aggregate_type, aggregate_id,
-                         {"pending_requestid": requestid, "pending_since": _now()})
+            self._upsert_many(conn, [(aggregate_type, aggregate_id, {"pending_requestid": requestid,
+                                                                     "pending_since": _now()}, None)
+                                     for aggregate_type, aggregate_id, requestid in creates])
 
     def record(self, event: EventEnvelope, outcome: str, *, qbo: dict[str, Any] | None = None,
                status: str | None = None, customer_ref: str | None = None) -> None:
         """One transaction: the entity map moves to this version, and the event is marked processed."""
-        values: dict[str, Any] = {"pending_requestid": None, "pending_since": None}
-        if qbo is not None:
-            values.update(qbo_id=str(qbo["Id"]), sync_token=str(qbo.get("SyncToken", "0")))
-        if status is not None:
-            values["qbo_status"] = status
-        if customer_ref is not None:
-            values["customer_ref"] = customer_ref
+        self.record_many([Recorded(event, outcome, qbo, status, customer_ref)])
+
+    def record_many(self, outcomes: list[Recorded]) -> None:
+        """``record`` for the writes of a batch request, in one transaction: each event's entity-map row and
+        processed mark land together, as with ``record``; a crash before the commit loses all of them, and the
+        redelivered events find their entities through the requestids and pending marks."""
+        if not outcomes:
+            return
+        entity_rows: list[tuple[str, str, dict[str, Any], int | None]] = []
+        processed: list[dict[str, Any]] = []
+        for done in outcomes:
+            event, qbo = done.event, done.qbo
+            values: dict[str, Any] = {"pending_requestid": None, "pending_since": None}
+            if qbo is not None:
+                values.update(qbo_id=str(qbo["Id"]), sync_token=str(qbo.get("SyncToken", "0")))
+            if done.status is not None:
+                values["qbo_status"] = done.status
+            if done.customer_ref is not None:
+                values["customer_ref"] = done.customer_ref
+            entity_rows.append((event.aggregate_type, event.aggregate_id, values, event.aggregate_version))
+            processed.append({"consumer_group": self.group, "event_id": str(event.event_id),
+                              "aggregate_type": event.aggregate_type, "aggregate_id": event.aggregate_id,
+                              "aggregate_version": event.aggregate_version, "outcome": done.outcome,
+                              "qbo_id": str(qbo["Id"]) if qbo else None, "processed_at": _now()})
         with begin(self.engine) as conn:
-            self._upsert(conn, event.aggregate_type, event.aggregate_id, values, version=event.aggregate_version)
+            self._upsert_many(conn, entity_rows)
             # A second consumer may have processed it during a rebalance: same effect, nothing to add.
-            conn.execute(self._insert(conn, processed_events).values(
-                consumer_group=self.group, event_id=str(event.event_id), aggregate_type=event.aggregate_type,
-                aggregate_id=event.aggregate_id, aggregate_version=event.aggregate_version, outcome=outcome,
-                qbo_id=str(qbo["Id"]) if qbo else None, processed_at=_now()).on_conflict_do_nothing())
+            conn.execute(self._insert(conn, processed_events).on_conflict_do_nothing(), processed)
 
     def adopt(self, aggregate_type: str, aggregate_id: str, qbo: dict[str, Any], *, version: int = 0,
               customer_ref: str | None = None) -> None:
@@ -201,6 +251,20 @@ class StateStore:
             if kind:
                 stmt = stmt.where(qbo_refs.c.kind == kind)
             return [dict(r._mapping) for r in conn.execute(stmt.order_by(qbo_refs.c.kind, qbo_refs.c.key))]
+
+    def set_override(self, kind: str, key: str, target: str) -> None:
+        """An operator's mapping (``ttsync map set``): ``kind`` e.g. "expense_account", ``key`` as matched."""
+        self.set_ref(OVERRIDE + kind, key.strip().lower(), target, target)
+
+    def delete_override(self, kind: str, key: str) -> int:
+        return self.delete_ref(OVERRIDE + kind, key.strip().lower())
+
+    def overrides(self) -> dict[tuple[str, str], str]:
+        """Every operator override of this realm (``ttsync map set``), {(kind, key): target}, in one read."""
+        with connect(self.engine) as conn:
+            rows = conn.execute(select(qbo_refs.c.kind, qbo_refs.c.key, qbo_refs.c.name).where(
+                qbo_refs.c.realm_id == self.realm_id, qbo_refs.c.kind.startswith(OVERRIDE, autoescape=True)))
+            return {(r.kind.removeprefix(OVERRIDE), r.key): r.name for r in rows}
 
     def purge_processed(self, older_than: dt.timedelta) -> int:
         with begin(self.engine) as conn:

@@ -194,7 +194,7 @@ class Demo:
 
         self.console.print("\n[bold]Fixing the cause[/]: `ttsync map set expense-account \"equipment rental\" "
                            "\"Office Supplies\"`, then `ttsync dlq replay --error missing_account`")
-        parts.store.set_ref("override:expense_account", "equipment rental", "Office Supplies", "Office Supplies")
+        parts.store.set_override("expense_account", "equipment rental", "Office Supplies")
         before = worker.stats.applied
         replayed = replay(kafka, dlq_topic(settings.topic_prefix), settings.group_id,
                           DlqFilter(error="missing_account"))

@@ -16,15 +16,22 @@ REPORT = Path(os.environ.get("TTSYNC_CHAOS_REPORT", Path(__file__).resolve().par
 
 
 def record(scenario: str, verdict: Verdict, seconds: float, notes: str = "", restarts: int | None = None, *,
-           storage: str, brokers: int) -> None:
+           storage: str, brokers: int, played_s: float | None = None) -> None:
     """``restarts``: how often the supervisor had to start a process that exited on its own (not one a fault
     killed): an outage is to be waited out in place. ``storage``: the PostgreSQL cluster's durability as it
-    reported it (harness.storage_of); ``brokers``: the Kafka cluster's size as it reported it."""
+    reported it (harness.storage_of); ``brokers``: the Kafka cluster's size as it reported it. ``played_s``: of
+    ``seconds``, until the workload's last commit; the rest is the pipeline catching up, and the checks."""
     ROWS.append({"scenario": scenario, "storage": storage, "brokers": brokers, "changes": verdict.changes,
                  "aggregates": verdict.aggregates,
                  "applied": verdict.applied, "dead_lettered": verdict.dead_lettered + verdict.junk_dead_lettered,
                  "lost": verdict.lost, "duplicated": verdict.duplicated, "restarts": restarts,
-                 "seconds": round(seconds, 1), "notes": notes})
+                 "seconds": round(seconds, 1), "played_s": None if played_s is None else round(played_s, 1),
+                 "notes": notes})
+
+
+def _time(row: dict[str, Any], unit: str = "s") -> str:
+    played = row.get("played_s")
+    return f"{row['seconds']:.0f}{unit}" + ("" if played is None else f" ({played:.0f}{unit} play)")
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -32,7 +39,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             "time", "notes"]
     body = [[r["scenario"], r["storage"], str(r["brokers"]), str(r["changes"]), str(r["applied"]),
              str(r["dead_lettered"]), str(r["lost"]), str(r["duplicated"]),
-             "-" if r.get("restarts") is None else str(r["restarts"]), f"{r['seconds']:.0f}s", r["notes"]]
+             "-" if r.get("restarts") is None else str(r["restarts"]), _time(r), r["notes"]]
             for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
     fmt = "  ".join(f"{{:{'<' if i in (0, 1, 10) else '>'}{w}}}" for i, w in enumerate(widths))
@@ -64,7 +71,7 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         where = f"{r['storage']} PostgreSQL, {r['brokers']} broker{'s' if r['brokers'] != 1 else ''}"
         restarts = "-" if r.get("restarts") is None else str(r["restarts"])
         out.append(f"| {r['scenario']} | {where} | {r['changes']:,} | {r['applied']:,} | {r['dead_lettered']} | "
-                   f"**{r['lost']}** | **{r['duplicated']}** | {restarts} | {r['seconds']:.0f} s | {r['notes']} |")
+                   f"**{r['lost']}** | **{r['duplicated']}** | {restarts} | {_time(r, ' s')} | {r['notes']} |")
     return out
 
 

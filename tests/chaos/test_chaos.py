@@ -56,6 +56,7 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
                         tag=run.scenario[:6], pace_s=pace_s).start()
     notes = fault(run, workload) if fault else ""
     workload.join(timeout_s)
+    played = time.monotonic() - started
     run.supervise()  # whatever a fault left dead is started again, as a supervisor would
     verdict = run.converge(timeout_s=timeout_s)
     if missing := acknowledged_missing(run.pipe.engine, workload.acknowledged):
@@ -64,8 +65,8 @@ def drive(run: ChaosRun, *, relays: int = 1, consumers: int = 1, poison_rate: fl
     assert len(workload.acknowledged) >= workload.stats.committed, "the workload kept no record of its commits"
     seconds = time.monotonic() - started
     restarts = sum(p.restarts for p in run.procs)
-    record(run.scenario, verdict, seconds, notes, restarts, storage=run.storage,
-           brokers=run.brokers)
+    record(run.scenario, verdict, seconds, notes, restarts, storage=run.storage, brokers=run.brokers,
+           played_s=played)
     details = "\n".join(verdict.problems) + "\n" + run.diagnostics()
     if not verdict.ok:
         details += f"\nQBO and outbox written to {run.dump()}"

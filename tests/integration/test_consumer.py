@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -620,3 +621,27 @@ def test_a_renewed_member_reads_on_from_the_committed_offsets(kafka_bootstrap: s
         port.commit(tp, 10)
     finally:
         port.close()
+
+
+def test_consumers_drawing_at_once_never_take_more_than_the_realms_shared_budget(pg_engine: Any) -> None:
+    """The realm's budget is a row every consumer draws from; each take is one statement in autocommit, which
+    refills and takes under the row's lock. Two consumers drawing at once take exactly what it holds."""
+    import threading
+
+    from consumer.rate_limit import SharedTokenBucket
+
+    buckets = [SharedTokenBucket(pg_engine, "realm-shared", rate_per_s=0.0001, capacity=25) for _ in range(2)]
+    taken: list[int] = []
+    start = threading.Barrier(len(buckets))
+
+    def draw(bucket: SharedTokenBucket) -> None:
+        start.wait()
+        taken.append(sum(bucket.try_acquire() for _ in range(40)))
+
+    threads = [threading.Thread(target=draw, args=(b,)) for b in buckets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(taken) == 2 and sum(taken) == 25, taken
+    assert buckets[0]._take() > 1  # empty: the next token is far off at this rate

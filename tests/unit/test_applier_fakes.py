@@ -157,6 +157,28 @@ def test_a_payment_before_its_invoice_waits(parts: FakeParts) -> None:
     assert parts.applier.apply(ev("payment", pay, 1, "created")).result is Result.CREATED
 
 
+def test_an_operator_override_is_read_once_per_event_and_applies_from_the_next_event(parts: FakeParts,
+                                                                                    monkeypatch: Any) -> None:
+    """The overrides are read together once per event (an invoice looks up its customer's and its item's), and a
+    ``map set`` between two events applies to the second: nothing holds them longer."""
+    parts.applier.apply(ev("client", CLIENT, 1, "created"))
+    parts.applier.apply(ev("invoice", invoice(invoice_id=1), 1, "created"))
+    other = parts.qbo.create("Customer", {"DisplayName": "Billing Office", "CurrencyRef": {"value": "EUR"}},
+                             "made-by-hand")
+    parts.store.set_override("customer", " 1 ", str(other["Id"]))
+    reads: list[int] = []
+    real_read = parts.store.overrides
+    monkeypatch.setattr(parts.store, "overrides", lambda: reads.append(1) or real_read())
+    assert parts.applier.apply(ev("invoice", invoice(invoice_id=2), 1, "created")).result is Result.CREATED
+    customers = {i["DocNumber"]: i["CustomerRef"]["value"] for i in parts.entities("Invoice")}
+    assert customers["INV-0002"] == str(other["Id"]) != customers["INV-0001"]
+    assert reads == [1]
+    assert parts.store.delete_override("customer", "1") == 1
+    parts.applier.apply(ev("invoice", invoice(invoice_id=3), 1, "created"))
+    assert {i["DocNumber"]: i["CustomerRef"]["value"] for i in parts.entities("Invoice")}["INV-0003"] \
+        == customers["INV-0001"]
+
+
 def test_a_batch_item_refused_falls_back_to_the_single_path(parts: FakeParts) -> None:
     parts.applier.apply(ev("client", CLIENT, 1, "created"))
     prepared = [parts.applier.prepare(ev("invoice", invoice(invoice_id=n), 1, "created")) for n in (1, 2, 3)]

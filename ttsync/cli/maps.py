@@ -40,7 +40,7 @@ def map_set(
     problem = _target_problem(parts.applier.resolver, kind_key, key, target)
     if problem:
         fail(f"not mapped: {kind} {key!r} -> {target!r}: {problem}", EXIT_FAILED, as_json)
-    parts.store.set_ref(f"override:{kind_key}", key.strip().lower(), target, target)
+    parts.store.set_override(kind_key, key, target)
     if as_json:
         emit_json({"kind": kind, "key": key, "target": target})
     else:
@@ -100,7 +100,7 @@ def map_check(as_json: JsonOpt = False) -> None:
 @map_app.command("unset")
 def map_unset(kind: str, key: str, as_json: JsonOpt = False) -> None:
     """Remove an operator mapping."""
-    removed = state_store().delete_ref(f"override:{_override_kind(kind)}", key.strip().lower())
+    removed = state_store().delete_override(_override_kind(kind), key)
     if as_json:
         emit_json({"removed": removed})
     else:
