@@ -133,10 +133,13 @@ class ReferenceResolver:
         """The next event reads the overrides afresh."""
         self._overrides = None
 
-    def _override(self, kind: str, key: str) -> str | None:
+    def _current_overrides(self) -> dict[tuple[str, str], str]:
         if self._overrides is None:
             self._overrides = self.store.overrides()
-        return self._overrides.get((kind, key.lower()))
+        return self._overrides
+
+    def _override(self, kind: str, key: str) -> str | None:
+        return self._current_overrides().get((kind, key.lower()))
 
     def account_entity(self, name_or_id: str) -> dict[str, Any] | None:
         """An account by id (digits) or by name, as QBO has it (with its AccountType), or None."""
@@ -250,7 +253,7 @@ class ReferenceResolver:
         every configured mapping) resolves to in QBO, with a problem where one is missing or of the wrong type.
         Reads only: nothing is created, nothing cached."""
         self.new_event()
-        overridden = [key for kind, key in self.store.overrides() if kind == "expense_account"]
+        overridden = [key for kind, key in self._current_overrides() if kind == "expense_account"]
         cats = dict.fromkeys([*TIMETRACKER_CATEGORIES, *(c.strip().lower() for c in categories if c),
                               *self.config.expense_accounts, *overridden])
         out = [self._check(f"expense-account {c}", c, self.expense_account_wanted(c) or c.strip().title(),

@@ -188,9 +188,11 @@ def test_20_percent_qbo_5xx_with_latency_and_lost_answers(make_run: MakeRun) -> 
     # Latency 5-10 ms on every request: enough to interleave answers with the 5xx and the lost ones; each event
     # takes several requests in turn, so QBO's real 100+ ms would only make the scenario minutes longer. A lost
     # answer is the write applied and the connection dropped after a hang; the consumer waits out each hang in
-    # turn, so 1 s (not 6) keeps it from being most of the scenario's time.
+    # turn, so 1 s (not 6) keeps it from being most of the scenario's time. The in-place backoff starts at 10 ms
+    # (the suite's 50 ms doubled through ~230 in-place retries, the consumer waiting each time, for 10 s of the
+    # scenario): how long the consumer waits does not change what it must end with.
     with make_run("QBO 20% 5xx + latency", error_rate=0.2, latency_ms=5, latency_jitter_ms=5, timeout_rate=0.005,
-                  timeout_hang_s=1, seed=5) as run:
+                  timeout_hang_s=1, seed=5, settings={"retry_backoff_s": 0.01}) as run:
         drive(run)
         injected = run.pipe.admin("stats")["injected"]
         assert injected.get("error", 0) > 100 and injected.get("timeout", 0) > 0, injected

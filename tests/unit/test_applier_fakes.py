@@ -60,7 +60,8 @@ def test_a_vendor_create_answered_600_after_a_lost_answer_is_adopted(strict_part
     assert [(v["Id"], v["DisplayName"]) for v in p.entities("Vendor")] == [(vendor_id, "Hotel Kranz (vendor)")]
 
 
-def test_item_and_account_creates_answered_600_are_found_by_name(strict_parts: FakeParts, monkeypatch: Any) -> None:
+def test_item_and_account_creates_answered_600_are_found_by_name(strict_parts: FakeParts,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """QBO's query can lag a write: the first lookup misses the item a lost attempt made, the create is refused
     with Fault 600, the second lookup finds it."""
     p = strict_parts
@@ -157,8 +158,8 @@ def test_a_payment_before_its_invoice_waits(parts: FakeParts) -> None:
     assert parts.applier.apply(ev("payment", pay, 1, "created")).result is Result.CREATED
 
 
-def test_an_operator_override_is_read_once_per_event_and_applies_from_the_next_event(parts: FakeParts,
-                                                                                    monkeypatch: Any) -> None:
+def test_an_operator_override_is_read_once_per_event_and_applies_from_the_next_event(
+        parts: FakeParts, monkeypatch: pytest.MonkeyPatch) -> None:
     """The overrides are read together once per event (an invoice looks up its customer's and its item's), and a
     ``map set`` between two events applies to the second: nothing holds them longer."""
     parts.applier.apply(ev("client", CLIENT, 1, "created"))
@@ -177,6 +178,20 @@ def test_an_operator_override_is_read_once_per_event_and_applies_from_the_next_e
     parts.applier.apply(ev("invoice", invoice(invoice_id=3), 1, "created"))
     assert {i["DocNumber"]: i["CustomerRef"]["value"] for i in parts.entities("Invoice")}["INV-0003"] \
         == customers["INV-0001"]
+
+
+def test_the_preflight_reads_the_overrides_once_and_checks_an_overridden_category(
+        parts: FakeParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``map check`` lists a category that only an operator's mapping names, with the account it maps to, and
+    reads the mappings once for the whole check (it read them twice: once for the list, once for the lookups)."""
+    account = parts.qbo.create("Account", {"Name": "Equipment Rental", "AccountType": "Expense"}, "by-hand")
+    parts.store.set_override("expense_account", "equipment rental", str(account["Id"]))
+    reads: list[int] = []
+    real_read = parts.store.overrides
+    monkeypatch.setattr(parts.store, "overrides", lambda: reads.append(1) or real_read())
+    rows = {r.key: r for r in parts.resolver.preflight([], [])}
+    assert rows["equipment rental"].qbo_id == str(account["Id"])
+    assert reads == [1]
 
 
 def test_a_batch_item_refused_falls_back_to_the_single_path(parts: FakeParts) -> None:
