@@ -5,8 +5,8 @@
 - An outage (the breaker of consumer.outage is open: record after record failing alike, not for their own
   sake): wait in place and probe, never forward; the consumer stops when it outlasts the breaker's limit.
 - State database unavailable: back off in place until it is back (never forwarded, never dead-lettered).
-- Dependency not ready (a payment before its invoice): straight to the retry topics, each wait about half as long
-  as it has waited so far, up to ``dependency_wait_max_s`` since it first failed: in a backfill through QBO's
+- Dependency not ready (a payment before its invoice): straight to the retry topics, each wait about a fifth as
+  long as it has waited so far, up to ``dependency_wait_max_s`` since it first failed: in a backfill through QBO's
   rate limit the invoice may be hours of work away, and that is no reason to dead-letter its payment.
 - Retryable: back off in place a few times (a 429 waits its Retry-After), then forward to the retry topics
   with growing delays (the main topic keeps flowing), then dead-letter when the last tier fails too. Unless the
@@ -49,6 +49,7 @@ class RetryPolicy:
     max_throttle_wait_s: float = 120.0
     topic_delays_s: tuple[int, ...] = (10, 60, 300)
     dependency_wait_max_s: float = 6 * 3600.0
+    dependency_wait_share: float = 0.2  # of the time a dependency has waited so far: its next wait (see below)
     outage_probe_max_s: float = 30.0
 
     def next_step(self, error: BaseException, attempt: int, tier: int | None,
@@ -93,13 +94,15 @@ class RetryPolicy:
     def _wait_for_dependency(self, error: DependencyNotReady, failing_for_s: float) -> Step:
         """What a dependency waits for (an invoice on another partition, an earlier version in a retry topic) is
         processed by this same consumer: waiting in place would only hold it up, so straight to the topics. It is
-        usually queued behind other work, not absent: the record waits about half as long again as it has waited
-        so far (the shortest tier first), so it follows soon after what it waits for, and a wait of hours costs a
-        few dozen round trips. Climbing a tier per attempt made a payment wait 5 minutes for an invoice that
-        was written 70 s after it (the backfill benchmark's tail)."""
+        usually queued behind other work, not absent: the record waits about a fifth as long again as it has
+        waited so far (the shortest tier first), so it follows soon after what it waits for, and a wait of hours
+        costs about a hundred round trips. Climbing a tier per attempt made a payment wait 5 minutes for an invoice
+        that was written 70 s after it; half as long again still sent the payments of a 2.5-minute backfill, which
+        had waited two minutes for their invoices, to the 60 s tier just before the invoices came: the drain then
+        idled 45 s on them (the backfill benchmark's tail, one run in two)."""
         if not self.topic_delays_s or failing_for_s >= self.dependency_wait_max_s:
             return Step(StepKind.DEAD_LETTER, reason=f"dependency not ready after {failing_for_s:.0f}s: {error}")
-        fits = max(failing_for_s / 2, self.topic_delays_s[0])
+        fits = max(failing_for_s * self.dependency_wait_share, self.topic_delays_s[0])
         tier = max(i for i, delay in enumerate(self.topic_delays_s) if delay <= fits)
         return Step(StepKind.RETRY_TOPIC, float(self.topic_delays_s[tier]), tier,
                     reason=f"waiting for its dependency ({failing_for_s:.0f}s so far)" if failing_for_s else "")

@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     dependency_wait_max_hours: float = Field(
         default=_RETRY.dependency_wait_max_s / 3600, ge=0,
         description="A payment whose invoice is not in QBO yet keeps waiting in the retry topics (each "
-        "wait about half as long as it has waited so far) this long before it is dead-lettered (a backfill at "
+        "wait about a fifth as long as it has waited so far) this long before it is dead-lettered (a backfill at "
         "QBO's rate limit can take hours)")
     # A backlog goes to QBO in batch requests of 30 drawn from one poll's records of a partition; the last batch of
     # a poll is partial. 500 fills them (a backfill drained at 1,469 writes/min where 100 gave 1,186, same run

@@ -263,14 +263,17 @@ def test_retry_policy() -> None:
     assert throttled.kind is StepKind.RETRY_IN_PLACE and throttled.delay_s == 7
 
 
-def test_a_dependency_waits_about_half_as_long_again_as_it_has_waited() -> None:
+def test_a_dependency_waits_about_a_fifth_as_long_again_as_it_has_waited() -> None:
     """Climbing a tier per attempt, a payment waited 5 minutes for an invoice written 70 s after it (the backfill
-    benchmark's tail): the wait now follows how long it has waited so far."""
+    benchmark's tail): the wait follows how long it has waited so far. Half as long again put a backfill's payments
+    that had waited two minutes into the 60 s tier just before their invoices came (a 45 s idle tail): a fifth keeps
+    them in the 10 s tier for their first five minutes."""
     policy = RetryPolicy(topic_delays_s=(10, 60, 300))
     waits = [policy.next_step(DependencyNotReady("d"), 1, tier, failing_for_s=since)
-             for tier, since in ((None, 0), (0, 10), (0, 70), (2, 130), (1, 700))]
+             for tier, since in ((None, 0), (0, 10), (0, 70), (0, 130), (0, 299), (0, 300), (1, 700), (1, 1500))]
     assert [(w.kind, w.tier, w.delay_s) for w in waits] == [
         (StepKind.RETRY_TOPIC, 0, 10), (StepKind.RETRY_TOPIC, 0, 10), (StepKind.RETRY_TOPIC, 0, 10),
+        (StepKind.RETRY_TOPIC, 0, 10), (StepKind.RETRY_TOPIC, 0, 10), (StepKind.RETRY_TOPIC, 1, 60),
         (StepKind.RETRY_TOPIC, 1, 60), (StepKind.RETRY_TOPIC, 2, 300)]
 
 
