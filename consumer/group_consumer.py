@@ -345,9 +345,20 @@ class GroupConsumer:
         done: int | None = None
 
         def record_skipped() -> None:
-            if skipped:
-                applier.record_skipped(skipped)
-                skipped.clear()
+            # Called outside the single path's handling (before it, and before the commit): the state database
+            # going away here (kill -9 of PostgreSQL) ended the consumer. Wait for it in place, as the single
+            # path does; stopping leaves them unrecorded and the offset uncommitted, to be read again.
+            backoff = Backoff(base_s=self.policy.backoff_base_s, max_s=self.policy.backoff_max_s)
+            while skipped:
+                try:
+                    applier.record_skipped(skipped)
+                    skipped.clear()
+                except StateUnavailable as exc:
+                    delay = backoff.next()
+                    log.warning("state_database_wait", skipped=len(skipped), seconds=round(delay, 2),
+                                error=str(exc)[:200])
+                    if self._stop.wait(delay):
+                        raise
 
         def send_batch() -> None:
             try:

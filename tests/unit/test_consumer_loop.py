@@ -11,6 +11,7 @@ import pytest
 from consumer.group_consumer import GroupConsumer
 from consumer.kafka_port import Partition
 from consumer.retry_policy import RetryPolicy
+from consumer.state_store import Recorded
 from schemas.codec import headers_to_dict
 from schemas.contract import Header
 from tests.consumer_harness import FakeParts, publish
@@ -161,6 +162,30 @@ def test_a_backlogs_skips_are_recorded_together_before_their_aggregate_is_read_a
     assert stats.skipped == 12 and stats.forwarded_to_retry == 0 and committed(broker, "tt.invoice") == 12
     assert transactions == [6, 6] and not parts.entities("Invoice")
     assert all((m := parts.store.mapped("invoice", str(n))) is not None and m.last_version == 2 for n in range(1, 7))
+
+
+def test_a_state_database_away_while_a_backlogs_skips_are_recorded_is_waited_out_in_place(
+        parts: FakeParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of PostgreSQL as the skips of a backlog were written (outside the single path's handling): the
+    consumer ended with StateUnavailable (the chaos suite's PostgreSQL scenario, a supervisor restart). It waits."""
+    from consumer.errors import StateUnavailable
+
+    broker = StubBroker()
+    for n in range(1, 7):
+        publish(broker, ev("invoice", invoice("draft", invoice_id=n), 1, "created"))
+    refusals = [StateUnavailable("state database unavailable: connection refused")] * 2
+    real_record_many = parts.store.record_many
+
+    def record_many(done: list[Recorded]) -> None:
+        if refusals:
+            raise refusals.pop()
+        real_record_many(done)
+
+    monkeypatch.setattr(parts.store, "record_many", record_many)
+    stats = parts.group(broker, batch_min_records=5, policy=RetryPolicy(backoff_base_s=0.01)).run(
+        max_seconds=10, until=lambda s: s.skipped >= 6)
+    assert not refusals and stats.skipped == 6 and committed(broker, "tt.invoice") == 6
+    assert all(parts.store.mapped("invoice", str(n)) is not None for n in range(1, 7))
 
 
 def test_the_last_retry_tier_dead_letters_a_record_that_keeps_failing_for_its_own_sake(parts: FakeParts) -> None:
