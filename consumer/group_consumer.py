@@ -347,18 +347,19 @@ class GroupConsumer:
         def record_skipped() -> None:
             # Called outside the single path's handling (before it, and before the commit): the state database
             # going away here (kill -9 of PostgreSQL) ended the consumer. Wait for it in place, as the single
-            # path does; stopping leaves them unrecorded and the offset uncommitted, to be read again.
-            backoff = Backoff(base_s=self.policy.backoff_base_s, max_s=self.policy.backoff_max_s)
+            # path does (the policy's delay, the same wait); stopping leaves them unrecorded and the offset
+            # uncommitted, to be read again.
+            attempt = 0
             while skipped:
                 try:
                     applier.record_skipped(skipped)
                     skipped.clear()
                 except StateUnavailable as exc:
-                    delay = backoff.next()
-                    log.warning("state_database_wait", skipped=len(skipped), seconds=round(delay, 2),
+                    attempt += 1
+                    step = self.policy.next_step(exc, attempt, tier)
+                    log.warning("state_database_wait", skipped=len(skipped), seconds=round(step.delay_s, 2),
                                 error=str(exc)[:200])
-                    if self._stop.wait(delay):
-                        raise
+                    self._wait_in_place(step.delay_s, exc)
 
         def send_batch() -> None:
             try:

@@ -183,7 +183,7 @@ def test_a_state_database_away_while_a_backlogs_skips_are_recorded_is_waited_out
 
     monkeypatch.setattr(parts.store, "record_many", record_many)
     stats = parts.group(broker, batch_min_records=5, policy=RetryPolicy(backoff_base_s=0.01)).run(
-        max_seconds=10, until=lambda s: s.skipped >= 6)
+        max_seconds=10, until=lambda s: s.skipped >= 6 and committed(broker, "tt.invoice") == 6)
     assert not refusals and stats.skipped == 6 and committed(broker, "tt.invoice") == 6
     assert all(parts.store.mapped("invoice", str(n)) is not None for n in range(1, 7))
 
