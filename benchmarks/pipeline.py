@@ -55,14 +55,35 @@ def ttsync_env(db_url: str, bootstrap: str, prefix: str, sandbox: SandboxServer,
             "TTSYNC_TOPIC_PREFIX": prefix, "TTSYNC_GROUP_ID": f"{prefix}-group", "TTSYNC_QBO_BASE_URL": sandbox.url,
             "TTSYNC_QBO_TOKEN_URL": sandbox.token_url, "TTSYNC_QBO_REALM_ID": REALM,
             "TTSYNC_QBO_REFRESH_TOKEN": token, "TTSYNC_SECRET_KEY": "bench-passphrase-0123456",
-            "TTSYNC_LOG_LEVEL": "WARNING",
+            # The fixtures' invoices are in USD: the install's Settings.currency, which the client's customer
+            # (made before any invoice) takes; left at TimeTracker's EUR, QBO refuses every invoice (Fault 6000).
+            "TTSYNC_DEFAULT_CURRENCY": "USD", "TTSYNC_LOG_LEVEL": "WARNING",
             "TTSYNC_LOG_FORMAT": "json", "TTSYNC_QBO_REQUESTS_PER_MINUTE": "60000",
             "TTSYNC_QBO_BATCH_REQUESTS_PER_MINUTE": "6000"}
 
 
+LOG_DIR = Path(os.environ.get("TTSYNC_BENCH_LOG_DIR", "/tmp"))
+_logs: dict[int, Path] = {}  # pid -> the log of a process start() made
+
+
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "ttsync", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    """A ttsync process whose log (warnings and errors, JSON) goes to a file, so a failed run can say why."""
+    log = LOG_DIR / f"ttsync-bench-{args[0]}-{os.getpid()}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "ttsync", *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=fh)
+    _logs[proc.pid] = log
+    return proc
+
+
+def log_tails(procs: list[subprocess.Popen[bytes]], lines: int = 15) -> str:
+    """The last lines each process logged, for an assertion's message."""
+    tails = []
+    for p in procs:
+        log = _logs[p.pid]
+        last = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+        tails.append(f"--- {log} (exit {p.returncode})\n" + "\n".join(last))
+    return "\n".join(tails)
 
 
 def setup(db_url: str, bootstrap: str) -> tuple[str, SandboxServer, str]:
@@ -113,7 +134,7 @@ def latency(server_url: str, bootstrap: str, rate: int, seconds: float) -> dict:
                 p.wait(30)
             sandbox.stop()
             engine.dispose()
-    assert len(lat) >= n_total, f"only {len(lat)} of {n_total} invoices reached QBO"
+    assert len(lat) >= n_total, f"only {len(lat)} of {n_total} invoices reached QBO\n{log_tails(procs)}"
     lat.sort()
     return {"events": n_total, "rate": rate, "p50_ms": percentile(lat, 50) * 1000,
             "p99_ms": percentile(lat, 99) * 1000, "max_ms": lat[-1] * 1000, "steady_rss_mb": rss}
@@ -139,7 +160,7 @@ def backlog_memory(server_url: str, bootstrap: str, backlog: int, consume_second
                     left = conn.execute(text("SELECT count(*) FROM ttsync_outbox WHERE published_at IS NULL")).scalar()
                 if not left:
                     break
-                assert relay.poll() is None, "the relay died"
+                assert relay.poll() is None, f"the relay died\n{log_tails([relay])}"
                 time.sleep(2)
             relay_s = time.perf_counter() - started
             peak = max(peak, peak_rss_mb(relay.pid))

@@ -3,7 +3,8 @@ figures came from. Each benchmark runs as a process of its own, one after the ot
 
     python3 -m benchmarks.run [--quick] [--json benchmarks/latest.json]
 
---quick shrinks every size (a smoke run, figures not for the README).
+--quick shrinks every size (a smoke run, figures not for the README). --only pipeline --merge runs some benchmarks
+again and keeps the others' results from the JSON file; each result carries the time it was measured ("at").
 """
 
 from __future__ import annotations
@@ -108,10 +109,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=str(HERE / "latest.json"))
     parser.add_argument("--only", help="comma-separated benchmark names")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results of the benchmarks not run from the --json file")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     results: dict[str, Any] = {}
     failures: list[str] = []
+    if args.merge and Path(args.json).exists():
+        earlier = json.loads(Path(args.json).read_text())
+        if earlier.get("quick") != args.quick:
+            sys.exit(f"--merge: {args.json} was {'' if earlier.get('quick') else 'not '}a --quick run")
+        results = {name: {"at": earlier.get("at"), **value} for name, value in earlier.get("results", {}).items()
+                   if wanted is None or name not in wanted}
+        failures = [f for f in earlier.get("failures", []) if wanted is not None and f.split()[0] not in wanted]
     with tempfile.TemporaryDirectory() as tmp:
         for name, module, full, quick in BENCHMARKS:
             if wanted and name not in wanted:
@@ -125,7 +135,8 @@ def main() -> None:
             if proc.returncode != 0 or not out.exists():
                 failures.append(f"{name} exited {proc.returncode}")
                 continue
-            results[name] = {"seconds": round(seconds, 1), **json.loads(out.read_text())}
+            results[name] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 1),
+                             **json.loads(out.read_text())}
     rows = []
     for bench, label, read, fmt in FIGURES:
         if bench not in results:

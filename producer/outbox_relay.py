@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,13 @@ SELECT id, aggregatetype, aggregateid, type, payload, aggregate_version, headers
 _PG_CLAIM = text(_PG_CLAIM_SQL.format(
     bucket_filter=f"AND {bucket_of_sql('o.aggregateid')} = ANY (CAST(:buckets AS int[]))"))
 _PG_CLAIM_ALL = text(_PG_CLAIM_SQL.format(bucket_filter=""))
+# Set in the claim's transaction, before it. The planner's row estimate for a backlog comes from statistics taken
+# before it: on a fresh install's snapshot, or a burst before autoanalyze, it guesses a few hundred unpublished
+# rows, reads the whole backlog in a bitmap scan and sorts it to keep the first batch, O(backlog) per claim: 100 ms
+# instead of 34 for 2,000 rows of a 50,000-row backlog (EXPLAIN ANALYZE, durable PostgreSQL 15). Without bitmap
+# and sequential scans left to choose, it walks the partial index in seq order and stops at the batch size.
+_PG_CLAIM_PLANNER = text("SELECT set_config('enable_bitmapscan', 'off', true), "
+                         "set_config('enable_seqscan', 'off', true)")
 
 # SQLite (tests, the demo): select, then mark in the same transaction (it has one writer, so no one else claims).
 _SQLITE_CLAIM = text(
@@ -169,6 +177,7 @@ class OutboxRelay:
         try:
             if self.leases is not None:
                 held = sorted(self.leases.held)
+                conn.execute(_PG_CLAIM_PLANNER)
                 if len(held) == self.buckets:
                     rows = list(conn.execute(_PG_CLAIM_ALL, {"batch": self.batch_size}))
                 else:
@@ -284,13 +293,16 @@ class OutboxRelay:
     def run(self, *, max_seconds: float | None = None, idle_exit: bool = False) -> RelayStats:
         """Relay until ``stop()`` (SIGTERM): the batch in flight always finishes first.
 
-        Pipelined on PostgreSQL: while the broker acknowledges batch N, batch N+1 is claimed in a second
-        transaction; it is sent only after N is committed, and given back if N failed, so a failed row is
-        never overtaken by a later row of its aggregate.
+        Pipelined on PostgreSQL: batch N+1 is claimed in a second transaction, on a thread of its own, while batch
+        N is turned into records, sent and acknowledged (the claim waits on PostgreSQL without the GIL, so the
+        two overlap instead of adding up). N+1 is sent only after N is committed, and given back if N failed, so
+        a failed row is never overtaken by a later row of its aggregate.
         """
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         backoff = Backoff(base_s=0.5, max_s=5.0)
         inflight: _Batch | None = None
+        ahead: Future[_Batch | None] | None = None
+        claimer = ThreadPoolExecutor(1, thread_name_prefix="ttsync-relay-claim") if self.pipeline else None
         log.info("relay_started", buckets=self.buckets, batch_size=self.batch_size,
                  dialect=self.engine.dialect.name, pipeline=self.pipeline)
         try:
@@ -308,13 +320,11 @@ class OutboxRelay:
                                 break
                             self._wait_for_work()
                             continue
-                        self._send(inflight)
-                    upcoming = None
-                    if self.pipeline:
-                        self._refresh_leases(rebalance=False)
-                        upcoming = self._claim()
+                        ahead = self._send_claiming_ahead(inflight, claimer)
                     batch, inflight = inflight, None
                     ok, failed = self._finish(batch)
+                    upcoming = ahead.result() if ahead is not None else None
+                    ahead = None
                     if failed and upcoming is not None:
                         self._abandon(upcoming)
                         upcoming = None
@@ -322,7 +332,7 @@ class OutboxRelay:
                         raise PublishFailed(self.stats.last_error or "publish failed")
                     if upcoming is not None:
                         try:
-                            self._send(upcoming)
+                            ahead = self._send_claiming_ahead(upcoming, claimer)
                         except BaseException:
                             self._abandon(upcoming)
                             raise
@@ -338,6 +348,8 @@ class OutboxRelay:
                     if inflight is not None:
                         self._safe_abandon(inflight)
                         inflight = None
+                    self._give_back_ahead(ahead)
+                    ahead = None
                     self._close_listener()
                     if self.leases is not None:
                         self.leases.close()
@@ -348,11 +360,50 @@ class OutboxRelay:
                     self._finish(inflight)  # SIGTERM: what was sent is acknowledged and marked
                 except Exception as exc:  # noqa: BLE001 - unmarked rows are simply published again later
                     log.warning("final_batch_failed", error=repr(exc))
+            self._give_back_ahead(ahead)
+            if claimer is not None:
+                claimer.shutdown(wait=True)
             self._close_listener()
             if self.leases is not None:
                 self.leases.close()
             log.info("relay_stopped", published=self.stats.published, failed=self.stats.failed)
         return self.stats
+
+    def _send_claiming_ahead(self, batch: _Batch, claimer: ThreadPoolExecutor | None
+                             ) -> Future[_Batch | None] | None:
+        """Send a batch and start claiming the next. A full batch means a backlog: the claim starts first, to
+        overlap with turning the rows into records; a smaller one is sent first, so that a lone change waits
+        for nothing (commit-to-Kafka p99 11-12 ms at 500 events/s on librdkafka, against 28-31 with the claim
+        always first and 22-24 before claims ran ahead)."""
+        if len(batch.rows) < self.batch_size:
+            self._send(batch)
+            return self._claim_ahead(claimer)
+        ahead = self._claim_ahead(claimer)
+        try:
+            self._send(batch)
+        except BaseException:
+            self._give_back_ahead(ahead)
+            raise
+        return ahead
+
+    def _claim_ahead(self, claimer: ThreadPoolExecutor | None) -> Future[_Batch | None] | None:
+        """Start claiming the next batch on the claim thread (None without pipelining)."""
+        if claimer is None:
+            return None
+        self._refresh_leases(rebalance=False)  # here, not on the claim thread: the leases' connection is ours
+        return claimer.submit(self._claim)
+
+    def _give_back_ahead(self, ahead: Future[_Batch | None] | None) -> None:
+        """Wait for a claim still running ahead and give its rows back unsent."""
+        if ahead is None:
+            return
+        try:
+            upcoming = ahead.result()
+        except Exception as exc:  # noqa: BLE001 - a failed claim holds nothing: its transaction rolled back
+            log.warning("claim_ahead_failed", error=repr(exc))
+            return
+        if upcoming is not None:
+            self._safe_abandon(upcoming)
 
     def _safe_abandon(self, batch: _Batch) -> None:
         try:
