@@ -174,7 +174,7 @@ class GroupConsumer:
                     metrics.BROKER_AWAY.set(0)
                 try:
                     self.group_watchdog.check()
-                    self.fetch_watchdog.after_poll(bool(batch), set(self._paused))
+                    self.fetch_watchdog.after_poll(batch.keys(), set(self._paused))
                 except MemberStuck as exc:
                     self._renew_member(exc)  # what this poll fetched is read again by the fresh member
                     continue

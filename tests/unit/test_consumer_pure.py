@@ -424,53 +424,94 @@ def test_a_consumer_out_of_its_group_while_the_broker_is_away_waits_in_place() -
         watchdog.check()
 
 
-def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_consumer_exits() -> None:
-    from consumer.errors import ConsumerStuck
+def _fetch_watchdog_on_a_stub(counts: dict[str, int]):  # type: ignore[no-untyped-def]
     from consumer.kafka_port import Partition
     from consumer.watchdog import FetchWatchdog
     from tests.fakes import StubBroker
 
     broker = StubBroker()
-    stuck, fine, waiting = (Partition("p.payment.retry.10s", 0), Partition("p.invoice", 0),
-                            Partition("p.payment.retry.30s", 0))
-    for tp, count in ((stuck, 8), (fine, 5), (waiting, 3)):
+    tps = {topic: Partition(topic, 0) for topic in counts}
+    for topic, count in counts.items():
         for n in range(count):
-            broker.produce(tp.topic, b"%d" % n)
+            broker.produce(topic, b"%d" % n)
     port = broker.consumer("g")
-    port.subscribe([tp.topic for tp in (stuck, fine, waiting)])
-    port.positions.update({stuck: 0, fine: 5, waiting: 0})
-    port.pause(stuck)
-    port.pause(waiting)
+    port.subscribe(list(counts))
     seeks: list[tuple[Partition, int]] = []
     real_seek = port.seek
     port.seek = lambda tp, offset: (seeks.append((tp, offset)), real_seek(tp, offset))  # type: ignore[method-assign]
     now = [1000.0]
-    watchdog = FetchWatchdog(port, clock=lambda: now[0], quiet_s=15)
+    return port, tps, seeks, now, FetchWatchdog(port, clock=lambda: now[0], quiet_s=15)
+
+
+def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_member_renewed() -> None:
+    from consumer.errors import MemberStuck
+
+    port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub(
+        {"p.payment.retry.10s": 8, "p.invoice": 5, "p.payment.retry.30s": 3})
+    stuck, fine, waiting = tps["p.payment.retry.10s"], tps["p.invoice"], tps["p.payment.retry.30s"]
+    port.positions.update({stuck: 0, fine: 5, waiting: 0})
+    port.pause(stuck)
+    port.pause(waiting)
     on_purpose = {waiting}  # not due yet: paused on purpose, never judged
 
     now[0] += 14
-    watchdog.after_poll(False, on_purpose)  # not quiet long enough: nothing asked
-    assert seeks == []
+    watchdog.after_poll([], on_purpose)  # not quiet long enough: nothing asked
+    assert seeks == [] and watchdog.strikes == {}
 
-    now[0] += 16
-    watchdog.after_poll(False, on_purpose)  # first quiet check: resumed and re-pointed at its own position
+    now[0] += 2  # a whole quiet spell with records waiting: suspect at once, resumed and re-pointed
+    watchdog.after_poll([], on_purpose)
     assert seeks == [(stuck, 0)] and stuck not in port.paused() and waiting in port.paused()
 
-    port.positions[stuck] = 3  # it moved: fetched again, no exit
+    port.positions[stuck] = 3  # it moved: fetched again, its strikes start over
+    watchdog.after_poll([fine], on_purpose)  # (with records of another partition: a first strike counts one)
     now[0] += 16
-    watchdog.after_poll(False, on_purpose)
+    watchdog.after_poll([], on_purpose)
+    assert watchdog.strikes == {stuck: (3, 1)} and seeks[-1] == (stuck, 0)
+    now[0] += 16
+    watchdog.after_poll([], on_purpose)  # unmoved since: re-pointed
     assert seeks[-1] == (stuck, 3)
 
     now[0] += 16
-    with pytest.raises(ConsumerStuck, match=r"p\.payment\.retry\.10s\[0\]"):
-        watchdog.after_poll(False, on_purpose)  # same position after a refetch: exit for the supervisor
+    with pytest.raises(MemberStuck, match=r"p\.payment\.retry\.10s\[0\]"):
+        watchdog.after_poll([], on_purpose)  # same position after a refetch: a fresh member
 
-    watchdog.after_poll(True, on_purpose)  # records arrived: the watchdog forgets what it saw
-    assert watchdog.stuck == {}
+    watchdog.after_poll([stuck], on_purpose)  # its records arrived: its strikes are gone
+    assert watchdog.strikes == {}
     port.positions[stuck] = 8
     now[0] += 16
-    watchdog.after_poll(False, on_purpose)  # caught up: nothing to do
-    assert watchdog.stuck == {}
+    watchdog.after_poll([], on_purpose)  # caught up: nothing to do
+    assert watchdog.strikes == {}
+
+
+def test_a_partition_left_unfetched_is_found_while_the_others_keep_delivering() -> None:
+    """Seen with librdkafka after a broker restart: some partitions stay at position 0 while the rest deliver.
+    Judged only when the whole consumer was quiet, they waited two minutes in a chaos run (and for ever under
+    steady traffic); each partition is judged on its own at the empty polls between the others' records."""
+    from consumer.errors import MemberStuck
+
+    port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.payment": 21, "p.invoice": 500})
+    stuck, busy = tps["p.payment"], tps["p.invoice"]
+    port.positions.update({stuck: 0, busy: 0})
+    with pytest.raises(MemberStuck, match=r"p\.payment\[0\]"):
+        for _ in range(200):  # every second a poll with records of the busy partition, then an empty one
+            now[0] += 0.75
+            port.positions[busy] += 1
+            watchdog.after_poll([busy], set())
+            now[0] += 0.25
+            watchdog.after_poll([], set())
+    assert now[0] - 1000.0 <= 3 * 15 + 1  # three checks 15 s apart
+    assert seeks == [(stuck, 0)]  # refetched once first; the busy partition never judged
+
+
+def test_a_consumer_busy_with_a_backlog_does_not_judge_a_partition_waiting_its_turn() -> None:
+    port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.payment": 21, "p.invoice": 5000})
+    waiting, busy = tps["p.payment"], tps["p.invoice"]
+    port.positions.update({waiting: 0, busy: 0})
+    for _ in range(300):  # five minutes of full polls (QBO's rate, say): the client never had nothing to give
+        now[0] += 1
+        port.positions[busy] += 10
+        watchdog.after_poll([busy], set())
+    assert seeks == [] and watchdog.strikes == {}
 
 
 def test_the_old_connectors_qbo_id_is_read_where_timetracker_keeps_it() -> None:
