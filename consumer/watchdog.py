@@ -132,8 +132,11 @@ class FetchWatchdog:
             log.info("partitions_check_skipped", error=str(exc))
             return
         behind = {tp: positions[tp] for tp in waiting if tp in ends and ends[tp] > positions[tp]}
-        self.strikes = {tp: (pos, self.strikes[tp][1] + 1 if self.strikes.get(tp, (None, 0))[0] == pos
-                             else first_strike) for tp, pos in behind.items()}
+        strikes: dict[Partition, tuple[int, int]] = {}
+        for tp, pos in behind.items():
+            before, count = self.strikes.get(tp, (None, 0))
+            strikes[tp] = (pos, count + 1 if before == pos else first_strike)  # moved: it starts over
+        self.strikes = strikes
         judged = {tp: pos for tp, (pos, n) in self.strikes.items() if n >= 2}
         if not judged:
             return
