@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
+
+# How often a reader looks for partitions of its topics it does not read yet (a topic the code under test creates
+# while the test reads, such as the dead-letter topic).
+_NEW_PARTITIONS_EVERY_S = 1.0
 
 
 def read_topics(
@@ -19,20 +22,33 @@ def read_topics(
     idle_s: float = 2.0,
 ) -> list[Any]:
     """All records of ``topics`` from the beginning, stopping when ``until(records)`` holds (or after
-    ``idle_s`` without news once nothing more is expected), or at ``timeout_s``."""
-    consumer = KafkaConsumer(
-        *list(topics),
-        bootstrap_servers=bootstrap,
-        group_id=f"reader-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        metadata_max_age_ms=1000,
-    )
+    ``idle_s`` without news once nothing more is expected), or at ``timeout_s``.
+
+    The reader assigns itself every partition instead of joining a consumer group: what a test reads back must not
+    depend on a group coordinator. A group-based reader once returned nothing for 60 s in CI (stop 35, the
+    confluent case of test_concurrent_writers_and_two_relays_keep_order_per_aggregate) although the relay had
+    every record acknowledged."""
+    names = list(topics)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
+    assigned: set[TopicPartition] = set()
+    looked_for_partitions = float("-inf")
     try:
         while time.monotonic() < deadline:
+            if time.monotonic() - looked_for_partitions >= _NEW_PARTITIONS_EVERY_S:
+                looked_for_partitions = time.monotonic()
+                found = {TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t)}
+                if found - assigned:
+                    assigned |= found
+                    # Partitions read so far keep their positions (assign() preserves their state); the new ones
+                    # start at the beginning (auto_offset_reset, no group and so no committed offset).
+                    consumer.assign(sorted(assigned))
+            if not assigned:
+                time.sleep(0.2)
+                continue
             batch = consumer.poll(timeout_ms=200)
             for recs in batch.values():
                 records.extend(recs)
