@@ -56,6 +56,10 @@ class EventApplier:
         """The records ``prepare`` left in ``skipped``, in one transaction."""
         self.store.record_many(skipped)
 
+    def note_dead_lettered(self, event: EventEnvelope, reason: str) -> None:
+        """``event`` went to the dead-letter topic: later versions that depend on it follow it (consumer.prepare)."""
+        self.store.note_dead_lettered(event, reason)
+
     def execute(self, write: Write) -> Outcome:
         outcome = self.executor.execute(write)
         event = write.event

@@ -13,7 +13,8 @@
     │   ├── MalformedEvent      not JSON, unknown schema version, invalid payload
     │   ├── MissingMapping      no QBO account/item for a TimeTracker value, and creating it is not allowed
     │   ├── QboValidationFault  QBO refused the request (2xxx, 6xxx, 610, ...)
-    │   └── MappingError        the record cannot be expressed in QBO (e.g. DocNumber over 21 characters)
+    │   ├── MappingError        the record cannot be expressed in QBO (e.g. DocNumber over 21 characters)
+    │   └── EarlierVersionDeadLettered  what to do depends on an earlier version, which was dead-lettered
     └── FatalError          nothing can succeed until a person acts: stop consuming, commit nothing
         ├── ReconnectNeeded     invalid_grant: the QBO connection must be re-authorised (exit 3)
         └── ConfigurationError  a setting is wrong or missing, e.g. TTSYNC_SECRET_KEY (exit 2)
@@ -94,6 +95,14 @@ class MissingMapping(PermanentError):
 
 class MappingError(PermanentError):
     code = "mapping_error"
+
+
+class EarlierVersionDeadLettered(PermanentError):
+    """A version whose fate depends on an earlier one (an overdue invoice never seen sent) while that one is in the
+    dead-letter topic: it cannot come back on its own, so this one follows it there at once, to be replayed after
+    it, instead of waiting in the retry topics until the dependency wait runs out."""
+
+    code = "earlier_version_dead_lettered"
 
 
 class QboValidationFault(PermanentError):

@@ -489,10 +489,27 @@ class GroupConsumer:
                 else:
                     self.forwarder.to_dead_letter(rec, exc, attempts=attempt, reason=step.reason)
                     self.stats.dead_lettered += 1
+                    self._note_dead_lettered(rec, step.reason or str(exc))
                 return
             metrics.APPLY_SECONDS.observe(time.monotonic() - started)
             self._count(base_topic(rec.topic), outcome)
             return
+
+    def _note_dead_lettered(self, rec: PolledRecord, reason: str) -> None:
+        """Remember which version went to the dead-letter topic, so that a later one depending on it follows it
+        there at once (consumer.prepare). Without the note that one only waits in the retry topics until the
+        dependency wait runs out: a state database that does not answer now is logged, not waited for."""
+        if self.applier is None:
+            return
+        try:
+            event = decode_event(rec.value or b"")
+        except EventDecodeError:
+            return  # not an event of any aggregate: nothing can depend on it
+        try:
+            self.applier.note_dead_lettered(event, reason)
+        except StateUnavailable as exc:
+            log.warning("dead_letter_not_noted", topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                        error=str(exc)[:300])
 
     def _apply(self, rec: PolledRecord, tier: int | None) -> Outcome:
         check_headers(rec)

@@ -78,6 +78,10 @@ def was_issued(payload: dict[str, Any]) -> bool:
     return paid > 0 or int(payload.get("emails_sent") or 0) > 0 or legacy
 
 
+# The code of the DependencyNotReady ``decide`` raises for a version that overtook an earlier one it depends on.
+EARLIER_VERSION_PENDING = "earlier_version_pending"
+
+
 def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> Decision:
     known = mapped.last_version if mapped is not None else 0
     if policy.max_version_jump and event.aggregate_version - known > policy.max_version_jump:
@@ -103,11 +107,11 @@ def decide(event: EventEnvelope, mapped: Mapped | None, policy: SyncPolicy) -> D
             # as sent, say) failed and waits in a retry topic while this one overtook it. Skipped now, this version
             # would be recorded and the earlier one then skipped as older: a sent invoice never reaching QBO (seen
             # in the chaos suite under QBO 5xx). Wait for it, as for any dependency; once it is settled the gap
-            # closes. A gap that never closes (an earlier version dead-lettered) ends in the dead-letter topic
-            # with this reason, where replaying both in order is right.
+            # closes. A gap that cannot close (an earlier version dead-lettered) sends this one to the dead-letter
+            # topic after it (consumer.prepare), where replaying both in order is right.
             raise DependencyNotReady(f"{event.aggregate_type} {event.aggregate_id} version {event.aggregate_version} "
                                      f"is {status} and not in QBO, and version {known + 1} has not been settled yet: "
-                                     "whether it was ever issued depends on it", code="earlier_version_pending")
+                                     "whether it was ever issued depends on it", code=EARLIER_VERSION_PENDING)
         return Decision(Action.SKIP, f"status {status} without ever being issued, sent or paid: TimeTracker's "
                         "daily job marks unsent drafts overdue too; it enters QBO once it is sent or paid")
     if place in (Placement.PRESENT, Placement.UNLESS_UNISSUED):

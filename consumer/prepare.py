@@ -17,9 +17,9 @@ from typing import Any
 
 import structlog
 
-from consumer.errors import DependencyNotReady, MalformedEvent
+from consumer.errors import DependencyNotReady, EarlierVersionDeadLettered, MalformedEvent
 from consumer.legacy_pool import LegacyPool
-from consumer.lifecycle import Action, Decision, Mapped, SyncPolicy, decide
+from consumer.lifecycle import EARLIER_VERSION_PENDING, Action, Decision, Mapped, SyncPolicy, decide
 from consumer.mapping import (
     MARKER_RE,
     InvoiceRefs,
@@ -96,18 +96,37 @@ class Preparer:
         if origin == ORIGIN_QBO_IMPORT:
             return Outcome(Result.SKIPPED, mapped.qbo_id if mapped else None,
                            "made by the importer from a QBO change: sending it back would echo")
-        decision = decide(event, mapped, self.policy)
+        decision = self._decide(event, mapped)
         if decision.action is Action.SKIP and mapped is not None and mapped.pending_requestid and not mapped.in_qbo \
                 and mapped.last_version < event.aggregate_version:
             # An earlier version's create is pending: it may have reached QBO with its answer lost, and that
             # version may still be on its way back from a retry topic (where it will then be skipped as older).
             # Settle what QBO holds before a cancel or delete is skipped as "never synced".
             mapped = self._resolve_pending(event, mapped)
-            decision = decide(event, mapped, self.policy)
+            decision = self._decide(event, mapped)
         if decision.action is Action.SKIP:
             return Outcome(Result.SKIPPED, mapped.qbo_id if mapped else None, decision.reason)
         state = readable_state(event.aggregate_type, event.payload, self.options)
         return prepare_type(Delivery(event, generation, decision, mapped), state)
+
+    def _decide(self, event: EventEnvelope, mapped: Mapped | None) -> Decision:
+        """``lifecycle.decide``, except that a version waiting for an earlier one this group dead-lettered follows
+        it to the dead-letter topic at once: that one comes back only when an operator replays it."""
+        try:
+            return decide(event, mapped, self.policy)
+        except DependencyNotReady as exc:
+            if exc.code != EARLIER_VERSION_PENDING:
+                raise
+            known = mapped.last_version if mapped is not None else 0
+            dead = self.store.dead_lettered_between(event.aggregate_type, event.aggregate_id, known + 1,
+                                                    event.aggregate_version - 1)
+            if not dead:
+                raise
+            version, reason = dead[0]
+            raise EarlierVersionDeadLettered(
+                f"{event.aggregate_type} {event.aggregate_id} version {event.aggregate_version} is not in QBO and "
+                f"whether it ever should be depends on version {version}, which was dead-lettered ({reason[:300]}): "
+                "replay that one, then this one") from exc
 
     # -- per aggregate type ----------------------------------------------------------------------------
 

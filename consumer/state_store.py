@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from consumer.lifecycle import QBO_ENTITY, Mapped
 from consumer.state_db import begin, connect
-from consumer.state_tables import entity_map, processed_events, qbo_refs
+from consumer.state_tables import dead_lettered, entity_map, processed_events, qbo_refs
 from schemas.events import EventEnvelope
 
 OVERRIDE = "override:"  # the kind prefix of an operator's mapping in ttsync_qbo_refs
@@ -65,6 +65,28 @@ class StateStore:
             conn.execute(self._insert(conn, processed_events).values(
                 consumer_group=group, event_id=event_id[:36], aggregate_type=kind[:64], aggregate_id=key[:255],
                 aggregate_version=0, outcome=outcome[:32], processed_at=_now()).on_conflict_do_nothing())
+
+    # -- dead-lettered versions ------------------------------------------------------------------------
+
+    def note_dead_lettered(self, event: EventEnvelope, reason: str) -> None:
+        """This group sent ``event`` to the dead-letter topic (again, after a replay that failed the same way)."""
+        values = {"event_id": str(event.event_id)[:36], "reason": reason[:500], "dead_lettered_at": _now()}
+        with begin(self.engine) as conn:
+            conn.execute(self._insert(conn, dead_lettered).values(
+                consumer_group=self.group, aggregate_type=event.aggregate_type, aggregate_id=str(event.aggregate_id),
+                aggregate_version=event.aggregate_version, **values).on_conflict_do_update(
+                index_elements=[dead_lettered.c.consumer_group, dead_lettered.c.aggregate_type,
+                                dead_lettered.c.aggregate_id, dead_lettered.c.aggregate_version], set_=values))
+
+    def dead_lettered_between(self, aggregate_type: str, aggregate_id: str, first: int, last: int
+                              ) -> list[tuple[int, str]]:
+        """(version, reason) of the versions ``first``..``last`` of an aggregate this group dead-lettered."""
+        with connect(self.engine) as conn:
+            rows = conn.execute(select(dead_lettered.c.aggregate_version, dead_lettered.c.reason).where(
+                dead_lettered.c.consumer_group == self.group, dead_lettered.c.aggregate_type == aggregate_type,
+                dead_lettered.c.aggregate_id == str(aggregate_id),
+                dead_lettered.c.aggregate_version.between(first, last)).order_by(dead_lettered.c.aggregate_version))
+            return [(int(r.aggregate_version), str(r.reason)) for r in rows]
 
     # -- entity map ----------------------------------------------------------------------------------
 
@@ -267,6 +289,8 @@ class StateStore:
             return {(r.kind.removeprefix(OVERRIDE), r.key): r.name for r in rows}
 
     def purge_processed(self, older_than: dt.timedelta) -> int:
+        """Processed events, and notes of dead-lettered versions, older than ``older_than``."""
         with begin(self.engine) as conn:
+            conn.execute(delete(dead_lettered).where(dead_lettered.c.dead_lettered_at < _now() - older_than))
             return conn.execute(delete(processed_events).where(
                 processed_events.c.processed_at < _now() - older_than)).rowcount

@@ -1,4 +1,4 @@
-"""The consumer's state tables (created by migration 0002): SQLAlchemy Core descriptions for queries."""
+"""The consumer's state tables (created by the migrations, 0002 on): SQLAlchemy Core descriptions for queries."""
 
 from __future__ import annotations
 
@@ -16,6 +16,20 @@ processed_events = Table(
     Column("outcome", String(32), nullable=False),
     Column("qbo_id", String(64)),
     Column("processed_at", DateTime(timezone=True), nullable=False),
+)
+
+# Versions this group dead-lettered (migration 0008): a later version whose fate depends on one of them (an overdue
+# invoice: was it ever sent?) is dead-lettered at once, with that reason, rather than waiting for it in the retry
+# topics. A row older than the entity map's last version is history (the version was replayed and settled).
+dead_lettered = Table(
+    "ttsync_dead_lettered", STATE_METADATA,
+    Column("consumer_group", String(255), primary_key=True),
+    Column("aggregate_type", String(64), primary_key=True),
+    Column("aggregate_id", String(255), primary_key=True),
+    Column("aggregate_version", BigInteger, primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=False),
 )
 
 entity_map = Table(

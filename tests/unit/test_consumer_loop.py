@@ -101,6 +101,47 @@ def test_a_sent_invoice_whose_create_failed_is_not_lost_when_the_daily_job_overt
     assert held is not None and held.last_version == 2 and held.qbo_id == created["Id"]
 
 
+def test_a_version_depending_on_a_dead_lettered_one_follows_it_to_the_dead_letter_topic_at_once(
+        parts: FakeParts) -> None:
+    """Chaos, 1% poison: v1 and v2 of an invoice QBO refuses (its number is over 21 characters) were dead-lettered;
+    v3, made overdue by the daily job, then waited in the retry topics for v1 to be settled, which only a replay
+    can do: for the dependency wait (6 hours by default), with the group's lag never 0."""
+    broker = StubBroker()
+    number = "X" * 30
+    publish(broker, ev("invoice", {**invoice("sent"), "invoice_number": number}, 1, "created"))
+    publish(broker, ev("invoice", {**invoice("overdue"), "invoice_number": number}, 2))
+    stats = parts.group(broker).run(max_seconds=5, until=lambda s: s.dead_lettered == 2)
+    assert stats.dead_lettered == 2 and stats.forwarded_to_retry == 0 and committed(broker, "tt.invoice") == 2
+    first, second = (headers_to_dict(r.headers) for r in broker.records("tt.dlq"))
+    assert first[Header.ERROR_CODE] == "doc_number_too_long"
+    assert second[Header.ERROR_CODE] == "earlier_version_dead_lettered"
+    message = second[Header.ERROR_MESSAGE]
+    assert "depends on version 1, which was dead-lettered" in message and "21-character DocNumber" in message
+    assert not parts.entities("Invoice")
+    # The notes age out with the processed events (ttsync_dead_lettered, migration 0008).
+    noted = parts.store.dead_lettered_between("invoice", "1", 1, 5)
+    assert [v for v, _ in noted] == [1, 2] and "21-character DocNumber" in noted[0][1]
+    parts.store.purge_processed(dt.timedelta(0))
+    assert parts.store.dead_lettered_between("invoice", "1", 1, 5) == []
+
+
+def test_a_dead_letter_the_state_database_cannot_note_is_still_committed(parts: FakeParts,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note only spares a later version its wait: the record is in the dead-letter topic already, so a state
+    database that does not answer then neither stops the consumer nor sends the record there twice."""
+    from consumer.errors import StateUnavailable
+
+    def away(*_: object) -> None:
+        raise StateUnavailable("state database unavailable: OperationalError")
+
+    monkeypatch.setattr(parts.store, "note_dead_lettered", away)
+    broker = StubBroker()
+    publish(broker, ev("invoice", {**invoice("sent"), "invoice_number": "X" * 30}, 1, "created"))
+    publish(broker, ev("invoice", invoice(invoice_id=2), 1, "created"))
+    stats = parts.group(broker).run(max_seconds=5, until=lambda s: s.applied == 1)
+    assert stats.dead_lettered == 1 and len(broker.records("tt.dlq")) == 1 and committed(broker, "tt.invoice") == 2
+
+
 def test_a_crash_before_the_commit_redelivers_and_nothing_is_written_twice(parts: FakeParts) -> None:
     class Crash(Exception):
         pass
