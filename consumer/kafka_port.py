@@ -86,8 +86,9 @@ class ConsumerPort(Protocol):
     def end_offsets(self, tps: list[Partition]) -> dict[Partition, int]:
         """Raises ``BrokerUnavailable`` when the broker does not answer."""
 
-    def position(self, tp: Partition) -> int:
-        """Raises ``BrokerUnavailable`` when the broker does not answer."""
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        """The next offset this member reads of each of ``tps``: its fetch position, else the group's committed
+        offset, else the partition's start. Raises ``BrokerUnavailable`` when the broker does not answer."""
 
     def in_stable_group(self) -> bool | None:
         """Whether this member is in a stable group; None when the client cannot tell."""
@@ -216,9 +217,9 @@ class KafkaPythonConsumer:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {Partition(tp.topic, tp.partition): end for tp, end in ends.items() if end is not None}
 
-    def position(self, tp: Partition) -> int:
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
         try:
-            return int(self.consumer.position(KafkaTopicPartition(*tp)))
+            return {tp: int(self.consumer.position(KafkaTopicPartition(*tp))) for tp in tps}
         except KafkaError as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

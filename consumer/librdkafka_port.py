@@ -132,29 +132,46 @@ class LibrdkafkaConsumer:
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
+    # One ListOffsets request for all the partitions, not librdkafka's get_watermark_offsets per partition: the
+    # broker answers a connection's requests in order, so each of those waited behind this member's long-poll
+    # fetch (fetch.wait.max.ms, 500 ms). The fetch watchdog asks for every assigned partition (60 with the default
+    # topics): 30 s for the end offsets and as long again for the committed ones, every time the consumer went
+    # quiet, while it polled nothing and a SIGTERM waited (seen in the chaos suite: killed after its 30 s grace).
     def end_offsets(self, tps: list[Partition]) -> dict[Partition, int]:
-        from confluent_kafka import KafkaException
+        from confluent_kafka import OFFSET_END
+
+        return self._offsets_at(tps, OFFSET_END)
+
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        """The fetch positions (the client's own), then one request for the committed offsets of the rest, then
+        one for the start of those never committed."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
         try:
-            return {tp: int(self.consumer.get_watermark_offsets(self._tp(tp), timeout=5)[1]) for tp in tps}
+            out = {Partition(tp.topic, tp.partition): int(tp.offset)
+                   for tp in self.consumer.position([self._tp(tp) for tp in tps])}
+            unknown = [tp for tp, offset in out.items() if offset < 0]  # librdkafka's OFFSET_INVALID: none yet
+            if unknown:
+                for tp in self.consumer.committed([self._tp(tp) for tp in unknown], timeout=5):
+                    out[Partition(tp.topic, tp.partition)] = int(tp.offset)
         except KafkaException as exc:
             raise BrokerUnavailable(str(exc)) from exc
+        known = {tp: offset for tp, offset in out.items() if offset >= 0}
+        return known | self._offsets_at([tp for tp in out if tp not in known], OFFSET_BEGINNING)
 
-    def position(self, tp: Partition) -> int:
-        """The next offset this member reads: its fetch position, else the group's committed offset, else the
-        partition's start."""
-        from confluent_kafka import KafkaException
+    def _offsets_at(self, tps: list[Partition], which: int) -> dict[Partition, int]:
+        """``which``: OFFSET_END or OFFSET_BEGINNING, asked of the partitions' leaders in one request each."""
+        from confluent_kafka import KafkaException, TopicPartition
 
+        if not tps:
+            return {}
         try:
-            [pos] = self.consumer.position([self._tp(tp)])
-            if pos.offset >= 0:  # negative: librdkafka's OFFSET_INVALID, no position yet
-                return int(pos.offset)
-            [committed] = self.consumer.committed([self._tp(tp)], timeout=5)
-            if committed.offset >= 0:
-                return int(committed.offset)
-            return int(self.consumer.get_watermark_offsets(self._tp(tp), timeout=5)[0])
+            found = self.consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, which) for tp in tps],
+                                                    timeout=5)
         except KafkaException as exc:
             raise BrokerUnavailable(str(exc)) from exc
+        return {Partition(tp.topic, tp.partition): int(tp.offset) for tp in found
+                if tp.error is None and tp.offset >= 0}
 
     def in_stable_group(self) -> bool | None:
         return None  # librdkafka rejoins by itself and does not say; the group watchdog is for kafka-python

@@ -127,11 +127,11 @@ class FetchWatchdog:
             return
         try:
             ends = self.port.end_offsets(waiting)
-            positions = {tp: self.port.position(tp) for tp in waiting}
+            positions = self.port.positions(waiting)
         except BrokerUnavailable as exc:  # nothing to judge now, the next quiet check tries again
             log.info("partitions_check_skipped", error=str(exc))
             return
-        behind = {tp: positions[tp] for tp in waiting if tp in ends and ends[tp] > positions[tp]}
+        behind = {tp: positions[tp] for tp in waiting if tp in ends and tp in positions and ends[tp] > positions[tp]}
         strikes: dict[Partition, tuple[int, int]] = {}
         for tp, pos in behind.items():
             before, count = self.strikes.get(tp, (None, 0))

@@ -188,7 +188,7 @@ class StubConsumer:
         self.broker = broker
         self.group_id = group_id
         self.max_poll_records = max_poll_records
-        self.positions: dict[Partition, int] = {}
+        self.fetch_positions: dict[Partition, int] = {}
         self._paused: set[Partition] = set()
         self.closed = False
         self.renewals = 0
@@ -196,7 +196,7 @@ class StubConsumer:
 
     def renew_membership(self) -> None:
         """A fresh member: positions from the committed offsets, nothing paused."""
-        self.positions, self._paused = {}, set()
+        self.fetch_positions, self._paused = {}, set()
         if self.broker.fail_renewals:
             raise self.broker.fail_renewals.pop(0)
         self.renewals += 1
@@ -208,19 +208,19 @@ class StubConsumer:
             for n in range(self.broker.partitions):
                 tp = Partition(topic, n)
                 self.broker.logs.setdefault(tp, [])
-                self.positions[tp] = self.broker.committed.get((self.group_id, tp), 0)
+                self.fetch_positions[tp] = self.broker.committed.get((self.group_id, tp), 0)
 
     def poll(self, timeout_ms: int) -> dict[Partition, list[Any]]:
         if self.broker.fail_polls:
             raise self.broker.fail_polls.pop(0)
         out: dict[Partition, list[Any]] = {}
-        for tp, position in self.positions.items():
+        for tp, position in self.fetch_positions.items():
             if tp in self._paused:
                 continue
             records = self.broker.logs.get(tp, [])[position:position + self.max_poll_records]
             if records:
                 out[tp] = list(records)
-                self.positions[tp] = records[-1].offset + 1
+                self.fetch_positions[tp] = records[-1].offset + 1
         if not out:
             time.sleep(min(timeout_ms, 5) / 1000)
         return out
@@ -235,7 +235,7 @@ class StubConsumer:
         return set(self._paused)
 
     def seek(self, tp: Partition, offset: int) -> None:
-        self.positions[tp] = offset
+        self.fetch_positions[tp] = offset
 
     def commit(self, tp: Partition, next_offset: int) -> None:
         if self.broker.fail_commits:
@@ -243,13 +243,13 @@ class StubConsumer:
         self.broker.committed[(self.group_id, tp)] = next_offset
 
     def assignment(self) -> set[Partition]:
-        return set(self.positions)
+        return set(self.fetch_positions)
 
     def end_offsets(self, tps: list[Partition]) -> dict[Partition, int]:
         return {tp: len(self.broker.logs.get(tp, [])) for tp in tps}
 
-    def position(self, tp: Partition) -> int:
-        return self.positions[tp]
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        return {tp: self.fetch_positions[tp] for tp in tps}
 
     def in_stable_group(self) -> bool | None:
         return True

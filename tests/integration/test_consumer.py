@@ -645,3 +645,61 @@ def test_consumers_drawing_at_once_never_take_more_than_the_realms_shared_budget
         t.join(30)
     assert len(taken) == 2 and sum(taken) == 25, taken
     assert buckets[0]._take() > 1  # empty: the next token is far off at this rate
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_the_fetch_watchdogs_offsets_of_sixty_partitions_come_in_seconds_and_right(
+        kafka_bootstrap: str, topic_prefix: str, client: str) -> None:
+    """The fetch watchdog asks a quiet member for the end offset and position of every partition it owns (60 with
+    the default topics). On librdkafka each partition was one request, each waiting behind the member's 500 ms
+    long-poll fetch: 30 s for the end offsets and as long again for the positions, every quiet spell, with the
+    consumer polling nothing and a SIGTERM waiting (the chaos suite's consumer was killed after its grace). The
+    bound is a hang's, not a speed target: the answers come in one request per kind."""
+    import time
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from consumer.kafka_port import ConsumerPort, KafkaPythonConsumer, Partition
+    from producer.kafka_publisher import ensure_topics
+    from schemas.kafka_client import KafkaConnection
+
+    topics = [f"{topic_prefix}.quiet{n}" for n in range(20)]
+    ensure_topics(kafka_bootstrap, topics, 3, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    written: dict[Partition, int] = {}
+    for n, topic in enumerate(topics[:5]):
+        for i in range(n + 2):
+            producer.send(topic, b"record %d" % i, partition=n % 3)
+        written[Partition(topic, n % 3)] = n + 2
+    producer.flush()
+    producer.close()
+    options = {"group_id": f"quiet-{uuid.uuid4().hex[:8]}", "client_id": "quiet-test", "max_poll_records": 500,
+               "session_timeout_ms": 10_000}
+    port: ConsumerPort
+    if client == "confluent":
+        from consumer.librdkafka_port import LibrdkafkaConsumer
+
+        port = LibrdkafkaConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
+    else:
+        port = KafkaPythonConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
+    try:
+        port.subscribe(topics)
+        read: dict[Partition, int] = {}
+        deadline = time.monotonic() + 60
+        while (len(port.assignment()) < 60 or read != written) and time.monotonic() < deadline:
+            for tp, records in port.poll(timeout_ms=250).items():
+                read[tp] = read.get(tp, 0) + len(records)
+        assert read == written and len(port.assignment()) == 60
+        first = next(iter(written))
+        port.commit(first, 1)
+        port.seek(first, 1)  # read again from the committed offset
+        owned = sorted(port.assignment())
+        started = time.monotonic()
+        ends, positions = port.end_offsets(owned), port.positions(owned)
+        took = time.monotonic() - started
+        assert ends == {tp: written.get(tp, 0) for tp in owned}
+        assert positions == {**{tp: written.get(tp, 0) for tp in owned}, first: 1}
+        assert took < 5, f"the offsets of 60 partitions took {took:.1f} s"
+    finally:
+        port.close()

@@ -449,7 +449,7 @@ def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_memb
     port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub(
         {"p.payment.retry.10s": 8, "p.invoice": 5, "p.payment.retry.30s": 3})
     stuck, fine, waiting = tps["p.payment.retry.10s"], tps["p.invoice"], tps["p.payment.retry.30s"]
-    port.positions.update({stuck: 0, fine: 5, waiting: 0})
+    port.fetch_positions.update({stuck: 0, fine: 5, waiting: 0})
     port.pause(stuck)
     port.pause(waiting)
     on_purpose = {waiting}  # not due yet: paused on purpose, never judged
@@ -462,7 +462,7 @@ def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_memb
     watchdog.after_poll([], on_purpose)
     assert seeks == [(stuck, 0)] and stuck not in port.paused() and waiting in port.paused()
 
-    port.positions[stuck] = 3  # it moved: fetched again, its strikes start over
+    port.fetch_positions[stuck] = 3  # it moved: fetched again, its strikes start over
     watchdog.after_poll([fine], on_purpose)  # (with records of another partition: a first strike counts one)
     now[0] += 16
     watchdog.after_poll([], on_purpose)
@@ -477,7 +477,7 @@ def test_a_partition_with_records_that_is_not_fetched_is_refetched_then_the_memb
 
     watchdog.after_poll([stuck], on_purpose)  # its records arrived: its strikes are gone
     assert watchdog.strikes == {}
-    port.positions[stuck] = 8
+    port.fetch_positions[stuck] = 8
     now[0] += 16
     watchdog.after_poll([], on_purpose)  # caught up: nothing to do
     assert watchdog.strikes == {}
@@ -491,11 +491,11 @@ def test_a_partition_left_unfetched_is_found_while_the_others_keep_delivering() 
 
     port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.payment": 21, "p.invoice": 500})
     stuck, busy = tps["p.payment"], tps["p.invoice"]
-    port.positions.update({stuck: 0, busy: 0})
+    port.fetch_positions.update({stuck: 0, busy: 0})
     with pytest.raises(MemberStuck, match=r"p\.payment\[0\]"):
         for _ in range(200):  # every second a poll with records of the busy partition, then an empty one
             now[0] += 0.75
-            port.positions[busy] += 1
+            port.fetch_positions[busy] += 1
             watchdog.after_poll([busy], set())
             now[0] += 0.25
             watchdog.after_poll([], set())
@@ -506,10 +506,10 @@ def test_a_partition_left_unfetched_is_found_while_the_others_keep_delivering() 
 def test_a_consumer_busy_with_a_backlog_does_not_judge_a_partition_waiting_its_turn() -> None:
     port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.payment": 21, "p.invoice": 5000})
     waiting, busy = tps["p.payment"], tps["p.invoice"]
-    port.positions.update({waiting: 0, busy: 0})
+    port.fetch_positions.update({waiting: 0, busy: 0})
     for _ in range(300):  # five minutes of full polls (QBO's rate, say): the client never had nothing to give
         now[0] += 1
-        port.positions[busy] += 10
+        port.fetch_positions[busy] += 10
         watchdog.after_poll([busy], set())
     assert seeks == [] and watchdog.strikes == {}
 
