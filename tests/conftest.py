@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,6 +76,32 @@ def pipeline(pg_engine: Engine, pg_database: str, kafka_bootstrap: str, topic_pr
 
     with pipeline_on(pg_engine, pg_database, kafka_bootstrap, topic_prefix, group_id) as pipe:
         yield pipe
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group of each item
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault-injection scenarios share one xdist worker and run one after the other, as they always have: two
+    at once would starve each other's processes (each plays thousands of changes on the two cores) and change what
+    a scenario proves, e.g. how often a consumer reaches its crash point. The rest of the suite runs beside them."""
+    for item in items:
+        if item.get_closest_marker("chaos") is not None:
+            item.add_marker(pytest.mark.xdist_group("chaos"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker: hand the chaos table's rows to the controller, which prints and writes the table."""
+    from tests.chaos.report import ROWS
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["ttsync_chaos_rows"] = json.dumps(ROWS)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: only called with workers
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    from tests.chaos.report import ROWS
+
+    ROWS.extend(json.loads(getattr(node, "workeroutput", {}).get("ttsync_chaos_rows", "[]")))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
