@@ -192,6 +192,7 @@ class GroupConsumer:
                         # refused batch until a new record came (its lag stayed for good). Read again, the
                         # applied records are found done and committed.
                         log.warning("partitions_lost", topic=tp.topic, partition=tp.partition, error=str(exc))
+                        self.fetch_watchdog.judge_soon()
                         self._rewind([(tp, records[0].offset)]
                                      + [(later_tp, later[0].offset) for later_tp, later in polled[i + 1:]])
                         break
@@ -272,6 +273,7 @@ class GroupConsumer:
         delay = backoff.next()
         metrics.BROKER_AWAY.set(1)
         log.warning("waiting_for_broker", doing=doing, error=str(exc), retry_in_s=round(delay, 2), **where)
+        self.fetch_watchdog.judge_soon()  # soon after the broker's return: a rejoin may leave partitions unfetched
         self._stop.wait(delay)
         self.heartbeat = time.monotonic()  # alive, waiting: /livez stays green, the metric says why
         return True

@@ -17,6 +17,8 @@ from consumer.kafka_port import BrokerUnavailable, ConsumerPort, Partition
 log = structlog.get_logger("ttsync.consumer")
 
 IDLE_REFETCH_S = 15.0
+# How soon after the broker's return, or a lost assignment, the partitions are judged (FetchWatchdog.judge_soon).
+AFTER_DISRUPTION_S = 5.0
 # A member replaced this often within the window is not helped by another: the process exits for its supervisor.
 RENEWALS_MAX = 3
 RENEWAL_WINDOW_S = 600.0
@@ -153,6 +155,14 @@ class FetchWatchdog:
             if tp in paused:
                 self.port.resume(tp)
             self.port.seek(tp, pos)
+
+    def judge_soon(self, after_s: float = AFTER_DISRUPTION_S) -> None:
+        """The broker was away, or the member lost its partitions: the next check comes ``after_s`` from now (from
+        the last such call), judged as after a quiet spell unless records come first. kafka-python left partitions
+        unfetched after a broker restart's rejoin, and the consumer idled the whole ``quiet_s`` before the check
+        re-pointed them (the chaos suite's broker restart: partitions lost at 09:36:05, refetched at 09:36:20)."""
+        self.last_check_at = self.clock() - self.quiet_s + after_s
+        self._quiet = True
 
     def reset(self) -> None:
         """A fresh member: a quiet spell of its own before it is judged."""

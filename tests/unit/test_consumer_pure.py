@@ -503,6 +503,24 @@ def test_a_partition_left_unfetched_is_found_while_the_others_keep_delivering() 
     assert seeks == [(stuck, 0)]  # refetched once first; the busy partition never judged
 
 
+def test_after_the_broker_returns_partitions_left_unfetched_are_refetched_within_seconds() -> None:
+    """The chaos suite's broker restart (kafka-python): the member lost its partitions at 09:36:05 and, rejoined,
+    left some unfetched until the check 15 s later re-pointed them; the consumer idled meanwhile."""
+    port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.expense": 275, "p.invoice": 3})
+    stuck, fine = tps["p.expense"], tps["p.invoice"]
+    port.positions.update({stuck: 28, fine: 3})
+    now[0] += 12
+    watchdog.after_poll([], set())  # an ordinary quiet poll: nothing judged yet
+    watchdog.judge_soon()  # the broker was away, or the partitions were lost
+    for _ in range(19):  # empty polls, a quarter of a second apart
+        now[0] += 0.25
+        watchdog.after_poll([], set())
+    assert seeks == []
+    now[0] += 0.25
+    watchdog.after_poll([], set())
+    assert seeks == [(stuck, 28)] and now[0] - 1012 == 5  # 5 s after, not 15
+
+
 def test_a_consumer_busy_with_a_backlog_does_not_judge_a_partition_waiting_its_turn() -> None:
     port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.payment": 21, "p.invoice": 5000})
     waiting, busy = tps["p.payment"], tps["p.invoice"]
