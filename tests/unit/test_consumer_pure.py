@@ -508,7 +508,7 @@ def test_after_the_broker_returns_partitions_left_unfetched_are_refetched_within
     left some unfetched until the check 15 s later re-pointed them; the consumer idled meanwhile."""
     port, tps, seeks, now, watchdog = _fetch_watchdog_on_a_stub({"p.expense": 275, "p.invoice": 3})
     stuck, fine = tps["p.expense"], tps["p.invoice"]
-    port.positions.update({stuck: 28, fine: 3})
+    port.fetch_positions.update({stuck: 28, fine: 3})
     now[0] += 12
     watchdog.after_poll([], set())  # an ordinary quiet poll: nothing judged yet
     watchdog.judge_soon()  # the broker was away, or the partitions were lost
