@@ -27,7 +27,8 @@ def test_installs_with_timetrackers_pins_and_captures_on_them(tmp_path: Path) ->
                                "as md; print(sqlalchemy.__version__, md.version('prometheus-client'))"],
                               capture_output=True, text=True, timeout=60)
     assert versions.stdout.split() == ["2.0.23", "0.19.0"], versions.stdout + versions.stderr
-    tests = subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+    # -o addopts=: the project's addopts ask for two xdist workers; this environment has pytest alone.
+    tests = subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
                             "tests/unit/test_session_capture_sqlite.py", "tests/unit/test_capture_imports.py"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
