@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consumer.kafka_port import ConsumerPort, KafkaPythonConsumer
 from consumer.state_tables import entity_map, oauth_tokens
 from producer.timetracker_schema import Client, Expense, Invoice, Payment
 from tests.pipeline import Pipeline, wait_until
@@ -571,6 +572,19 @@ def test_a_consumer_never_creates_the_topic_it_reads(kafka_bootstrap: str, topic
         admin.close()
 
 
+def consumer_port(client: str, bootstrap: str, *, group_id: str, max_poll_records: int) -> ConsumerPort:
+    """A ``ConsumerPort`` on ``client`` (kafka-python or confluent), not yet subscribed."""
+    from schemas.kafka_client import KafkaConnection
+
+    options = {"group_id": group_id, "client_id": f"{group_id}-test", "max_poll_records": max_poll_records,
+               "session_timeout_ms": 10_000}
+    if client == "confluent":
+        from consumer.librdkafka_port import LibrdkafkaConsumer
+
+        return LibrdkafkaConsumer(KafkaConnection(bootstrap), **options)  # type: ignore[arg-type]
+    return KafkaPythonConsumer(KafkaConnection(bootstrap), **options)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_a_renewed_member_reads_on_from_the_committed_offsets(kafka_bootstrap: str, topic_prefix: str,
                                                              client: str) -> None:
@@ -582,9 +596,8 @@ def test_a_renewed_member_reads_on_from_the_committed_offsets(kafka_bootstrap: s
 
     from kafka import KafkaProducer
 
-    from consumer.kafka_port import ConsumerPort, KafkaPythonConsumer, Partition
+    from consumer.kafka_port import Partition
     from producer.kafka_publisher import ensure_topics
-    from schemas.kafka_client import KafkaConnection
 
     topic = f"{topic_prefix}.invoice"
     ensure_topics(kafka_bootstrap, [topic], 1, 1)
@@ -593,15 +606,7 @@ def test_a_renewed_member_reads_on_from_the_committed_offsets(kafka_bootstrap: s
         producer.send(topic, b"record %d" % i)
     producer.flush()
     producer.close()
-    options = {"group_id": f"renew-{uuid.uuid4().hex[:8]}", "client_id": "renew-test", "max_poll_records": 10,
-               "session_timeout_ms": 10_000}
-    port: ConsumerPort
-    if client == "confluent":
-        from consumer.librdkafka_port import LibrdkafkaConsumer
-
-        port = LibrdkafkaConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
-    else:
-        port = KafkaPythonConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
+    port = consumer_port(client, kafka_bootstrap, group_id=f"renew-{uuid.uuid4().hex[:8]}", max_poll_records=10)
     tp = Partition(topic, 0)
 
     def read(count: int) -> list[int]:
@@ -660,9 +665,8 @@ def test_the_fetch_watchdogs_offsets_of_sixty_partitions_come_in_seconds_and_rig
 
     from kafka import KafkaProducer
 
-    from consumer.kafka_port import ConsumerPort, KafkaPythonConsumer, Partition
+    from consumer.kafka_port import Partition
     from producer.kafka_publisher import ensure_topics
-    from schemas.kafka_client import KafkaConnection
 
     topics = [f"{topic_prefix}.quiet{n}" for n in range(20)]
     ensure_topics(kafka_bootstrap, topics, 3, 1)
@@ -674,15 +678,7 @@ def test_the_fetch_watchdogs_offsets_of_sixty_partitions_come_in_seconds_and_rig
         written[Partition(topic, n % 3)] = n + 2
     producer.flush()
     producer.close()
-    options = {"group_id": f"quiet-{uuid.uuid4().hex[:8]}", "client_id": "quiet-test", "max_poll_records": 500,
-               "session_timeout_ms": 10_000}
-    port: ConsumerPort
-    if client == "confluent":
-        from consumer.librdkafka_port import LibrdkafkaConsumer
-
-        port = LibrdkafkaConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
-    else:
-        port = KafkaPythonConsumer(KafkaConnection(kafka_bootstrap), **options)  # type: ignore[arg-type]
+    port = consumer_port(client, kafka_bootstrap, group_id=f"quiet-{uuid.uuid4().hex[:8]}", max_poll_records=500)
     try:
         port.subscribe(topics)
         read: dict[Partition, int] = {}
