@@ -1,4 +1,4 @@
-"""Reading topics back in tests."""
+"""Reading topics back in tests: their records, and their configuration."""
 
 from __future__ import annotations
 
@@ -60,3 +60,26 @@ def read_topics(
     finally:
         consumer.close()
     return records
+
+
+def topic_configs(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
+    """``topic``'s configuration as the broker describes it (name -> {"value", "config_source", ...}), asked until
+    the broker has it. kafka-python describes a topic the broker has not yet learnt of from its controller (created
+    a moment ago, a busy machine) as {}, not as an error: a test that read it once failed with a KeyError on CI's
+    machine."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            entries: dict[str, dict[str, Any]] = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"].get(topic, {})
+            if entries:
+                return entries
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the broker did not describe {topic} within {timeout_s}s")
+            time.sleep(0.2)
+    finally:
+        admin.close()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy.orm import Session
 
 from schemas import topic_for
-from tests.pipeline import Pipeline, wait_until
+from tests.kafka_helpers import topic_configs
+from tests.pipeline import Pipeline
 from tests.timetracker_data import base_rows, new_expense
 
 pytestmark = pytest.mark.integration
@@ -97,25 +97,8 @@ def test_list_show_dry_run_and_replay_after_the_fix(pipeline: Pipeline) -> None:
 
 
 def test_the_dead_letter_topic_keeps_its_records_longer_than_the_brokers_default(pipeline: Pipeline) -> None:
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
-
     from schemas import dlq_topic
 
-    topic = dlq_topic(pipeline.prefix)
-    described: dict[str, Any] = {}
-
-    def describe() -> bool:
-        # A topic the broker has not yet learnt of from its controller (created a moment ago, CI's machine busy)
-        # is described as {} by kafka-python, not as an error: ask until its configuration is there.
-        answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        described.update(answer["topic"].get(topic, {}))
-        return "retention.ms" in described
-
-    admin = KafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
-    try:
-        wait_until(describe, 30, f"the broker to describe {topic}")
-    finally:
-        admin.close()
-    retention = described["retention.ms"]
+    retention = topic_configs(pipeline.bootstrap, dlq_topic(pipeline.prefix))["retention.ms"]
     assert retention["value"] == str(365 * 86_400_000)  # not the broker's 7 days
     assert retention["config_source"] == "DYNAMIC_TOPIC_CONFIG"

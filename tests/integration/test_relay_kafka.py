@@ -25,7 +25,7 @@ from producer.timetracker_schema import Invoice
 from producer.trigger_capture import install_triggers
 from schemas import all_topics, decode_event, headers_to_dict, topic_for
 from tests.fakes import StubPublisher
-from tests.kafka_helpers import read_topics
+from tests.kafka_helpers import read_topics, topic_configs
 from tests.services import private_broker
 from tests.timetracker_data import base_rows, new_invoice
 from tests.unit.test_relay_sqlite import test_failed_record_holds_back_its_aggregate_only as _refused_rows
@@ -283,9 +283,6 @@ def test_a_relay_that_lets_go_of_its_buckets_frees_them_for_the_next_one_in_the_
 def test_topics_ttsync_creates_carry_their_durability_settings(kafka_bootstrap: str, topic_prefix: str) -> None:
     """#21: on a replicated cluster, acks=all means what min.insync.replicas says; ttsync sets it (and unclean leader
     election off) on every topic it creates, from its settings."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType
-
     from schemas import dlq_topic
     from ttsync.settings import Settings
     from ttsync.wiring import ensure_consumer_topics, ensure_relay_topics
@@ -294,17 +291,10 @@ def test_topics_ttsync_creates_carry_their_durability_settings(kafka_bootstrap: 
                         topic_min_insync_replicas=1)
     ensure_relay_topics(settings)
     ensure_consumer_topics(settings)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        for topic in (topic_for("invoice", topic_prefix), dlq_topic(topic_prefix)):
-            def values(name: str = topic) -> dict[str, str]:
-                # kafka-python 3: {"topic": {name: {config: {"value": ...}}}}; empty until the topic is known
-                entries = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])["topic"][name]
-                return {key: e["value"] for key, e in entries.items()}
-            wait_for(lambda: bool(values()), 15, f"the configs of {topic}")
-            assert values()["min.insync.replicas"] == "1" and values()["unclean.leader.election.enable"] == "false"
-    finally:
-        admin.close()
+    for topic in (topic_for("invoice", topic_prefix), dlq_topic(topic_prefix)):
+        configs = topic_configs(kafka_bootstrap, topic, timeout_s=15)
+        assert configs["min.insync.replicas"]["value"] == "1"
+        assert configs["unclean.leader.election.enable"]["value"] == "false"
     with pytest.raises(ValueError, match="MIN_INSYNC_REPLICAS"):
         Settings(topic_replication_factor=1, topic_min_insync_replicas=2)
 
