@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from consumer.group_consumer import ConsumerStats, GroupConsumer
 from schemas.kafka_client import KafkaConnection
@@ -83,6 +83,36 @@ class Pipeline:
         finally:
             worker.close()
         assert done(stats), f"consumer did not get there in {timeout_s}s: {stats}"
+        return stats
+
+    def unsettled_events(self) -> int:
+        """How many of the outbox's events this group has recorded no outcome for: neither processed (applied,
+        skipped, adopted) nor dead-lettered. Distinct events, unlike the consumer's stats, which count a record
+        read again after a rebalance a second time (as a duplicate)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT COUNT(*) FROM ttsync_outbox o WHERE NOT EXISTS (SELECT 1 FROM ttsync_processed_events p "
+                "WHERE p.consumer_group = :g AND p.event_id = CAST(o.id AS text)) AND NOT EXISTS (SELECT 1 FROM "
+                "ttsync_dead_lettered d WHERE d.consumer_group = :g AND d.event_id = CAST(o.id AS text))"),
+                {"g": self.group}).scalar_one())
+
+    def consume_until_settled(self, timeout_s: float = 60, **settings: Any) -> ConsumerStats:
+        """Consume until every event of the outbox has an outcome (``unsettled_events`` is 0), asked of the
+        database at most once a second."""
+        asked = {"at": 0.0, "left": -1}
+
+        def settled(_stats: ConsumerStats) -> bool:
+            if time.monotonic() - asked["at"] >= 1.0:
+                asked["at"], asked["left"] = time.monotonic(), self.unsettled_events()
+            return asked["left"] == 0
+
+        worker = self.consumer(**settings)
+        try:
+            stats = worker.run(until=settled, max_seconds=timeout_s)
+        finally:
+            worker.close()
+        left = self.unsettled_events()
+        assert left == 0, f"{left} events without an outcome after {timeout_s}s: {stats}"
         return stats
 
     def consume_process(self, **env: str) -> subprocess.Popen:
