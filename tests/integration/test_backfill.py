@@ -64,6 +64,15 @@ def _dead_letters(pipe: Pipeline) -> list[tuple[str, str | None]]:
     return [(d.event_type, d.key) for _, d in dlq_tools.scan(pipe.bootstrap, dlq_topic(pipe.prefix), timeout_s=5)]
 
 
+def _why(pipe: Pipeline, stats: ConsumerStats) -> str:
+    """For a failed verdict: the consumer's stats and a few reasons it dead-lettered records for (the state
+    database's note of each), so a failure in CI says more than "lost"."""
+    with pipe.engine.connect() as conn:
+        reasons = conn.execute(text("SELECT aggregate_type, aggregate_id, reason FROM ttsync_dead_lettered "
+                                    "ORDER BY dead_lettered_at LIMIT 5")).all()
+    return f"consumer {stats}; first dead-letter reasons {[tuple(r) for r in reasons]}"
+
+
 def _by_marker(live: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[str]]:
     found: dict[tuple[str, str], list[str]] = {}
     for name, rows in live.items():
@@ -147,7 +156,8 @@ def test_a_backfill_lands_each_record_once_adopting_the_old_connectors_entities(
     stats = _drain(pipe, timeout_s=600)
     live = _live(pipe)
     verdict = check(pipe.engine, live, _dead_letters(pipe), pipe.writes_per_requestid())
-    assert verdict.ok, f"{verdict.lost} lost, {verdict.duplicated} duplicated: {verdict.problems[:15]}; {stats}"
+    assert verdict.ok, f"{verdict.lost} lost, {verdict.duplicated} duplicated: {verdict.problems[:15]}; " \
+        f"{_why(pipe, stats)}"
     markers = _by_marker(live)
     for (kind, rid), qid in seeded.legacy.items():
         assert markers.get((kind, str(rid))) == [qid], f"{kind} {rid}: old connector's {qid} not adopted"
@@ -160,10 +170,10 @@ def test_a_backfill_lands_each_record_once_adopting_the_old_connectors_entities(
     # 3. A second snapshot enqueues everything again and creates nothing new in QBO.
     again = run_snapshot(pipe.engine, source="tt-test")
     assert not again.resumed and again.enqueued == seeded.records
-    _drain(pipe, timeout_s=600)
+    stats = _drain(pipe, timeout_s=600)
     assert {k: len(v) for k, v in _live(pipe).items()} == counts
     verdict = check(pipe.engine, _live(pipe), _dead_letters(pipe), pipe.writes_per_requestid())
-    assert verdict.ok, verdict.problems[:10]
+    assert verdict.ok, f"{verdict.problems[:15]}; {_why(pipe, stats)}"
 
 
 def _reconcile(pipe: Pipeline, *args: str) -> tuple[int, dict[str, Any]]:
