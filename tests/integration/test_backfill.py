@@ -49,8 +49,9 @@ def _outbox_count(engine: Engine, where: str = "TRUE") -> int:
 
 def _drain(pipe: Pipeline, timeout_s: float) -> ConsumerStats:
     """Relay what the outbox holds, then consume until each of its events has an outcome. Counted in the state
-    database, not in the consumer's stats: those count a record read again after a rebalance twice (once applied,
-    once a duplicate), and stopped this drain with most of the backlog unread (CI, 2026-12-03: 358 lost)."""
+    database, not in the consumer's stats, which count a record read again (after a rebalance) once more, as a
+    duplicate. In CI on 2026-12-03 this drain, then stopping at as many outcomes as events, left 358 records out
+    of QBO; whether the stats ran ahead or the records were dead-lettered was not in the output, hence ``_why``."""
     pipe.relay()
     return pipe.consume_until_settled(timeout_s)
 
