@@ -26,6 +26,7 @@ from producer.trigger_capture import install_triggers
 from schemas import all_topics, decode_event, headers_to_dict, topic_for
 from tests.fakes import StubPublisher
 from tests.kafka_helpers import read_topics, topic_configs
+from tests.pipeline import wait_until
 from tests.services import private_broker
 from tests.timetracker_data import base_rows, new_invoice
 from tests.unit.test_relay_sqlite import test_failed_record_holds_back_its_aggregate_only as _refused_rows
@@ -52,15 +53,6 @@ def outbox_ids(engine: Engine) -> set[str]:
 def backlog(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).where(outbox.c.published_at.is_(None))).scalar_one()
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def seed_outbox(engine: Engine, n: int, aggregates: int) -> None:
@@ -155,7 +147,7 @@ def test_concurrent_writers_and_two_relays_keep_order_per_aggregate(pg_engine: E
     for w in writers:
         w.join(120)
     assert not errors
-    wait_for(lambda: backlog(pg_engine) == 0, 60, "the outbox to drain")
+    wait_until(lambda: backlog(pg_engine) == 0, 60, "the outbox to drain")
     for r in relays:
         r.stop()
     for t in threads:
@@ -202,7 +194,7 @@ def test_kill_9_of_the_relay_mid_batch_loses_nothing(pg_engine: Engine, pg_datab
     for _ in range(3):
         proc = _relay_process(pg_database, kafka_bootstrap, topic_prefix)
         # Kill at a random moment while rows are still waiting (mid-stream, usually mid-batch).
-        wait_for(lambda p=proc, t=total: backlog(pg_engine) < t or p.poll() is not None, 60, "the relay to start")
+        wait_until(lambda p=proc, t=total: backlog(pg_engine) < t or p.poll() is not None, 60, "the relay to start")
         time.sleep(rng.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -214,9 +206,9 @@ def test_kill_9_of_the_relay_mid_batch_loses_nothing(pg_engine: Engine, pg_datab
     log_path = tmp_path / "relay.log"
     proc = _relay_process(pg_database, kafka_bootstrap, topic_prefix, log_path)
     try:
-        wait_for(lambda: backlog(pg_engine) == 0, 120, "the outbox to drain after the kills")
+        wait_until(lambda: backlog(pg_engine) == 0, 120, "the outbox to drain after the kills")
         # The backlog may already be empty: SIGTERM only once the relay runs (and handles it), not mid-import.
-        wait_for(lambda: b'"relay_started"' in log_path.read_bytes(), 60, "the relay to report it started")
+        wait_until(lambda: b'"relay_started"' in log_path.read_bytes(), 60, "the relay to report it started")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0  # SIGTERM: finish the batch, exit cleanly
@@ -242,13 +234,13 @@ def test_broker_outage_of_10s_drains_afterwards(pg_engine: Engine, topic_prefix:
         thread.start()
         try:
             seed_outbox(pg_engine, 50, aggregates=5)
-            wait_for(lambda: backlog(pg_engine) == 0, 60, "the first rows to publish")
+            wait_until(lambda: backlog(pg_engine) == 0, 60, "the first rows to publish")
             broker.stop()
             seed_outbox(pg_engine, 200, aggregates=5)
             time.sleep(10)
             assert backlog(pg_engine) == 200  # kept, not lost, while the broker is away
             broker.start()
-            wait_for(lambda: backlog(pg_engine) == 0, 90, "the outbox to drain after the outage")
+            wait_until(lambda: backlog(pg_engine) == 0, 90, "the outbox to drain after the outage")
         finally:
             relay.stop()
             thread.join(60)
