@@ -72,7 +72,9 @@ def bare_send(client: str, bootstrap: str, topic: str, rows: list) -> float:  # 
     if client == "confluent":
         from confluent_kafka import Producer
 
-        fast = Producer(as_connection(bootstrap).librdkafka_producer_config("ttsync-bench"))
+        from producer.librdkafka_publisher import relay_producer_config
+
+        fast = Producer(relay_producer_config(as_connection(bootstrap), "ttsync-bench", 15.0))
         fast.produce(topic, b"warm")
         fast.flush(30)
         failed: list[object] = []

@@ -24,6 +24,7 @@ from producer.outbox_writer import write_event
 from producer.timetracker_schema import Invoice
 from producer.trigger_capture import install_triggers
 from schemas import all_topics, decode_event, headers_to_dict, topic_for
+from schemas.kafka_client import OutRecord
 from tests.fakes import StubPublisher
 from tests.kafka_helpers import read_topics, topic_configs
 from tests.pipeline import wait_until
@@ -379,3 +380,32 @@ def test_a_batch_claimed_ahead_is_given_back_when_the_batch_before_it_fails(pg_e
                 for key in (b"1", b"2", b"3")}
     assert versions == {b"1": [1, 2, 3, 4], b"2": [1, 2, 3, 4], b"3": [1, 2, 3, 4]}  # in order, once each
     assert backlog(pg_engine) == 0
+
+
+def test_librdkafka_reports_a_refused_record_at_its_place_in_the_batch(kafka_bootstrap: str,
+                                                                       topic_prefix: str) -> None:
+    """Delivery reports come for failed records only (relay_producer_config): a record the broker refuses is
+    still found at its position, and the records around it count as acknowledged."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from producer.librdkafka_publisher import DeliveryFailed, LibrdkafkaRecordPublisher
+
+    roomy, tight = f"{topic_prefix}.roomy", f"{topic_prefix}.tight"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(roomy, 1, 1),
+                                       NewTopic(tight, 1, 1, config={"max.message.bytes": "2048"})]).values():
+        future.result(30)
+    publisher = LibrdkafkaRecordPublisher(kafka_bootstrap)
+    try:
+        records = [OutRecord(roomy, f"k{i}".encode(), f"v{i}".encode(), [("id", str(i).encode())]) for i in range(6)]
+        records.insert(3, OutRecord(tight, b"big", b"x" * 10_000, [("id", b"big")]))
+        results = publisher.wait(publisher.send(records))
+        assert [i for i, r in enumerate(results) if r is not None] == [3], results
+        assert isinstance(results[3], DeliveryFailed) and "large" in str(results[3]).lower(), results[3]
+
+        # The producer goes on: a batch after a refusal is acknowledged whole.
+        assert publisher.wait(publisher.send(records[:3])) == [None, None, None]
+    finally:
+        publisher.close()
+    got = read_topics(kafka_bootstrap, [roomy], until=lambda r: len(r) >= 9, timeout_s=30)
+    assert sorted(r.value for r in got) == sorted([f"v{i}".encode() for i in range(6)] + [b"v0", b"v1", b"v2"])
