@@ -8,6 +8,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from tests.pipeline import wait_until
+
 # How often a reader looks for partitions of its topics it does not read yet (a topic the code under test creates
 # while the test reads, such as the dead-letter topic).
 _NEW_PARTITIONS_EVERY_S = 1.0
@@ -71,15 +73,15 @@ def topic_configs(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[s
     from kafka.admin import ConfigResource, ConfigResourceType
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    deadline = time.monotonic() + timeout_s
+    entries: dict[str, dict[str, Any]] = {}
+
+    def described() -> bool:
+        entries.update(admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"]
+                       .get(topic, {}))
+        return bool(entries)
+
     try:
-        while True:
-            entries: dict[str, dict[str, Any]] = admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"].get(topic, {})
-            if entries:
-                return entries
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the broker did not describe {topic} within {timeout_s}s")
-            time.sleep(0.2)
+        wait_until(described, timeout_s, f"the broker to describe {topic}")
     finally:
         admin.close()
+    return entries

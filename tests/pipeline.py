@@ -77,13 +77,18 @@ class Pipeline:
 
     def consume_until(self, done: Callable[[ConsumerStats], bool], timeout_s: float = 60, **settings: Any
                       ) -> ConsumerStats:
-        worker = self.consumer(**settings)
-        try:
-            stats = worker.run(until=done, max_seconds=timeout_s)
-        finally:
-            worker.close()
+        stats = self._run_consumer(done, timeout_s, **settings)
         assert done(stats), f"consumer did not get there in {timeout_s}s: {stats}"
         return stats
+
+    def _run_consumer(self, until: Callable[[ConsumerStats], bool], timeout_s: float, **settings: Any
+                      ) -> ConsumerStats:
+        """A consumer of this pipeline's group, run until ``until`` holds or ``timeout_s`` passes, then closed."""
+        worker = self.consumer(**settings)
+        try:
+            return worker.run(until=until, max_seconds=timeout_s)
+        finally:
+            worker.close()
 
     def unsettled_events(self) -> int:
         """How many of the outbox's events this group has recorded no outcome for: neither processed (applied,
@@ -106,12 +111,8 @@ class Pipeline:
                 asked["at"], asked["left"] = time.monotonic(), self.unsettled_events()
             return asked["left"] == 0
 
-        worker = self.consumer(**settings)
-        try:
-            stats = worker.run(until=settled, max_seconds=timeout_s)
-        finally:
-            worker.close()
-        left = self.unsettled_events()
+        stats = self._run_consumer(settled, timeout_s, **settings)
+        left = self.unsettled_events()  # asked afresh: the last answer of ``settled`` may be a second old
         assert left == 0, f"{left} events without an outcome after {timeout_s}s: {stats}"
         return stats
 
