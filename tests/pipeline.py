@@ -103,7 +103,10 @@ class Pipeline:
 
     def consume_until_settled(self, timeout_s: float = 60, **settings: Any) -> ConsumerStats:
         """Consume until every event of the outbox has an outcome (``unsettled_events`` is 0), asked of the
-        database at most once a second."""
+        database at most once a second.
+
+        Only for outboxes whose events all decode: a record dead-lettered before it decodes (a payload that misses
+        a TimeTracker column, say) leaves no row in ``ttsync_dead_lettered``, so it would count as unsettled."""
         asked = {"at": 0.0, "left": -1}
 
         def settled(_stats: ConsumerStats) -> bool:
