@@ -64,10 +64,10 @@ WITH claimed AS (
      SET published_at = clock_timestamp(), attempts = o.attempts + 1, last_error = NULL, available_at = NULL
    -- by address (a TID scan): a locked row cannot move, and a join on id would hash the whole table
    WHERE o.ctid = ANY (ARRAY(SELECT tid FROM claimed))
-  RETURNING o.id, o.id::text AS event_id, o.seq, o.aggregatetype, o.aggregateid, o.type,
+  RETURNING o.id::text AS event_id, o.seq, o.aggregatetype, o.aggregateid, o.type,
             o.payload::text AS payload, o.aggregate_version, o.headers::text AS headers, o.origin, o.attempts AS attempt
 )
-SELECT id, event_id, aggregatetype, aggregateid, type, payload, aggregate_version, headers, origin, attempt
+SELECT event_id, aggregatetype, aggregateid, type, payload, aggregate_version, headers, origin, attempt
   FROM marked ORDER BY seq
 """
 # Holding some buckets: filter on them. Holding all (one relay): no filter, so PostgreSQL walks the index in
@@ -86,7 +86,7 @@ _PG_CLAIM_PLANNER = text("SELECT set_config('enable_bitmapscan', 'off', true), "
 # SQLite (tests, the demo): select, then mark in the same transaction (it has one writer, so no one else claims).
 _SQLITE_CLAIM = text(
     """
-SELECT o.id, o.id AS event_id, o.aggregatetype, o.aggregateid, o.type, CAST(o.payload AS TEXT) AS payload,
+SELECT o.id AS event_id, o.aggregatetype, o.aggregateid, o.type, CAST(o.payload AS TEXT) AS payload,
        o.aggregate_version, CAST(o.headers AS TEXT) AS headers, o.origin, o.attempts + 1 AS attempt
   FROM ttsync_outbox o
  WHERE o.published_at IS NULL
@@ -188,7 +188,7 @@ class OutboxRelay:
             else:
                 rows = list(conn.execute(_SQLITE_CLAIM, {"now": _utcnow(), "batch": self.batch_size}).all())
                 if rows:
-                    conn.execute(_SQLITE_MARK_PUBLISHED, {"now": _utcnow(), "ids": [r.id for r in rows]})
+                    conn.execute(_SQLITE_MARK_PUBLISHED, {"now": _utcnow(), "ids": [r.event_id for r in rows]})
         except BaseException:
             tx.rollback()
             conn.close()
@@ -235,7 +235,7 @@ class OutboxRelay:
             for row, err in failed:
                 batch.conn.execute(
                     _MARK_FAILED,
-                    {"id": row.id, "error": f"{type(err).__name__}: {err}"[:2000],
+                    {"id": row.event_id, "error": f"{type(err).__name__}: {err}"[:2000],
                      "retry_at": now + dt.timedelta(seconds=_retry_delay(row.attempt - 1))},
                 )
             batch.tx.commit()
