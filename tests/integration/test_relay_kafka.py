@@ -386,15 +386,11 @@ def test_librdkafka_reports_a_refused_record_at_its_place_in_the_batch(kafka_boo
                                                                        topic_prefix: str) -> None:
     """Delivery reports come for failed records only (relay_producer_config): a record the broker refuses is
     still found at its position, and the records around it count as acknowledged."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     from producer.librdkafka_publisher import DeliveryFailed, LibrdkafkaRecordPublisher
 
     roomy, tight = f"{topic_prefix}.roomy", f"{topic_prefix}.tight"
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(roomy, 1, 1),
-                                       NewTopic(tight, 1, 1, config={"max.message.bytes": "2048"})]).values():
-        future.result(30)
+    ensure_topics(kafka_bootstrap, [roomy], partitions=1, replication=1)
+    ensure_topics(kafka_bootstrap, [tight], partitions=1, replication=1, configs={"max.message.bytes": "2048"})
     publisher = LibrdkafkaRecordPublisher(kafka_bootstrap)
     try:
         records = [OutRecord(roomy, f"k{i}".encode(), f"v{i}".encode(), [("id", str(i).encode())]) for i in range(6)]
